@@ -1,0 +1,224 @@
+"""Frozen CLIP image tower with an explicit MaskCLIP forward pass.
+
+One call returns everything the method reads from CLIP, without forward hooks and
+without writing into the pretrained parameters:
+
+* ``dense``: MaskCLIP value-path features after ``ln_post`` and the visual projection
+  (B x D x h x w, D = 512 for ViT-B/16);
+* ``inter``: the output of ``ln_2`` inside residual block ``feats_idx`` with the class
+  token dropped (B x W x h x w, W = 768 for ViT-B/16), the input of the CLIP-DINOiser heads;
+* ``keys``: the key features of the last attention layer (B x h*w x W), for MaskCLIP key
+  smoothing.
+
+The value path follows MaskCLIP (Zhou et al., ECCV 2022, Sec. 3.2): in the last block the
+query/key attention is replaced by the identity on the value projection.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class BackboneOutput:
+    """What one CLIP forward returns.
+
+    Attributes:
+        dense: MaskCLIP features, B x D x h x w (projected to the text space, not normalised).
+        inter: ``ln_2`` output of block ``feats_idx``, B x W x h x w; None when not asked for.
+        keys: last-layer attention keys, B x (h*w) x W; None when not asked for.
+    """
+
+    dense: Tensor
+    inter: Tensor | None = None
+    keys: Tensor | None = None
+
+
+def load_open_clip(name: str, pretrained: str | None) -> nn.Module:
+    """Build an open_clip model from an architecture name and a pretrained tag or local file.
+
+    Args:
+        name: open_clip architecture (``ViT-B-16``, ``ViT-L-14``, ...) or the path of an
+            open_clip model-config JSON file (custom architectures).
+        pretrained: a pretrained tag (``laion2b_s34b_b88k``, ``openai``), a local checkpoint
+            path (offline clusters), or None / empty for random weights.
+    """
+    import open_clip  # heavy: imported on first use, never at package import
+
+    if name.endswith(".json"):  # a model-config file of open_clip's format, registered under its stem
+        if not os.path.isfile(name):
+            raise FileNotFoundError(f"CLIP model config not found: {name}")
+        open_clip.add_model_config(name)
+        name = os.path.splitext(os.path.basename(name))[0]
+    if name not in open_clip.list_models():
+        raise ValueError(f"unknown open_clip model '{name}' (see open_clip.list_models())")
+    if pretrained and (os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))):
+        if not os.path.isfile(pretrained):
+            raise FileNotFoundError(f"CLIP checkpoint not found: {pretrained}")
+    model = open_clip.create_model(name, pretrained=pretrained or None)
+    return model.eval()
+
+
+def interpolate_pos_embed(pos_embed: Tensor, grid: tuple[int, int], native: tuple[int, int]) -> Tensor:
+    """Resize a (1 + H*W) x C positional embedding to ``grid`` bicubically (align_corners=False).
+
+    The class-token entry is kept. At the native grid the embedding is returned unchanged.
+    """
+    if tuple(grid) == tuple(native):
+        return pos_embed
+    cls_pos, patch_pos = pos_embed[:1], pos_embed[1:]
+    c = patch_pos.shape[-1]
+    patch_pos = patch_pos.reshape(1, native[0], native[1], c).permute(0, 3, 1, 2)
+    patch_pos = F.interpolate(patch_pos.float(), size=grid, mode="bicubic", align_corners=False)
+    patch_pos = patch_pos.to(pos_embed.dtype).permute(0, 2, 3, 1).reshape(-1, c)
+    return torch.cat([cls_pos, patch_pos], dim=0)
+
+
+def _qkv(block: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Query, key and value projections of ``ln_1(x)`` (before out_proj), each ... x W."""
+    attn = block.attn
+    qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
+    return qkv.chunk(3, dim=-1)
+
+
+class CLIPBackbone(nn.Module):
+    """Frozen open_clip ViT image tower exposing MaskCLIP features.
+
+    Args:
+        visual: an open_clip ``VisionTransformer`` (``model.visual``).
+        feats_idx: residual block whose ``ln_2`` output feeds the heads (negative counts from the
+            end; -3 in the paper).
+        mean, std: CLIP normalisation applied to [0, 1] RGB input.
+    """
+
+    def __init__(
+        self,
+        visual: nn.Module,
+        *,
+        feats_idx: int = -3,
+        mean: tuple[float, float, float] = OPENAI_MEAN,
+        std: tuple[float, float, float] = OPENAI_STD,
+    ) -> None:
+        super().__init__()
+        for attr in ("conv1", "class_embedding", "positional_embedding", "ln_pre", "transformer", "ln_post"):
+            if not hasattr(visual, attr):
+                raise TypeError(f"CLIP image tower has no '{attr}': only open_clip ViTs are supported")
+        if getattr(visual, "attn_pool", None) is not None:
+            raise TypeError("CLIP image towers with attentional pooling are not supported by MaskCLIP")
+        self.visual = visual.eval().requires_grad_(False)
+        blocks = visual.transformer.resblocks
+        n = len(blocks)
+        if not -n <= feats_idx < n - 1 and feats_idx != -1:
+            raise ValueError(f"feats_idx={feats_idx} out of range for a {n}-block ViT")
+        self.feats_idx = feats_idx % n
+        if self.feats_idx == n - 1:
+            raise ValueError("feats_idx must not be the last block (it is replaced by the value path)")
+        self.patch_size = _pair(visual.conv1.kernel_size)
+        self.width = visual.conv1.out_channels
+        self.out_dim = visual.proj.shape[1] if visual.proj is not None else self.width
+        n_tokens = visual.positional_embedding.shape[0] - 1
+        side = int(round(n_tokens**0.5))
+        self.native_grid = getattr(visual, "grid_size", (side, side))
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    @classmethod
+    def from_open_clip(cls, model: nn.Module, *, feats_idx: int = -3) -> CLIPBackbone:
+        visual = model.visual
+        mean = getattr(visual, "image_mean", None) or OPENAI_MEAN
+        std = getattr(visual, "image_std", None) or OPENAI_STD
+        return cls(visual, feats_idx=feats_idx, mean=tuple(mean), std=tuple(std))
+
+    def train(self, mode: bool = True) -> CLIPBackbone:
+        # The tower is frozen: it stays in eval mode whatever the parent module does.
+        return super().train(False)
+
+    def pad(self, images: Tensor) -> Tensor:
+        """Zero-pad right/bottom to a multiple of the patch size (before normalisation)."""
+        ph, pw = self.patch_size
+        h, w = images.shape[-2:]
+        return F.pad(images, (0, (pw - w % pw) % pw, 0, (ph - h % ph) % ph), value=0.0)
+
+    def forward(self, images: Tensor, *, with_inter: bool = True, with_keys: bool = False) -> BackboneOutput:
+        """Run the tower once.
+
+        Args:
+            images: B x 3 x H x W RGB in [0, 1], any H, W (zero-padded to the patch size).
+            with_inter: also return the ``ln_2`` features of block ``feats_idx``.
+            with_keys: also return the last layer's attention keys.
+        """
+        v = self.visual
+        x = self.pad(images)
+        x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        x = v.conv1(x.to(v.conv1.weight.dtype))
+        b, c, h, w = x.shape
+        x = x.flatten(2).transpose(1, 2)
+        cls_tok = v.class_embedding.to(x.dtype).view(1, 1, c).expand(b, -1, -1)
+        x = torch.cat([cls_tok, x], dim=1)
+        x = x + interpolate_pos_embed(v.positional_embedding, (h, w), self.native_grid).to(x.dtype)
+        x = v.patch_dropout(x)
+        x = v.ln_pre(x)
+
+        # open_clip < 2.26 keeps tokens sequence-first (L x B x C) inside the transformer.
+        seq_first = not getattr(v.transformer, "batch_first", True)
+        if seq_first:
+            x = x.transpose(0, 1)
+        blocks = v.transformer.resblocks
+        inter = None
+        for i, block in enumerate(blocks[:-1]):
+            if i == self.feats_idx and with_inter:
+                x, inter = _block_with_ln2(block, x)
+            else:
+                x = block(x)
+        last = blocks[-1]
+        _, k, val = _qkv(last, x)
+        val = F.linear(val, last.attn.out_proj.weight, last.attn.out_proj.bias)
+        val = x + _ls(last, 1)(val)
+        val = val + _ls(last, 2)(last.mlp(last.ln_2(val)))
+        if seq_first:
+            val, k = val.transpose(0, 1), k.transpose(0, 1)
+            inter = inter.transpose(0, 1) if inter is not None else None
+
+        val = v.ln_post(val[:, 1:])
+        if v.proj is not None:
+            val = val @ v.proj  # the 1x1 "conv" of MaskCLIP: a per-patch linear map
+        dense = val.transpose(1, 2).reshape(b, -1, h, w)
+        if inter is not None:
+            inter = inter[:, 1:].transpose(1, 2).reshape(b, -1, h, w)
+        keys = k[:, 1:] if with_keys else None
+        return BackboneOutput(dense=dense, inter=inter, keys=keys)
+
+
+def _block_with_ln2(block: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """One open_clip residual block that also returns its ``ln_2`` output."""
+    if hasattr(block, "attention"):  # open_clip ResidualAttentionBlock
+        attn = block.attention(q_x=block.ln_1(x))
+    else:  # open_clip CustomResidualAttentionBlock
+        attn = block.ln_attn(block.attn(block.ln_1(x)))
+    x = x + _ls(block, 1)(attn)
+    normed = block.ln_2(x)
+    return x + _ls(block, 2)(block.mlp(normed)), normed
+
+
+_IDENTITY = nn.Identity()
+
+
+def _ls(block: nn.Module, i: int) -> nn.Module:
+    """The block's layer-scale ``ls_i`` (identity for CLIP ViT-B/16 and older open_clip)."""
+    ls = getattr(block, f"ls_{i}", None)
+    return _IDENTITY if ls is None else ls
+
+
+def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)

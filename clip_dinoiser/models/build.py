@@ -1,0 +1,96 @@
+"""Build segmenters from plain configs: a dict of builders, no registry."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from torch import nn
+
+from .backbone import CLIPBackbone, load_open_clip
+from .clip_dinoiser import CLIPDINOiser
+from .heads import DINOiserHeads, load_heads
+from .maskclip import MaskCLIP
+from .text import TextClassifier, split_towers
+
+log = logging.getLogger(__name__)
+
+
+def _get(cfg: Mapping[str, Any], key: str, default: Any = None) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        if node is None or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def build_clip(cfg: Mapping[str, Any]) -> tuple[CLIPBackbone, TextClassifier]:
+    """The frozen CLIP image tower and text classifier shared by every model."""
+    import open_clip
+
+    name = _get(cfg, "clip.name", "ViT-B-16")
+    model = load_open_clip(name, _get(cfg, "clip.pretrained"))
+    if name.endswith(".json"):
+        name = name.rsplit("/", 1)[-1][: -len(".json")]
+    mean = getattr(model.visual, "image_mean", None)
+    std = getattr(model.visual, "image_std", None)
+    visual, text_model = split_towers(model)
+    kwargs = {"mean": tuple(mean), "std": tuple(std)} if mean and std else {}
+    backbone = CLIPBackbone(visual, feats_idx=int(_get(cfg, "feats_idx", -3)), **kwargs)
+    text = TextClassifier(text_model, open_clip.get_tokenizer(name),
+                          templates=_get(cfg, "maskclip.templates", "imagenet80"))
+    return backbone, text
+
+
+def _maskclip_kwargs(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "temperature": float(_get(cfg, "maskclip.temperature", 100.0)),
+        "ks_thresh": float(_get(cfg, "maskclip.ks_thresh", 0.0)),
+        "pd_thresh": float(_get(cfg, "maskclip.pd_thresh", 0.0)),
+        "bg_refine": _get(cfg, "bg_refine"),
+        "delta": float(_get(cfg, "delta", 0.99)),
+    }
+
+
+def build_maskclip(cfg: Mapping[str, Any]) -> MaskCLIP:
+    backbone, text = build_clip(cfg)
+    return MaskCLIP(backbone, text, **_maskclip_kwargs(cfg))
+
+
+def build_clip_dinoiser(cfg: Mapping[str, Any]) -> CLIPDINOiser:
+    backbone, text = build_clip(cfg)
+    heads = DINOiserHeads(
+        in_dim=backbone.width,
+        proj_dim=int(_get(cfg, "proj_dim", 256)),
+        kernel_size=int(_get(cfg, "kernel_size", 3)),
+    )
+    checkpoint = _get(cfg, "checkpoint")
+    if checkpoint:
+        load_heads(heads, checkpoint)
+    else:
+        log.warning("model.checkpoint is not set: the CLIP-DINOiser heads are random")
+    return CLIPDINOiser(backbone, text, heads, gamma=float(_get(cfg, "gamma", 0.2)), **_maskclip_kwargs(cfg))
+
+
+def build_dino_maskclip(cfg: Mapping[str, Any]) -> nn.Module:
+    from .dino_maskclip import build as build_dino  # needs the teachers (timm)
+
+    backbone, text = build_clip(cfg)
+    return build_dino(cfg, backbone, text, **_maskclip_kwargs(cfg))
+
+
+MODEL_BUILDERS: dict[str, Callable[[Mapping[str, Any]], nn.Module]] = {
+    "maskclip": build_maskclip,
+    "clip_dinoiser": build_clip_dinoiser,
+    "dino_maskclip": build_dino_maskclip,
+}
+
+
+def build_model(cfg: Mapping[str, Any]) -> MaskCLIP:
+    """Build the model named ``cfg["name"]`` (``clip_dinoiser``, ``maskclip``, ``dino_maskclip``)."""
+    name = _get(cfg, "name", "clip_dinoiser")
+    if name not in MODEL_BUILDERS:
+        raise ValueError(f"unknown model '{name}' (choose from {sorted(MODEL_BUILDERS)})")
+    return MODEL_BUILDERS[name](cfg).eval()

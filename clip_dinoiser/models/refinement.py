@@ -1,0 +1,56 @@
+"""Post-hoc refinements of class probabilities: MaskCLIP's PD and KS, CLIP-DINOiser's background."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def prompt_denoising(logits: Tensor, probs: Tensor, thresh: float) -> Tensor:
+    """MaskCLIP prompt denoising: drop classes whose max probability over the image is below ``thresh``.
+
+    A dropped class gets a cosine of -1 before the temperature (MaskCLIP writes -100 into the
+    cosine map), so its probability after the softmax is 0 to fp32 precision.
+
+    Args:
+        logits: B x K x h x w temperature-scaled cosine scores.
+        probs: their softmax over classes.
+    """
+    dropped = probs.flatten(2).amax(dim=2) < thresh  # B x K
+    return logits.masked_fill(dropped[:, :, None, None], -1e4)
+
+
+def key_smoothing(probs: Tensor, keys: Tensor, thresh: float) -> Tensor:
+    """MaskCLIP key smoothing: a patch whose max probability is below ``thresh`` gets the
+    key-similarity-weighted sum of all patches' probabilities.
+
+    Args:
+        probs: B x K x h x w class probabilities.
+        keys: B x N x C last-layer attention keys (N = h * w).
+    """
+    b, k, h, w = probs.shape
+    p = probs.flatten(2).transpose(1, 2)  # B x N x K
+    keys = F.normalize(keys.float(), dim=-1)
+    smoothed = (keys @ keys.transpose(1, 2)) @ p
+    uncertain = p.amax(dim=-1, keepdim=True) < thresh
+    return torch.where(uncertain, smoothed, p).transpose(1, 2).reshape(b, k, h, w)
+
+
+def background_refinement(probs: Tensor, objectness_logits: Tensor, bg_index: int, delta: float) -> Tensor:
+    """Give the background class probability 1 where the patch is not foreground and the
+    classifier is unsure (max probability below ``delta``), per image.
+
+    Args:
+        probs: B x K x h x w class probabilities.
+        objectness_logits: B x 1 x h' x w' foreground logits (resized to h x w bilinearly).
+        bg_index: index of the background class.
+        delta: confidence threshold (0.99 in the paper).
+    """
+    if objectness_logits.shape[-2:] != probs.shape[-2:]:
+        objectness_logits = F.interpolate(objectness_logits, probs.shape[-2:], mode="bilinear", align_corners=False)
+    foreground = torch.sigmoid(objectness_logits.float())[:, 0] > 0.5  # B x h x w
+    uncertain = probs.amax(dim=1) < delta
+    out = probs.clone()
+    out[:, bg_index] = out[:, bg_index].masked_fill(uncertain & ~foreground, 1.0)
+    return out

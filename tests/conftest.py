@@ -1,0 +1,83 @@
+"""Shared fixtures: tiny open_clip / timm models built through the real code paths, on disk."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+TINY_CLIP = "tiny-ViT-test"
+TINY_CLIP_CFG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 64, "layers": 4, "width": 64, "head_width": 32, "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+def register_tiny_clip(directory: str) -> str:
+    """Write the tiny config as an open_clip model-config JSON and register it."""
+    import open_clip
+
+    path = os.path.join(directory, f"{TINY_CLIP}.json")
+    with open(path, "w") as f:
+        json.dump(TINY_CLIP_CFG, f)
+    open_clip.add_model_config(path)
+    return TINY_CLIP
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_file(tmp_path_factory) -> tuple[str, str]:
+    """(model name, checkpoint path): a random tiny CLIP saved as an open_clip state dict."""
+    import open_clip
+
+    d = tmp_path_factory.mktemp("clip")
+    name = register_tiny_clip(str(d))
+    torch.manual_seed(0)
+    model = open_clip.create_model(name)
+    # Random init leaves some tensors at exact constants; perturb them so tests are not degenerate.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    path = str(d / "tiny_clip.pt")
+    torch.save(model.state_dict(), path)
+    return name, path
+
+
+@pytest.fixture(scope="session")
+def tiny_heads_file(tmp_path_factory) -> str:
+    """Random heads for the tiny CLIP (width 64), in the released ``last.pt`` format."""
+    from clip_dinoiser.models import DINOiserHeads, save_heads
+
+    torch.manual_seed(1)
+    heads = DINOiserHeads(in_dim=64, proj_dim=16)
+    path = str(tmp_path_factory.mktemp("heads") / "last.pt")
+    save_heads(heads, path)
+    return path
+
+
+@pytest.fixture()
+def model_cfg(tiny_clip_file, tiny_heads_file) -> dict:
+    name, path = tiny_clip_file
+    return {
+        "name": "clip_dinoiser",
+        "clip": {"name": name, "pretrained": path},
+        "checkpoint": tiny_heads_file,
+        "feats_idx": -3,
+        "gamma": 0.2,
+        "delta": 0.99,
+        "proj_dim": 16,
+        "maskclip": {"ks_thresh": 0.0, "pd_thresh": 0.0, "templates": "imagenet80"},
+    }
+
+
+def random_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A structured RGB uint8 image (blocks of colour plus noise) so models see content."""
+    rng = np.random.default_rng(seed)
+    img = np.zeros((h, w, 3), np.uint8)
+    for _ in range(6):
+        y, x = rng.integers(0, h), rng.integers(0, w)
+        img[y : y + h // 3, x : x + w // 3] = rng.integers(0, 255, 3)
+    return np.clip(img.astype(int) + rng.integers(-20, 20, img.shape), 0, 255).astype(np.uint8)
