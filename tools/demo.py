@@ -38,7 +38,7 @@ def run(cfg: DictConfig) -> dict[str, str]:
     model = build_model(OmegaConf.to_container(cfg.model, resolve=True)).to(device)
     model.set_vocabulary(vocab)
     t1 = time.perf_counter()
-    slide = SlideConfig(tuple(cfg.slide.scale), tuple(cfg.slide.crop), tuple(cfg.slide.stride), cfg.slide.window_batch)
+    slide = SlideConfig.from_cfg(cfg.slide)
     labels, _ = segment(model, image, cfg=slide, precision=cfg.precision)
     t2 = time.perf_counter()
 

@@ -38,6 +38,11 @@ class SlideConfig:
     stride: tuple[int, int] = (224, 224)
     window_batch: int = 32
 
+    @classmethod
+    def from_cfg(cls, cfg) -> SlideConfig:
+        """From a config node with ``scale``, ``crop``, ``stride``, ``window_batch``."""
+        return cls(tuple(cfg["scale"]), tuple(cfg["crop"]), tuple(cfg["stride"]), int(cfg["window_batch"]))
+
 
 def resize_keep_ratio(image: np.ndarray, scale: tuple[int, int] = (2048, 448)) -> np.ndarray:
     """mmseg's test-time ``Resize(scale, keep_ratio=True)``: cv2 bilinear, via mmcv.imrescale."""

@@ -1,0 +1,112 @@
+"""The demo end to end through its command line, the segment() API and image reading."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clip_dinoiser.data.images import load_image
+from clip_dinoiser.engine.inference import SlideConfig, segment, slide_inference, window_boxes
+from clip_dinoiser.models import build_model
+
+from .conftest import TINY_CLIP, TINY_CLIP_CFG, random_image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_demo(tmp_path, *overrides):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", "demo.py"), *overrides],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+
+
+@pytest.fixture()
+def clip_json(tmp_path):
+    path = tmp_path / f"{TINY_CLIP}.json"
+    path.write_text(json.dumps(TINY_CLIP_CFG))
+    return str(path)
+
+
+def test_demo_writes_overlay_and_label_map(tmp_path, clip_json, tiny_clip_file, tiny_heads_file):
+    image = random_image(300, 500)
+    Image.fromarray(image).save(tmp_path / "photo.jpg")
+    r = run_demo(tmp_path, "image=photo.jpg", "prompts=[cat,sofa,background]", "output=out",
+                 f"model.clip.name={clip_json}", f"model.clip.pretrained={tiny_clip_file[1]}",
+                 f"model.checkpoint={tiny_heads_file}", "model.proj_dim=16")
+    assert r.returncode == 0, r.stderr
+    labels = np.asarray(Image.open(tmp_path / "out" / "photo_labels.png"))
+    assert labels.shape == (300, 500) and labels.max() <= 2
+    mask = Image.open(tmp_path / "out" / "photo_mask.png")
+    assert mask.height == 300 and mask.width > 500  # the legend is appended on the right
+    assert np.asarray(mask)[:, :500].std() > 0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["image=missing.jpg", "prompts=[cat]"], "image not found: missing.jpg"),
+        (["image=bad.jpg", "prompts=[cat]"], "cannot read image bad.jpg"),
+        (["image=ok.png", "prompts=[]"], "prompt list is empty"),
+        (["image=ok.png", "prompts=[cat,dog,cat]"], "listed twice"),
+        (["image=ok.png", "prompts=[cat]", "model.checkpoint=nothing.pt"], "heads checkpoint not found"),
+    ],
+)
+def test_demo_user_errors_are_one_line(tmp_path, clip_json, tiny_clip_file, overrides, message):
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    Image.fromarray(random_image(32, 32)).save(tmp_path / "ok.png")
+    r = run_demo(tmp_path, *overrides, f"model.clip.name={clip_json}", f"model.clip.pretrained={tiny_clip_file[1]}")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and message in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_images_of_any_mode_become_rgb_uint8(tmp_path):
+    gray = np.arange(20 * 30, dtype=np.uint8).reshape(20, 30)
+    Image.fromarray(gray).save(tmp_path / "gray.png")
+    rgba = np.dstack([random_image(20, 30), np.full((20, 30), 7, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    deep = (gray.astype(np.uint16) * 257)
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    g = load_image(str(tmp_path / "gray.png"))
+    assert g.shape == (20, 30, 3) and g.dtype == np.uint8 and (g[..., 0] == gray).all() and (g[..., 2] == gray).all()
+    a = load_image(str(tmp_path / "rgba.png"))
+    assert a.shape == (20, 30, 3) and (a == rgba[..., :3]).all()
+    d = load_image(str(tmp_path / "deep.png"))
+    assert d.shape == (20, 30, 3) and (d[..., 1] == gray).all()
+
+
+def test_batched_slide_inference_equals_one_window_at_a_time(model_cfg):
+    model = build_model(model_cfg)
+    model.set_vocabulary(["cat", "dog", "background"])
+    torch.manual_seed(0)
+    images = [torch.rand(3, 96, 200), torch.rand(3, 64, 64), torch.rand(3, 130, 70)]
+    cfg = SlideConfig(crop=(64, 64), stride=(32, 32), window_batch=5)
+    out = slide_inference(model, images, cfg=cfg, out_sizes=[(50, 100), (64, 64), (131, 71)])
+    for img, res, size in zip(images, out, [(50, 100), (64, 64), (131, 71)]):
+        h, w = img.shape[-2:]
+        canvas, count = torch.zeros(3, h, w), torch.zeros(h, w)
+        for y1, y2, x1, x2 in window_boxes(h, w, (64, 64), (32, 32)):
+            p = model(img[None, :, y1:y2, x1:x2])
+            canvas[:, y1:y2, x1:x2] += torch.nn.functional.interpolate(p, (y2 - y1, x2 - x1), mode="bilinear")[0]
+            count[y1:y2, x1:x2] += 1
+        expected = torch.nn.functional.interpolate((canvas / count)[None], size, mode="bilinear")[0]
+        torch.testing.assert_close(res, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_window_boxes_cover_the_image_like_mmseg():
+    boxes = window_boxes(448, 597, (448, 448), (224, 224))
+    assert boxes == [(0, 448, 0, 448), (0, 448, 149, 597)]
+    assert window_boxes(300, 200, (448, 448), (224, 224)) == [(0, 300, 0, 200)]
+
+
+def test_segment_api_returns_labels_and_probabilities(model_cfg):
+    model = build_model(model_cfg)
+    labels, probs = segment(model, random_image(120, 90), ["sky", "tree"], cfg=SlideConfig(scale=(256, 64)))
+    assert labels.shape == (120, 90) and probs.shape == (2, 120, 90)
+    assert np.array_equal(labels, probs.argmax(0).numpy())
