@@ -66,7 +66,13 @@ def load_open_clip(name: str, pretrained: str | None) -> nn.Module:
     if pretrained and (os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))):
         if not os.path.isfile(pretrained):
             raise FileNotFoundError(f"CLIP checkpoint not found: {pretrained}")
-    model = open_clip.create_model(name, pretrained=pretrained or None)
+    try:
+        model = open_clip.create_model(name, pretrained=pretrained or None)
+    except (RuntimeError, OSError) as e:  # download failures (offline machine), unknown tags
+        raise ValueError(
+            f"cannot load CLIP weights '{pretrained}' for {name}: {str(e).splitlines()[0] if str(e) else e!r} "
+            "(offline? pass a local checkpoint file as model.clip.pretrained)"
+        ) from e
     return model.eval()
 
 

@@ -1,0 +1,199 @@
+"""Evaluation: the eight benchmarks on synthetic data in their real layouts, metrics, torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clip_dinoiser.data.benchmarks import BENCHMARKS, PAPER_ORDER, build_dataset
+from clip_dinoiser.data.convert import CITYSCAPES_LUT, COCO_OBJECT_LUT, COCO_STUFF_LUT, apply_lut
+from clip_dinoiser.engine.evaluate import area_stats, evaluate_benchmark
+from clip_dinoiser.engine.inference import SlideConfig, slide_inference, to_tensor
+from clip_dinoiser.models import build_model
+
+from .synthetic_data import make_all, make_benchmark
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SLIDE = SlideConfig(scale=(256, 64), crop=(64, 64), stride=(32, 32), window_batch=8)
+REDUCE_ZERO = {"voc20", "context59", "ade20k"}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return make_all(str(tmp_path_factory.mktemp("data")))
+
+
+def independent_miou(model, root: str, name: str) -> float:
+    """Re-derive the paper's protocol with plain cv2/numpy: read, resize, slide, confusion matrix."""
+    bench = BENCHMARKS[name]
+    img_dir, ann_dir = os.path.join(root, bench.img_dir), os.path.join(root, bench.ann_dir)
+    files = sorted(os.path.join(d, f) for d, _, fs in os.walk(img_dir) for f in fs)
+    k = bench.num_classes
+    conf = np.zeros((k, k), np.int64)
+    for path in files:
+        bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+        h, w = bgr.shape[:2]
+        s = min(SLIDE.scale[0] / max(h, w), SLIDE.scale[1] / min(h, w))
+        rgb = cv2.resize(bgr, (int(w * s + 0.5), int(h * s + 0.5)), interpolation=cv2.INTER_LINEAR)[..., ::-1]
+        (probs,) = slide_inference(model, [to_tensor(rgb)], cfg=SLIDE, out_sizes=[(h, w)])
+        pred = probs.argmax(0).numpy()
+        rel = os.path.relpath(path, img_dir)
+        stem = rel.replace("_leftImg8bit.png", "").rsplit(".", 1)[0]
+        suffix = {"coco_object": "_instanceTrainIds.png", "coco_stuff": "_labelTrainIds.png",
+                  "cityscapes": "_gtFine_labelTrainIds.png"}.get(name, ".png")
+        gt = np.asarray(Image.open(os.path.join(ann_dir, stem + suffix))).astype(np.int64)
+        if name in REDUCE_ZERO:
+            gt = np.where(gt == 0, 255, gt - 1)
+            gt[gt == 254] = 255
+        valid = gt != 255
+        np.add.at(conf, (gt[valid], pred[valid]), 1)
+    inter = np.diag(conf).astype(float)
+    union = conf.sum(0) + conf.sum(1) - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return float(np.nanmean(inter / union) * 100)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_clip_file, tiny_heads_file):
+    name, path = tiny_clip_file
+    return build_model({"name": "clip_dinoiser", "clip": {"name": name, "pretrained": path},
+                        "checkpoint": tiny_heads_file, "proj_dim": 16})
+
+
+@pytest.mark.parametrize("name", PAPER_ORDER)
+def test_each_benchmark_loads_and_matches_independent_miou(model, data_dir, name):
+    bench = BENCHMARKS[name]
+    root = os.path.join(data_dir, bench.root)
+    result = evaluate_benchmark(model, bench, root, slide=SLIDE, num_workers=0, progress=False)
+    assert result.num_images == 3 and len(result.class_iou) == bench.num_classes
+    model.bg_refine = bench.bg_refine
+    assert result.miou == pytest.approx(independent_miou(model, root, name), abs=1e-9)
+    assert result.windows > 3
+
+
+def test_area_stats_match_mmseg_intersect_and_union():
+    from mmseg.evaluation import IoUMetric
+
+    rng = np.random.default_rng(0)
+    pred = torch.from_numpy(rng.integers(0, 7, (30, 40)))
+    label = torch.from_numpy(rng.integers(0, 7, (30, 40)))
+    label[:5] = 255
+    ours = area_stats(pred, label, 7)
+    theirs = IoUMetric.intersect_and_union(pred, label, 7, 255)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b.double())
+
+
+def test_reduce_zero_label_and_ignore_follow_mmseg(data_dir):
+    root = os.path.join(data_dir, BENCHMARKS["voc20"].root)
+    raw = np.asarray(Image.open(os.path.join(root, "SegmentationClass", "2007_000000.png")))
+    sample = build_dataset(BENCHMARKS["voc20"], root)[0]
+    expected = raw.astype(np.int64) - 1
+    expected[raw == 0] = 255
+    expected[raw == 255] = 255
+    assert np.array_equal(sample["gt"], expected)
+    voc = build_dataset(BENCHMARKS["voc"], root)[0]
+    assert np.array_equal(voc["gt"], raw) and voc["img"].shape[0] == 448
+
+
+def test_dataset_errors_name_the_path(tmp_path, model):
+    with pytest.raises(FileNotFoundError, match="dataset folder not found: .*nowhere"):
+        build_dataset(BENCHMARKS["ade20k"], str(tmp_path / "nowhere"))
+    root = make_benchmark(str(tmp_path), "voc", n=2)
+    os.remove(os.path.join(root, "ImageSets/Segmentation/val.txt"))
+    with pytest.raises(FileNotFoundError, match="split file not found: .*val.txt"):
+        build_dataset(BENCHMARKS["voc"], root)
+    root = make_benchmark(str(tmp_path), "cityscapes", n=1)
+    ann = os.path.join(root, "gtFine/val/frankfurt/2007_000000_gtFine_labelTrainIds.png")
+    Image.fromarray(np.full((60, 80), 40, np.uint8)).save(ann)
+    with pytest.raises(ValueError, match=r"2007_000000_gtFine_labelTrainIds.png has labels \[40\]"):
+        evaluate_benchmark(model, BENCHMARKS["cityscapes"], root, slide=SLIDE, num_workers=0, progress=False)
+
+
+def _eval_cmd(tmp_path, data_dir, clip_file, heads, out, *extra):
+    return [f"data.root={data_dir}", "device=cpu", "num_workers=0", "progress=false", f"output={out}",
+            f"model.clip.name={tmp_path / 'tiny-ViT-test.json'}", f"model.clip.pretrained={clip_file}",
+            f"model.checkpoint={heads}", "model.proj_dim=16", "slide.scale=[256,64]", "slide.crop=[64,64]",
+            "slide.stride=[32,32]", *extra]
+
+
+def test_eval_cli_all_benchmarks_and_torchrun_two_processes_agree(tmp_path, data_dir, tiny_clip_file,
+                                                                  tiny_heads_file):
+    from .conftest import TINY_CLIP_CFG
+
+    (tmp_path / "tiny-ViT-test.json").write_text(json.dumps(TINY_CLIP_CFG))
+    names = "data.names=[voc,context,coco_object,voc20,context59,coco_stuff,cityscapes,ade20k]"
+    one = _eval_cmd(tmp_path, data_dir, tiny_clip_file[1], tiny_heads_file, tmp_path / "one", "data=all", names)
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools/eval.py"), *one], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "Object" in r.stdout and "Avg" in r.stdout  # the summary table
+    single = json.loads((tmp_path / "one" / "results.json").read_text())
+    assert set(single) == set(PAPER_ORDER) | {"average_mIoU"}
+    assert (tmp_path / "one" / "results.csv").read_text().count("\n") == 9
+    assert (tmp_path / "one" / "config.yaml").exists()
+
+    two = _eval_cmd(tmp_path, data_dir, tiny_clip_file[1], tiny_heads_file, tmp_path / "two", "data=all", names)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+                        os.path.join(ROOT, "tools/eval.py"), *two], capture_output=True, text=True, cwd=tmp_path,
+                       timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    double = json.loads((tmp_path / "two" / "results.json").read_text())
+    for name in PAPER_ORDER:
+        assert double[name]["mIoU"] == pytest.approx(single[name]["mIoU"], abs=1e-9), name
+        assert double[name]["images"] == single[name]["images"]
+
+
+def test_eval_cli_missing_dataset_is_one_line(tmp_path):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools/eval.py"), "data=ade20k",
+                        f"data.root={tmp_path}/missing", f"output={tmp_path}/o"], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == f"error: ade20k: dataset folder not found: {tmp_path}/missing"
+
+
+def test_converters_map_labels(tmp_path):
+    raw = np.array([[0, 10, 12, 89], [91, 92, 181, 255]], np.uint8)
+    src = tmp_path / "000000000139.png"
+    Image.fromarray(raw).save(src)
+    apply_lut(str(src), str(tmp_path / "stuff.png"), COCO_STUFF_LUT)
+    apply_lut(str(src), str(tmp_path / "object.png"), COCO_OBJECT_LUT)
+    assert np.asarray(Image.open(tmp_path / "stuff.png")).tolist() == [[0, 10, 11, 79], [80, 81, 170, 255]]
+    assert np.asarray(Image.open(tmp_path / "object.png")).tolist() == [[1, 11, 12, 80], [0, 0, 0, 0]]
+    city = np.array([[7, 8, 26, 33], [0, 6, 34, 255]], np.uint8)
+    Image.fromarray(city).save(tmp_path / "city.png")
+    apply_lut(str(tmp_path / "city.png"), str(tmp_path / "city_train.png"), CITYSCAPES_LUT)
+    assert np.asarray(Image.open(tmp_path / "city_train.png")).tolist() == [[0, 1, 13, 18], [255, 255, 255, 255]]
+
+
+def test_converter_tools_walk_the_real_layout(tmp_path):
+    ann = tmp_path / "coco_stuff164k" / "annotations" / "val2017"
+    ann.mkdir(parents=True)
+    Image.fromarray(np.array([[0, 91]], np.uint8)).save(ann / "000000000139.png")
+    for tool, out in [("convert_coco_stuff.py", "000000000139_labelTrainIds.png"),
+                      ("convert_coco_object.py", "000000000139_instanceTrainIds.png")]:
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", tool), str(tmp_path / "coco_stuff164k"),
+                            "--nproc", "1"], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert (ann / out).exists()
+    assert np.asarray(Image.open(ann / "000000000139_instanceTrainIds.png")).tolist() == [[1, 0]]
+    gt = tmp_path / "cityscapes" / "gtFine" / "val" / "lindau"
+    gt.mkdir(parents=True)
+    Image.fromarray(np.array([[7, 24]], np.uint8)).save(gt / "lindau_000000_000019_gtFine_labelIds.png")
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "convert_cityscapes.py"),
+                        str(tmp_path / "cityscapes"), "--nproc", "1"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = np.asarray(Image.open(gt / "lindau_000000_000019_gtFine_labelTrainIds.png"))
+    assert out.tolist() == [[0, 11]]
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "convert_cityscapes.py"), str(tmp_path / "no")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("error: Cityscapes folder not found")
