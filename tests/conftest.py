@@ -81,3 +81,39 @@ def random_image(h: int, w: int, seed: int = 0) -> np.ndarray:
         y, x = rng.integers(0, h), rng.integers(0, w)
         img[y : y + h // 3, x : x + w // 3] = rng.integers(0, 255, 3)
     return np.clip(img.astype(int) + rng.integers(-20, 20, img.shape), 0, 255).astype(np.uint8)
+
+
+TINY_DINO = {"arch": "vit_base_patch16_224", "kwargs": {"depth": 2, "embed_dim": 32, "num_heads": 2, "img_size": 64}}
+TINY_FOUND = {"arch": "vit_small_patch8_224", "kwargs": {"depth": 2, "embed_dim": 24, "num_heads": 2, "img_size": 64}}
+
+
+@pytest.fixture(scope="session")
+def tiny_teachers(tmp_path_factory) -> dict:
+    """``teachers`` config with tiny random timm ViTs and a FOUND decoder written to disk."""
+    import timm
+
+    d = tmp_path_factory.mktemp("teachers")
+    torch.manual_seed(2)
+    cfg = {}
+    for key, spec in (("dino", TINY_DINO), ("found", TINY_FOUND)):
+        vit = timm.create_model(spec["arch"], pretrained=False, num_classes=0, **spec["kwargs"])
+        with torch.no_grad():
+            for p in vit.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        path = str(d / f"{key}.pth")
+        torch.save(vit.state_dict(), path)
+        cfg[key] = {"arch": spec["arch"], "pretrained": path, "kwargs": dict(spec["kwargs"])}
+    decoder = str(d / "decoder_weights.pt")
+    torch.save({"decoder": {"weight": torch.randn(1, 24, 1, 1) * 0.3, "bias": torch.zeros(1)}}, decoder)
+    cfg["found"]["decoder"] = decoder
+    return cfg
+
+
+def write_images(folder: str, n: int, size=(80, 100), nested: bool = True) -> str:
+    from PIL import Image
+
+    for i in range(n):
+        sub = os.path.join(folder, f"n{i % 2:08d}") if nested else folder
+        os.makedirs(sub, exist_ok=True)
+        Image.fromarray(random_image(*size, seed=100 + i)).save(os.path.join(sub, f"img_{i}.JPEG"))
+    return folder

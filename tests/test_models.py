@@ -21,7 +21,11 @@ from clip_dinoiser.models import (
 from clip_dinoiser.models.refinement import background_refinement, key_smoothing, prompt_denoising
 from clip_dinoiser.models.text import build_text_classifier, imagenet_templates, parse_vocabulary
 
-torch.set_grad_enabled(False)
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    with torch.no_grad():
+        yield
 
 
 @pytest.fixture()

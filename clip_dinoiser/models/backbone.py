@@ -35,12 +35,13 @@ class BackboneOutput:
     """What one CLIP forward returns.
 
     Attributes:
-        dense: MaskCLIP features, B x D x h x w (projected to the text space, not normalised).
+        dense: MaskCLIP features, B x D x h x w (projected to the text space, not normalised);
+            None when not asked for.
         inter: ``ln_2`` output of block ``feats_idx``, B x W x h x w; None when not asked for.
         keys: last-layer attention keys, B x (h*w) x W; None when not asked for.
     """
 
-    dense: Tensor
+    dense: Tensor | None
     inter: Tensor | None = None
     keys: Tensor | None = None
 
@@ -156,13 +157,24 @@ class CLIPBackbone(nn.Module):
         h, w = images.shape[-2:]
         return F.pad(images, (0, (pw - w % pw) % pw, 0, (ph - h % ph) % ph), value=0.0)
 
-    def forward(self, images: Tensor, *, with_inter: bool = True, with_keys: bool = False) -> BackboneOutput:
+    def forward_inter(self, images: Tensor) -> Tensor:
+        """Only the heads' input: ``ln_2`` features of block ``feats_idx``, B x W x h x w.
+
+        Stops after that block (training needs nothing else from CLIP).
+        """
+        return self(images, with_inter=True, with_dense=False).inter
+
+    def forward(
+        self, images: Tensor, *, with_inter: bool = True, with_keys: bool = False, with_dense: bool = True
+    ) -> BackboneOutput:
         """Run the tower once.
 
         Args:
             images: B x 3 x H x W RGB in [0, 1], any H, W (zero-padded to the patch size).
             with_inter: also return the ``ln_2`` features of block ``feats_idx``.
             with_keys: also return the last layer's attention keys.
+            with_dense: compute the MaskCLIP features (False: stop after block ``feats_idx``;
+                ``dense`` is then None).
         """
         v = self.visual
         x = self.pad(images)
@@ -185,6 +197,9 @@ class CLIPBackbone(nn.Module):
         for i, block in enumerate(blocks[:-1]):
             if i == self.feats_idx and with_inter:
                 x, inter = _block_with_ln2(block, x)
+                if not with_dense:
+                    inter = inter.transpose(0, 1) if seq_first else inter
+                    return BackboneOutput(dense=None, inter=inter[:, 1:].transpose(1, 2).reshape(b, -1, h, w))
             else:
                 x = block(x)
         last = blocks[-1]

@@ -31,13 +31,12 @@ class CLIPDINOiser(MaskCLIP):
         self.heads = heads
         self.gamma = gamma
 
-    def forward_heads(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Frozen backbone then heads: (correlations B x N x N, objectness logits B x 1 x h x w,
-        MaskCLIP features B x D x h x w). Gradients flow into the heads only."""
+    def forward_heads(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Frozen backbone then heads (training): correlations B x N x N and objectness logits
+        B x 1 x h x w. Gradients flow into the heads only; CLIP stops after block ``feats_idx``."""
         with torch.no_grad():
-            out = self.backbone(images, with_inter=True)
-        corrs, objectness = self.heads(out.inter)
-        return corrs, objectness, out.dense
+            inter = self.backbone.forward_inter(images)
+        return self.heads(inter)
 
     def forward(self, images: Tensor) -> Tensor:
         """B x 3 x H x W RGB in [0, 1] -> B x K x h x w class probabilities at the patch grid."""

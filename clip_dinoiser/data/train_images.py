@@ -1,0 +1,110 @@
+"""Training images: any folder tree of images, the paper's augmentations, resumable sampling.
+
+Every random choice (which images, their order, crops, flips, brightness) derives from
+(seed, epoch, position), so a run resumed at any iteration sees exactly the batches an
+uninterrupted run sees, whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset, Sampler
+from torchvision.transforms.v2 import functional as TF
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def list_images(root: str) -> list[str]:
+    """All image files under ``root`` (any nesting; ImageNet's train folder works), sorted."""
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"training image folder not found: {root}")
+    files = sorted(
+        os.path.join(d, f) for d, _, fs in os.walk(root, followlinks=True) for f in fs
+        if f.lower().endswith(IMAGE_EXTENSIONS)
+    )
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
+    return files
+
+
+def sample_subset(files: list[str], size: int | None, seed: int) -> list[str]:
+    """``size`` distinct files drawn with ``seed`` (all files when ``size`` is None or larger)."""
+    if size is None or size >= len(files):
+        return list(files)
+    g = torch.Generator().manual_seed(seed)
+    return [files[i] for i in torch.randperm(len(files), generator=g)[:size].tolist()]
+
+
+class TrainImages(Dataset):
+    """The paper's augmentations: resize short side to ``size``, random ``size`` crop,
+    horizontal flip, ColorJitter(brightness=0.5). Items are asked for as (index, seed)."""
+
+    def __init__(self, files: list[str], size: int = 448) -> None:
+        self.files = files
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, item: tuple[int, int]) -> Tensor:
+        index, seed = item
+        g = torch.Generator().manual_seed(seed)
+        with Image.open(self.files[index]) as im:
+            img = TF.to_dtype(TF.pil_to_tensor(im.convert("RGB")), torch.float32, scale=True)
+        img = TF.resize(img, self.size, antialias=True)
+        h, w = img.shape[-2:]
+        top = int(torch.randint(0, h - self.size + 1, (1,), generator=g))
+        left = int(torch.randint(0, w - self.size + 1, (1,), generator=g))
+        img = img[:, top : top + self.size, left : left + self.size]
+        if torch.rand(1, generator=g).item() < 0.5:
+            img = img.flip(-1)
+        factor = float(torch.empty(1).uniform_(0.5, 1.5, generator=g))
+        return TF.adjust_brightness(img, factor)
+
+
+class ResumableBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Batches for iterations ``start .. total-1``: each epoch a seeded permutation of the
+    dataset cut into batches (the last one smaller), each rank taking its share of a batch.
+
+    Args:
+        n: dataset size.
+        batch_size: global batch size.
+        epochs: passes over the data.
+        seed: run seed.
+        start: first iteration to produce (resume).
+        rank, world: this process's share of every batch.
+    """
+
+    def __init__(self, n: int, batch_size: int, epochs: int, seed: int, *, start: int = 0, rank: int = 0,
+                 world: int = 1) -> None:
+        self.n, self.batch_size, self.epochs, self.seed = n, batch_size, epochs, seed
+        self.start, self.rank, self.world = start, rank, world
+
+    @property
+    def iters_per_epoch(self) -> int:
+        return -(-self.n // self.batch_size)
+
+    @property
+    def total(self) -> int:
+        return self.iters_per_epoch * self.epochs
+
+    def __len__(self) -> int:
+        return max(self.total - self.start, 0)
+
+    def batch(self, iteration: int) -> list[tuple[int, int]]:
+        epoch, pos = divmod(iteration, self.iters_per_epoch)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.randperm(self.n, generator=g).tolist()
+        lo = pos * self.batch_size
+        items = [(idx, (self.seed * 1_000_003 + epoch) * 100_003 + lo + j)
+                 for j, idx in enumerate(order[lo : lo + self.batch_size])]
+        return items[self.rank :: self.world]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for it in range(self.start, self.total):
+            yield self.batch(it)

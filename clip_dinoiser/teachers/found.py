@@ -1,0 +1,63 @@
+"""FOUND teacher (Simeoni et al., CVPR 2023): objectness from DINO ViT-S/8 keys and a 1x1 decoder."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor, nn
+from torchvision.transforms.v2 import functional as TF
+
+from .vit import FrozenViT
+
+
+def load_found_decoder(path: str, in_dim: int) -> nn.Conv2d:
+    """FOUND's official ``decoder_weights.pt``: ``{"decoder": {"weight": 1 x C x 1 x 1, "bias": 1}}``."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"FOUND decoder weights not found: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or "decoder" not in state:
+        raise ValueError(f"{path} is not a FOUND decoder file ({{'decoder': {{'weight', 'bias'}}}})")
+    decoder = nn.Conv2d(in_dim, 1, 1)
+    weight = state["decoder"].get("weight")
+    if weight is None or tuple(weight.shape) != (1, in_dim, 1, 1):
+        shape = None if weight is None else tuple(weight.shape)
+        raise ValueError(f"FOUND decoder {path}: weight of shape {shape}, expected (1, {in_dim}, 1, 1)")
+    decoder.load_state_dict(state["decoder"])
+    return decoder.eval().requires_grad_(False)
+
+
+class FOUNDTeacher(nn.Module):
+    """Foreground probability per DINO ViT-S/8 patch, resized to a target grid.
+
+    Args:
+        vit: frozen DINO ViT-S/8.
+        decoder: FOUND's 1x1 convolution on the last block's key features.
+    """
+
+    def __init__(self, vit: FrozenViT, decoder: nn.Conv2d) -> None:
+        super().__init__()
+        self.vit = vit
+        self.decoder = decoder.eval().requires_grad_(False)
+
+    def train(self, mode: bool = True) -> FOUNDTeacher:
+        return super().train(False)
+
+    @torch.no_grad()
+    def probabilities(self, images: Tensor, size: tuple[int, int] | None = None) -> Tensor:
+        """B x 3 x H x W in [0, 1] -> B x 1 x h x w foreground probabilities (fp32).
+
+        With ``size``, resized as the reference does (torchvision ``resize``, bilinear, antialiased).
+        """
+        _, k, _ = self.vit.last_qkv(images)
+        gh, gw = self.vit.grid(images)
+        feats = k.transpose(1, 2).reshape(k.shape[0], -1, gh, gw)
+        probs = torch.sigmoid(self.decoder(feats.to(self.decoder.weight.dtype)).float())
+        if size is not None and tuple(size) != (gh, gw):
+            probs = TF.resize(probs, list(size), antialias=True)
+        return probs
+
+    @torch.no_grad()
+    def target(self, images: Tensor, size: tuple[int, int]) -> Tensor:
+        """Binary objectness target at ``size``: probability > 0.5, B x 1 x h x w float."""
+        return (self.probabilities(images, size) > 0.5).float()

@@ -1,0 +1,111 @@
+"""Frozen DINO ViTs (timm) with an explicit forward to the last attention layer's q/k/v."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def load_timm_vit(arch: str, pretrained: str | None, **kwargs) -> nn.Module:
+    """A timm ViT from a pretrained name (``vit_base_patch16_224.dino``) or a local weights file.
+
+    Args:
+        arch: timm architecture, used when ``pretrained`` is a file or empty
+            (``vit_base_patch16_224``).
+        pretrained: timm ``name.tag`` to download, a local state-dict file (timm or original
+            DINO key names, which coincide), or None / empty for random weights.
+        **kwargs: timm model overrides (``depth``, ``embed_dim``, ... for tests).
+    """
+    import timm
+
+    if pretrained and os.path.isfile(pretrained):
+        model = timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
+        state = torch.load(pretrained, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
+        state = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()}
+        state = {k: v for k, v in state.items() if not k.startswith("head")}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"teacher weights {pretrained} do not fit {arch}: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
+    elif pretrained and (os.sep in pretrained or pretrained.endswith((".pt", ".pth"))):
+        raise FileNotFoundError(f"teacher weights not found: {pretrained}")
+    elif pretrained:
+        try:
+            model = timm.create_model(pretrained, pretrained=True, num_classes=0, **kwargs)
+        except Exception as e:  # offline machine, unknown tag
+            raise ValueError(f"cannot load teacher '{pretrained}' from timm: {str(e).splitlines()[0]} "
+                             "(offline? pass a local weights file)") from e
+    else:
+        model = timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
+    return model.eval().requires_grad_(False)
+
+
+def dino_pos_embed(pos_embed: Tensor, grid: tuple[int, int]) -> Tensor:
+    """DINO's ``interpolate_pos_encoding``: bicubic with scale factors (g + 0.1) / sqrt(N).
+
+    The +0.1 offset (DINO, facebookresearch/dino#8) makes the output size round correctly;
+    unchanged at the native square grid. ``pos_embed`` is 1 x (1 + N) x C.
+    """
+    n = pos_embed.shape[1] - 1
+    side = int(math.sqrt(n))
+    if grid[0] * grid[1] == n and grid[0] == grid[1]:
+        return pos_embed
+    patch = pos_embed[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    patch = F.interpolate(patch.float(), scale_factor=((grid[0] + 0.1) / side, (grid[1] + 0.1) / side),
+                          mode="bicubic")
+    if patch.shape[-2:] != grid:
+        raise RuntimeError(f"positional embedding resized to {tuple(patch.shape[-2:])}, expected {grid}")
+    patch = patch.to(pos_embed.dtype).permute(0, 2, 3, 1).reshape(1, -1, pos_embed.shape[-1])
+    return torch.cat([pos_embed[:, :1], patch], dim=1)
+
+
+class FrozenViT(nn.Module):
+    """A frozen timm ViT returning the last attention layer's q, k, v for every patch.
+
+    Input: B x 3 x H x W RGB in [0, 1]; zero-padded to the patch size, then ImageNet-normalised.
+    """
+
+    def __init__(self, vit: nn.Module) -> None:
+        super().__init__()
+        self.vit = vit.eval().requires_grad_(False)
+        ps = vit.patch_embed.patch_size
+        self.patch_size = (ps, ps) if isinstance(ps, int) else tuple(ps)
+        self.dim = vit.embed_dim
+        self.num_heads = vit.blocks[-1].attn.num_heads
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def train(self, mode: bool = True) -> FrozenViT:
+        return super().train(False)
+
+    def grid(self, images: Tensor) -> tuple[int, int]:
+        ph, pw = self.patch_size
+        return -(-images.shape[-2] // ph), -(-images.shape[-1] // pw)
+
+    @torch.no_grad()
+    def last_qkv(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(q, k, v) of the last block's attention, each B x N x C (class token dropped)."""
+        v = self.vit
+        ph, pw = self.patch_size
+        h, w = images.shape[-2:]
+        x = F.pad(images, (0, (pw - w % pw) % pw, 0, (ph - h % ph) % ph), value=0.0)
+        x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        x = v.patch_embed.proj(x.to(v.patch_embed.proj.weight.dtype))
+        b, c, gh, gw = x.shape
+        x = x.flatten(2).transpose(1, 2)
+        x = torch.cat([v.cls_token.expand(b, -1, -1).to(x.dtype), x], dim=1)
+        x = x + dino_pos_embed(v.pos_embed, (gh, gw)).to(x.dtype)
+        x = v.norm_pre(v.pos_drop(x))
+        for block in v.blocks[:-1]:
+            x = block(x)
+        last = v.blocks[-1]
+        q, k, val = last.attn.qkv(last.norm1(x)).chunk(3, dim=-1)
+        return q[:, 1:], k[:, 1:], val[:, 1:]

@@ -1,0 +1,197 @@
+"""Teachers, distillation losses, resumable training and the train CLI on tiny random models."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clip_dinoiser.data.train_images import ResumableBatchSampler, TrainImages, list_images, sample_subset
+from clip_dinoiser.engine.train import Distiller, distillation_losses, train
+from clip_dinoiser.models import build_model, load_heads_state
+from clip_dinoiser.teachers import build_teachers, dino_pos_embed
+
+from .conftest import write_images
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def hooked_qkv(vit, images):
+    """The reference's way: a forward hook on the last block's qkv of the intact timm model."""
+    stash = {}
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    h = vit.blocks[-1].attn.qkv.register_forward_hook(lambda m, i, o: stash.__setitem__("qkv", o))
+    try:
+        vit((images - mean) / std)
+    finally:
+        h.remove()
+    c = stash["qkv"].shape[-1] // 3
+    b, n = stash["qkv"].shape[:2]
+    qkv = stash["qkv"].reshape(b, n, 3, vit.blocks[-1].attn.num_heads, -1).permute(2, 0, 3, 1, 4)
+    return [t.transpose(1, 2).reshape(b, n, c)[:, 1:] for t in qkv]
+
+
+@torch.no_grad()
+def test_teachers_match_hooked_timm_features(tiny_teachers):
+    dino, found = build_teachers(tiny_teachers)
+    images = torch.rand(2, 3, 64, 64)
+    _, _, v = hooked_qkv(dino.vit.vit, images)
+    v = v / v.norm(dim=-1, keepdim=True)
+    corrs = v @ v.transpose(1, 2)
+    torch.testing.assert_close(dino.correlations(images), corrs, rtol=1e-5, atol=1e-5)
+    target = dino.target(images, 0.2)
+    assert torch.equal(target, (corrs >= 0.2).float())
+    _, k, _ = hooked_qkv(found.vit.vit, images)
+    feats = k.transpose(1, 2).reshape(2, -1, 8, 8)
+    w, b = found.decoder.weight, found.decoder.bias
+    probs = torch.sigmoid(torch.einsum("bchw,oc->bohw", feats, w[:, :, 0, 0]) + b.view(1, 1, 1, 1))
+    torch.testing.assert_close(found.probabilities(images), probs, rtol=1e-5, atol=1e-6)
+    assert found.target(images, (4, 4)).shape == (2, 1, 4, 4)
+
+
+def test_dino_pos_embed_follows_dino_interpolation():
+    pos = torch.randn(1, 1 + 16, 8)
+    assert dino_pos_embed(pos, (4, 4)) is pos
+    out = dino_pos_embed(pos, (6, 3))
+    grid = pos[:, 1:].reshape(1, 4, 4, 8).permute(0, 3, 1, 2)
+    expected = F.interpolate(grid, scale_factor=(6.1 / 4, 3.1 / 4), mode="bicubic")
+    torch.testing.assert_close(out[:, 1:], expected.permute(0, 2, 3, 1).reshape(1, 18, 8))
+    assert torch.equal(out[:, 0], pos[:, 0])
+
+
+def test_distillation_losses_are_the_papers():
+    logits = torch.tensor([[-0.5, 0.3], [0.9, -0.1]])
+    target = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    corr, _ = distillation_losses(logits, torch.zeros(1, 1, 1, 1), target, torch.ones(1, 1, 1, 1))
+    x = logits.clamp(min=0)
+    manual = -(target * torch.log(torch.sigmoid(x)) + (1 - target) * torch.log(1 - torch.sigmoid(x))).mean()
+    torch.testing.assert_close(corr, manual)
+
+
+def test_images_sampling_and_augmentations_are_deterministic(tmp_path):
+    files = list_images(write_images(str(tmp_path / "imgs"), 6))
+    assert len(files) == 6 and all(f.endswith(".JPEG") for f in files)
+    assert sample_subset(files, 4, 0) == sample_subset(files, 4, 0) and len(set(sample_subset(files, 4, 0))) == 4
+    ds = TrainImages(files, size=48)
+    a, b = ds[(3, 123)], ds[(3, 123)]
+    assert a.shape == (3, 48, 48) and torch.equal(a, b)
+    sampler = ResumableBatchSampler(5, 2, 3, seed=0)
+    full = list(sampler)
+    assert len(full) == 9 and [len(x) for x in full[:3]] == [2, 2, 1]
+    assert list(ResumableBatchSampler(5, 2, 3, seed=0, start=4)) == full[4:]
+    halves = [ResumableBatchSampler(5, 2, 3, seed=0, rank=r, world=2).batch(0) for r in (0, 1)]
+    assert sorted(halves[0] + halves[1]) == sorted(full[0])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no images"):
+        list_images(str(tmp_path / "empty"))
+
+
+def _cfg(tmp_path, tiny_clip_file, teachers, **train):
+    name, path = tiny_clip_file
+    base = {"data": str(tmp_path / "imgs"), "output": str(tmp_path / "run"), "resume": None, "ds_size": 6,
+            "batch_size": 2, "epochs": 2, "corr_lr": 5e-3, "found_lr": 1e-2, "milestones": [4], "step_lr_gamma": 0.1,
+            "im_size": 64, "num_workers": 0, "seed": 0, "save_every": 2, "keep_checkpoints": 2, "stop_after": None}
+    base.update(train)
+    return {"model": {"clip": {"name": name, "pretrained": path}, "proj_dim": 16, "feats_idx": -3, "gamma": 0.2},
+            "teachers": teachers, "train": base, "precision": "fp32"}
+
+
+def test_losses_decrease_and_agreement_rises(tmp_path, tiny_clip_file, tiny_teachers):
+    from clip_dinoiser.engine.train import build_distiller, make_optimizer
+
+    files = list_images(write_images(str(tmp_path / "imgs"), 4))
+    images = torch.stack([TrainImages(files, 64)[(i, i)] for i in range(4)])
+    cfg = _cfg(tmp_path, tiny_clip_file, tiny_teachers, corr_lr=2e-2)
+    distiller: Distiller = build_distiller(cfg, torch.device("cpu"))
+    optimizer, _ = make_optimizer(distiller.student.heads, cfg["train"])
+    history = []
+    for _ in range(40):
+        corr, obj, agree = distiller.losses(images)
+        optimizer.zero_grad()
+        (corr + obj).backward()
+        optimizer.step()
+        history.append((corr.item(), obj.item(), agree.item()))
+    assert history[-1][0] < 0.9 * history[0][0]
+    assert history[-1][1] < 0.8 * history[0][1]
+    assert history[-1][2] > history[0][2]
+    # Only the heads learn: CLIP stays frozen.
+    assert all(not p.requires_grad for p in distiller.student.backbone.parameters())
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, tiny_clip_file, tiny_teachers):
+    write_images(str(tmp_path / "imgs"), 6)
+    full = train(_cfg(tmp_path, tiny_clip_file, tiny_teachers, output=str(tmp_path / "full")), torch.device("cpu"))
+    cut = _cfg(tmp_path, tiny_clip_file, tiny_teachers, output=str(tmp_path / "cut"), stop_after=5)
+    assert train(cut, torch.device("cpu")) == ""
+    assert sorted(os.listdir(tmp_path / "cut" / "checkpoints")) == ["iter_0000002.pt", "iter_0000004.pt"]
+    resumed_cfg = copy.deepcopy(cut)
+    resumed_cfg["train"].update(resume=str(tmp_path / "cut"), stop_after=None)
+    resumed = train(resumed_cfg, torch.device("cpu"))
+    a, b = load_heads_state(full), load_heads_state(resumed)
+    assert set(a) == {"obj_proj.weight", "obj_proj.bias", "bkg_decoder.weight", "bkg_decoder.bias"}
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # The saved heads load unchanged into the inference model.
+    name, path = tiny_clip_file
+    model = build_model({"name": "clip_dinoiser", "clip": {"name": name, "pretrained": path}, "proj_dim": 16,
+                         "checkpoint": full})
+    assert torch.equal(model.heads.obj_proj.weight, a["obj_proj.weight"])
+    init = _cfg(tmp_path, tiny_clip_file, tiny_teachers)
+    untrained = build_model({**init["model"], "checkpoint": None}).heads.obj_proj.weight
+    assert not torch.equal(a["obj_proj.weight"], untrained)
+
+
+def test_dino_maskclip_pools_with_teacher_correlations(tiny_clip_file, tiny_teachers):
+    from clip_dinoiser.models.pooling import guided_pooling
+
+    name, path = tiny_clip_file
+    model = build_model({"name": "dino_maskclip", "clip": {"name": name, "pretrained": path},
+                         "teachers": tiny_teachers})
+    model.set_vocabulary(["cat", "background"])
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        out = model(images)
+        dense = model.backbone(images).dense
+        pooled = guided_pooling(dense, model.dino.correlations(images), 0.2)
+        expected = model.text(pooled).softmax(1)
+        fg = model.found.probabilities(images, (4, 4))[:, 0] > 0.5
+        unsure = expected.amax(1) < 0.99
+        expected[:, 1][unsure & ~fg] = 1.0
+    torch.testing.assert_close(out, expected)
+
+
+def test_train_cli_runs_and_reports_user_errors(tmp_path, tiny_clip_file, tiny_teachers):
+    import json
+
+    from .conftest import TINY_CLIP_CFG
+
+    (tmp_path / "tiny.json").write_text(json.dumps(TINY_CLIP_CFG))
+    write_images(str(tmp_path / "imgs"), 4)
+    t = tiny_teachers
+    common = [f"model.clip.name={tmp_path / 'tiny.json'}", f"model.clip.pretrained={tiny_clip_file[1]}",
+              "model.proj_dim=16", "device=cpu", "train.im_size=64", "train.batch_size=2", "train.epochs=1",
+              "train.num_workers=1", f"teachers.dino.pretrained={t['dino']['pretrained']}",
+              f"teachers.found.pretrained={t['found']['pretrained']}",
+              f"teachers.found.decoder={t['found']['decoder']}",
+              *[f"+teachers.{k}.kwargs.{n}={v}" for k in ("dino", "found") for n, v in t[k]["kwargs"].items()]]
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools/train.py"), f"train.data={tmp_path / 'imgs'}",
+                        f"train.output={tmp_path / 'run'}", *common], capture_output=True, text=True, cwd=tmp_path,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for f in ("config.yaml", "train.log", "last.pt"):
+        assert (tmp_path / "run" / f).exists(), f
+    assert set(load_heads_state(str(tmp_path / "run" / "last.pt"))) == {
+        "obj_proj.weight", "obj_proj.bias", "bkg_decoder.weight", "bkg_decoder.bias"}
+    (tmp_path / "empty").mkdir()
+    for override, message in [(f"train.data={tmp_path / 'empty'}", "error: no images"),
+                              ("teachers.found.decoder=nothing.pt", "error: FOUND decoder weights not found")]:
+        args = [f"train.data={tmp_path / 'imgs'}", f"train.output={tmp_path / 'run2'}", *common, override]
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "tools/train.py"), *args], capture_output=True,
+                           text=True, cwd=tmp_path, timeout=300)
+        assert r.returncode == 2 and r.stderr.startswith(message) and "Traceback" not in r.stderr, r.stderr[-1500:]
