@@ -115,7 +115,8 @@ def train(cfg: Mapping[str, Any], device: torch.device) -> str:
         log.info("resuming %s from iteration %d", run_dir, start)
     trainable: nn.Module = heads
     if world > 1:
-        trainable = nn.parallel.DistributedDataParallel(heads, device_ids=[device.index] if device.type == "cuda" else None)
+        device_ids = [device.index] if device.type == "cuda" else None
+        trainable = nn.parallel.DistributedDataParallel(heads, device_ids=device_ids)
 
     sampler = ResumableBatchSampler(len(files), batch_size, int(tcfg["epochs"]), int(tcfg["seed"]), start=start,
                                     rank=rank, world=world)
