@@ -1,0 +1,211 @@
+"""Throughput benchmarks (not tests): evaluation and training, with ratios measured in one run.
+
+    python tools/benchmark.py eval  [--device cuda] [--images 400]
+    python tools/benchmark.py train [--device cuda] [--iters 30]
+    python tools/benchmark.py all --json out.json
+
+Models are ViT-B/16-sized with random weights (speed does not depend on the weights):
+CLIP ViT-B-16 (open_clip), DINO ViT-B/16 and ViT-S/8 (timm). Every figure is measured in the
+same process, so the ratios compare like with like.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from clip_dinoiser.data.benchmarks import BENCHMARKS
+from clip_dinoiser.engine.evaluate import evaluate_benchmark
+from clip_dinoiser.engine.inference import SlideConfig, autocast
+from clip_dinoiser.models import CLIPDINOiser, DINOiserHeads, build_clip, read_vocabulary_file
+
+REPEAT = 10
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device, *, warmup: int = 3, repeat: int | None = None) -> float:
+    """Seconds per call of ``fn`` (median of ``repeat`` after ``warmup``)."""
+    for _ in range(min(warmup, REPEAT)):
+        fn()
+    times = []
+    for _ in range(repeat or REPEAT):
+        sync(device)
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def build_vitb16_dinoiser(device: torch.device) -> CLIPDINOiser:
+    backbone, text = build_clip({"clip": {"name": "ViT-B-16", "pretrained": None}})
+    model = CLIPDINOiser(backbone, text, DINOiserHeads(in_dim=768)).to(device).eval()
+    model.set_vocabulary(read_vocabulary_file(BENCHMARKS["voc"].vocabulary_file))
+    return model
+
+
+def write_voc_like(folder: str, n: int, seed: int = 0) -> str:
+    """A synthetic VOC 2012 folder: ``n`` 500x375 / 375x500 JPEGs, labels and val.txt."""
+    root = os.path.join(folder, "VOCdevkit", "VOC2012")
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+    rng = np.random.default_rng(seed)
+    ids = []
+    for i in range(n):
+        h, w = (375, 500) if i % 3 else (500, 375)
+        img = np.clip(rng.normal(120, 60, (h // 25, w // 25, 3)), 0, 255).astype(np.uint8)
+        img = np.asarray(Image.fromarray(img).resize((w, h), Image.BICUBIC))
+        label = rng.integers(0, 21, (h // 25, w // 25)).astype(np.uint8)
+        label = np.asarray(Image.fromarray(label).resize((w, h), Image.NEAREST))
+        ids.append(f"2008_{i:06d}")
+        Image.fromarray(img).save(os.path.join(root, "JPEGImages", f"{ids[-1]}.jpg"), quality=90)
+        Image.fromarray(label).save(os.path.join(root, "SegmentationClass", f"{ids[-1]}.png"))
+    with open(os.path.join(root, "ImageSets/Segmentation/val.txt"), "w") as f:
+        f.write("\n".join(ids) + "\n")
+    return root
+
+
+def bench_eval(device: torch.device, n_images: int, window_batch: int, workers: int) -> dict:
+    model = build_vitb16_dinoiser(device)
+    out: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
+    wins = torch.rand(window_batch, 3, 448, 448, device=device)
+    for precision in ("fp32", "bf16"):
+        with torch.no_grad():
+            def backbone_only(precision=precision):
+                with autocast(device, precision):
+                    model.backbone(wins, with_inter=False)
+
+            def model_forward(precision=precision):
+                with autocast(device, precision):
+                    model(wins)
+
+            def one_window_at_a_time(precision=precision):  # the reference's slide loop: one 448x448 window per call
+                with autocast(device, precision):
+                    for i in range(len(wins)):
+                        model(wins[i : i + 1])
+
+            out[f"backbone_windows_per_s_{precision}"] = window_batch / timed(backbone_only, device)
+            out[f"model_windows_per_s_{precision}"] = window_batch / timed(model_forward, device)
+            out[f"one_window_at_a_time_per_s_{precision}"] = window_batch / timed(one_window_at_a_time, device)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = write_voc_like(tmp, n_images)
+        slide = SlideConfig(window_batch=window_batch)
+        for precision in ("fp32", "bf16"):
+            evaluate_benchmark(model, BENCHMARKS["voc"], root, slide=slide, precision=precision, num_workers=workers,
+                               limit=min(32, n_images), progress=False)  # warm-up (workers, cuDNN, allocator)
+            r = evaluate_benchmark(model, BENCHMARKS["voc"], root, slide=slide, precision=precision,
+                                   batch_images=max(1, window_batch // 3), num_workers=workers, progress=False)
+            out[f"pipeline_images_per_s_{precision}"] = r.images_per_s
+            out[f"pipeline_windows_per_s_{precision}"] = r.windows / r.seconds
+            backbone = out[f"backbone_windows_per_s_{precision}"]
+            out[f"pipeline_over_backbone_{precision}"] = (r.windows / r.seconds) / backbone
+    out["bf16_pipeline_over_fp32_one_window_at_a_time"] = (
+        out["pipeline_windows_per_s_bf16"] / out["one_window_at_a_time_per_s_fp32"])
+    return out
+
+
+def bench_train(device: torch.device, iters: int, batch: int, workers: int, n_images: int) -> dict:
+    from clip_dinoiser.engine.train import Distiller, make_optimizer
+    from clip_dinoiser.teachers import DINOTeacher, FOUNDTeacher, FrozenViT, load_timm_vit
+
+    model = build_vitb16_dinoiser(device)
+    dino = DINOTeacher(FrozenViT(load_timm_vit("vit_base_patch16_224", None))).to(device)
+    found_vit = FrozenViT(load_timm_vit("vit_small_patch8_224", None))
+    found = FOUNDTeacher(found_vit, torch.nn.Conv2d(384, 1, 1)).to(device)
+    cfg = {"corr_lr": 5e-5, "found_lr": 1e-2, "milestones": [5000], "step_lr_gamma": 0.1}
+    optimizer, scheduler = make_optimizer(model.heads, cfg)
+    images = torch.rand(batch, 3, 448, 448, device=device)
+    out: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "batch": batch}
+    for precision in ("fp32", "bf16"):
+        distiller = Distiller(model, dino, found, gamma=0.2, precision=precision)
+
+        def step(distiller=distiller):
+            corr, obj, _ = distiller.losses(images)
+            optimizer.zero_grad(set_to_none=True)
+            (corr + obj).backward()
+            optimizer.step()
+            scheduler.step()
+
+        sec = timed(step, device, warmup=3, repeat=iters)  # CLIP, DINO ViT-B/16, ViT-S/8 at 448
+        out[f"step_iters_per_s_{precision}"] = 1 / sec
+        out[f"projected_6300_iters_minutes_{precision}"] = 6300 * sec / 60
+    out["bf16_over_fp32"] = out["step_iters_per_s_bf16"] / out["step_iters_per_s_fp32"]
+
+    # The whole loop (JPEG decoding, augmentations, data loader) on a synthetic image folder.
+    from torch.utils.data import DataLoader
+
+    from clip_dinoiser.data.train_images import ResumableBatchSampler, TrainImages
+
+    with tempfile.TemporaryDirectory() as tmp:
+        files = []
+        rng = np.random.default_rng(0)
+        for i in range(n_images):
+            img = np.clip(rng.normal(120, 60, (15, 20, 3)), 0, 255).astype(np.uint8)
+            files.append(os.path.join(tmp, f"{i}.JPEG"))
+            Image.fromarray(img).resize((500, 375), Image.BICUBIC).save(files[-1], quality=90)
+        loader = DataLoader(TrainImages(files, 448), num_workers=workers, pin_memory=True, prefetch_factor=4,
+                            batch_sampler=ResumableBatchSampler(len(files), batch, 1000, 0))
+        distiller = Distiller(model, dino, found, gamma=0.2, precision="bf16")
+        it = iter(loader)
+        for _ in range(min(5, REPEAT)):
+            next(it)
+        sync(device)
+        t = time.perf_counter()
+        for _ in range(iters):
+            imgs = next(it).to(device, non_blocking=True)
+            corr, obj, _ = distiller.losses(imgs)
+            optimizer.zero_grad(set_to_none=True)
+            (corr + obj).backward()
+            optimizer.step()
+        sync(device)
+        sec = (time.perf_counter() - t) / iters
+        out["loop_iters_per_s_bf16"] = 1 / sec
+        out["loop_projected_6300_iters_minutes_bf16"] = 6300 * sec / 60
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("what", choices=["eval", "train", "all"])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--images", type=int, default=400, help="synthetic VOC images for the eval pipeline")
+    p.add_argument("--window-batch", type=int, default=64)
+    p.add_argument("--iters", type=int, default=20, help="timed training iterations")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--workers", type=int, default=min(12, os.cpu_count() or 1))
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--repeat", type=int, default=10, help="timed calls per figure (1 for a smoke run)")
+    args = p.parse_args(argv)
+    global REPEAT
+    REPEAT = args.repeat
+    device = torch.device(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 figures are true fp32
+    torch.backends.cudnn.allow_tf32 = False
+    results = {}
+    if args.what in ("eval", "all"):
+        results["eval"] = bench_eval(device, args.images, args.window_batch, args.workers)
+        print(json.dumps({"eval": results["eval"]}, indent=1), flush=True)
+    if args.what in ("train", "all"):
+        results["train"] = bench_train(device, args.iters, args.batch, args.workers, 64)
+        print(json.dumps({"train": results["train"]}, indent=1), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
