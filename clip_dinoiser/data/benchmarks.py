@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+import cv2
 import numpy as np
 
 from .datasets import COCOObjectDataset, PascalVOC20Dataset
@@ -91,11 +92,18 @@ def _dataset_class(name: str):
 
 
 class PackForEval:
-    """Last pipeline step: RGB image, ground truth and the paths, as plain numpy/str."""
+    """Last pipeline step: RGB image, ground truth, the paths, and the label values outside
+    ``0..num_classes-1`` and 255 (checked here, in the loader's worker processes)."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
 
     def __call__(self, results: dict[str, Any]) -> dict[str, Any]:
+        gt = results["gt_seg_map"]
+        values = np.unique(gt) if gt.max(initial=0) >= self.num_classes else ()
         return {
-            "img": np.ascontiguousarray(results["img"][..., ::-1]),  # mmcv loads BGR
+            "bad_labels": [int(v) for v in values if self.num_classes <= v != 255],
+            "img": cv2.cvtColor(results["img"], cv2.COLOR_BGR2RGB),  # mmcv loads BGR
             "gt": results["gt_seg_map"],
             "ori_shape": tuple(results["ori_shape"]),
             "img_path": results["img_path"],
@@ -126,7 +134,8 @@ def build_dataset(bench: Benchmark, root: str, *, scale: tuple[int, int] = (2048
 
     check_layout(bench, root)
     kwargs: dict[str, Any] = {} if bench.split is None else {"ann_file": bench.split}
-    pipeline = [LoadImageFromFile(), Resize(scale=scale, keep_ratio=True), LoadAnnotations(), PackForEval()]
+    pipeline = [LoadImageFromFile(), Resize(scale=scale, keep_ratio=True), LoadAnnotations(),
+                PackForEval(bench.num_classes)]
     dataset = _dataset_class(bench.dataset)(
         data_root=root,
         data_prefix={"img_path": bench.img_dir, "seg_map_path": bench.ann_dir},

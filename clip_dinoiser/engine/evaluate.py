@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,7 +16,7 @@ from tqdm import tqdm
 from ..data.benchmarks import Benchmark, build_dataset
 from ..models.text import read_vocabulary_file
 from . import distributed as dist
-from .inference import SlideConfig, slide_inference
+from .inference import SlideConfig, slide_inference, window_boxes
 
 log = logging.getLogger(__name__)
 
@@ -40,21 +40,31 @@ class BenchmarkResult:
         return self.num_images / max(self.seconds, 1e-9)
 
 
-def area_stats(pred: Tensor, label: Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX) -> Tensor:
-    """Per-class (intersection, union, pred area, label area) of one image, 4 x K, float64.
-
-    The same quantities as mmseg's ``IoUMetric.intersect_and_union``, computed from a
-    confusion histogram with ``index_add_`` so that the GPU is never synchronised.
-    """
-    valid = label != ignore_index
+def confusion_index(pred: Tensor, label: Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """Flat (label * K + pred) per pixel; ignored pixels get the extra bin K * K."""
     k = num_classes
-    idx = torch.where(valid, label.long() * k + pred.long(), torch.full_like(label, k * k, dtype=torch.long))
-    conf = torch.zeros(k * k + 1, dtype=torch.float64, device=pred.device)
-    conf.index_add_(0, idx.flatten(), torch.ones(idx.numel(), dtype=torch.float64, device=pred.device))
+    return torch.where(label != ignore_index, label.long() * k + pred.long(), k * k).flatten()
+
+
+def stats_from_index(index: Tensor, num_classes: int) -> Tensor:
+    """Per-class (intersection, union, pred area, label area), 4 x K float64, from ``confusion_index``
+    values of any number of images.
+
+    The same quantities as mmseg's ``IoUMetric.intersect_and_union``, from a confusion
+    histogram: ``histc`` with a given range never synchronises the GPU (mmseg's boolean
+    indexing does); its bins of width < 1 hold one integer each.
+    """
+    k = num_classes
+    conf = torch.histc(index.float(), bins=k * k + 1, min=0, max=k * k).double()
     conf = conf[:-1].view(k, k)  # rows: label, cols: prediction
     inter = conf.diagonal()
     area_label, area_pred = conf.sum(1), conf.sum(0)
     return torch.stack([inter, area_pred + area_label - inter, area_pred, area_label])
+
+
+def area_stats(pred: Tensor, label: Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """Per-class (intersection, union, pred area, label area) of one image, 4 x K, float64."""
+    return stats_from_index(confusion_index(pred, label, num_classes, ignore_index), num_classes)
 
 
 def metrics_from_stats(stats: Tensor, class_names: Sequence[str]) -> tuple[float, dict[str, float]]:
@@ -69,8 +79,35 @@ def metrics_from_stats(stats: Tensor, class_names: Sequence[str]) -> tuple[float
     return miou, {name: float(v) * 100 for name, v in zip(class_names, iou)}
 
 
-def _collate(batch: list[dict]) -> list[dict]:
-    return batch
+def _collate(batch: list[dict]) -> dict[str, list]:
+    """Images and labels as tensors, so that the loader can pin them: copies from pinned memory
+    are asynchronous, while a copy from pageable memory waits for the GPU to drain."""
+    return {
+        "img": [torch.from_numpy(s["img"]) for s in batch],
+        "gt": [torch.from_numpy(s["gt"]) for s in batch],
+        "ori_shape": [s["ori_shape"][:2] for s in batch],
+        "seg_map_path": [s["seg_map_path"] for s in batch],
+        "bad_labels": [s["bad_labels"] for s in batch],
+    }
+
+
+def _regroup(loader: Iterable[dict[str, list]], size: int) -> Iterator[dict[str, list]]:
+    """Merge consecutive collated batches into groups of ``size`` samples."""
+    group: dict[str, list] = {}
+    for batch in loader:
+        for key, values in batch.items():
+            group.setdefault(key, []).extend(values)
+        if len(group["img"]) >= size:
+            yield group
+            group = {}
+    if group:
+        yield group
+
+
+def _worker_init(_: int) -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # one decoding thread per loader process, no oversubscription
 
 
 def evaluate_benchmark(
@@ -99,7 +136,7 @@ def evaluate_benchmark(
         limit: evaluate the first ``limit`` images only (quick checks).
     """
     device = next(model.parameters()).device
-    dataset = build_dataset(bench, root, scale=slide.scale)
+    dataset = build_dataset(bench, root, scale=slide.scale)  # also flags out-of-range labels
     vocab = read_vocabulary_file(vocabulary or bench.vocabulary_file)
     if len(vocab) != bench.num_classes:
         raise ValueError(f"{bench.name}: vocabulary has {len(vocab)} classes, the benchmark {bench.num_classes}")
@@ -109,37 +146,31 @@ def evaluate_benchmark(
     n = len(dataset) if limit is None else min(limit, len(dataset))
     rank, world = dist.rank(), (torch.distributed.get_world_size() if dist.is_distributed() else 1)
     shard = Subset(dataset, list(range(rank, n, world)))
-    loader = DataLoader(shard, batch_size=batch_images, num_workers=num_workers, collate_fn=_collate,
-                        persistent_workers=False, prefetch_factor=4 if num_workers > 0 else None)
+    # Workers load a few images each (no worker waits on a whole batch); the main loop regroups them
+    # so that the windows of ``batch_images`` images go through the model together.
+    loader = DataLoader(shard, batch_size=min(4, batch_images), num_workers=num_workers, collate_fn=_collate,
+                        pin_memory=device.type == "cuda", worker_init_fn=_worker_init if num_workers else None,
+                        prefetch_factor=max(2, 2 * batch_images // max(num_workers, 1)) if num_workers else None)
     k = bench.num_classes
     stats = torch.zeros(4, k, dtype=torch.float64, device=device)
-    windows = torch.zeros(1, dtype=torch.float64, device=device)
+    windows = 0
     bar = tqdm(total=n, desc=bench.name, unit="img", disable=not progress or rank != 0, dynamic_ncols=True)
     start = time.perf_counter()
-    for batch in loader:
-        images = [torch.from_numpy(s["img"]).to(device, non_blocking=True).permute(2, 0, 1).float().div_(255.0)
-                  for s in batch]
-        probs = slide_inference(model, images, cfg=slide, out_sizes=[s["ori_shape"][:2] for s in batch],
-                                precision=precision)
-        for sample, p in zip(batch, probs):
-            gt = sample["gt"]
-            bad = (gt >= k) & (gt != IGNORE_INDEX)
-            if bad.any():
-                raise ValueError(f"{bench.name}: annotation {sample['seg_map_path']} has labels "
-                                 f"{sorted(set(np.unique(gt[bad]).tolist()))} outside 0..{k - 1} and {IGNORE_INDEX}")
-            label = torch.from_numpy(gt.astype(np.int64)).to(device, non_blocking=True)
-            stats += area_stats(p.argmax(dim=0), label, k)
-        windows += sum(len(_boxes(img, slide)) for img in images)
-        bar.update(len(batch) * world)
+    for batch in _regroup(loader, batch_images):
+        images = [img.to(device, non_blocking=True).permute(2, 0, 1).float().div_(255.0) for img in batch["img"]]
+        probs = slide_inference(model, images, cfg=slide, out_sizes=batch["ori_shape"], precision=precision)
+        for path, bad in zip(batch["seg_map_path"], batch["bad_labels"]):
+            if bad:
+                raise ValueError(f"{bench.name}: annotation {path} has labels {bad} outside 0..{k - 1} "
+                                 f"and {IGNORE_INDEX}")
+        index = [confusion_index(p.argmax(dim=0), gt.to(device, non_blocking=True), k)
+                 for gt, p in zip(batch["gt"], probs)]
+        stats += stats_from_index(torch.cat(index), k)
+        windows += sum(len(window_boxes(*img.shape[-2:], slide.crop, slide.stride)) for img in images)
+        bar.update(len(images) * world)
     dist.all_reduce_sum(stats)
-    dist.all_reduce_sum(windows)
+    total_windows = dist.all_reduce_sum(torch.tensor([float(windows)], device=device))
     seconds = time.perf_counter() - start
     bar.close()
     miou, class_iou = metrics_from_stats(stats, [s[0] for s in vocab])
-    return BenchmarkResult(bench.name, miou, class_iou, n, seconds, int(windows.item()))
-
-
-def _boxes(img: Tensor, slide: SlideConfig) -> list:
-    from .inference import window_boxes
-
-    return window_boxes(*img.shape[-2:], slide.crop, slide.stride)
+    return BenchmarkResult(bench.name, miou, class_iou, n, seconds, int(total_windows.item()))

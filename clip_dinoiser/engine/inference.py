@@ -11,6 +11,7 @@ Windows are batched through the model, across images when several are given.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -84,6 +85,10 @@ def slide_inference(
 ) -> list[Tensor]:
     """Window-averaged class probabilities for each image.
 
+    Images of equal size share their window boxes and are processed together: the same box of
+    every image goes through the model in one call, with up to ``cfg.window_batch`` windows
+    per call (at least one box of every image in the group).
+
     Args:
         model: maps B x 3 x h x w RGB in [0, 1] to B x K x h' x w' probabilities.
         images: 3 x H_i x W_i RGB tensors in [0, 1] (already resized to the test scale),
@@ -94,32 +99,45 @@ def slide_inference(
     Returns:
         K x H x W probability maps (fp32), one per image.
     """
-    boxes = [window_boxes(*img.shape[-2:], cfg.crop, cfg.stride) for img in images]
-    canvases: list[Tensor | None] = [None] * len(images)
-    counts = [torch.zeros(img.shape[-2:], device=img.device) for img in images]
-    device = images[0].device
-    for chunk in _chunks([(i, box) for i, bs in enumerate(boxes) for box in bs], cfg.window_batch):
-        # Windows of one chunk may differ in size (images smaller than the crop): group by size.
-        by_size: dict[tuple[int, int], list[tuple[int, tuple[int, int, int, int]]]] = {}
-        for i, (y1, y2, x1, x2) in chunk:
-            by_size.setdefault((y2 - y1, x2 - x1), []).append((i, (y1, y2, x1, x2)))
-        for size, items in by_size.items():
-            crops = torch.stack([images[i][:, y1:y2, x1:x2] for i, (y1, y2, x1, x2) in items])
-            with autocast(device, precision):
-                probs = model(crops)
-            probs = F.interpolate(probs.float(), size=size, mode="bilinear", align_corners=False)
-            for p, (i, (y1, y2, x1, x2)) in zip(probs, items):
-                if canvases[i] is None:
-                    canvases[i] = p.new_zeros((p.shape[0], *images[i].shape[-2:]))
-                canvases[i][:, y1:y2, x1:x2] += p
-                counts[i][y1:y2, x1:x2] += 1
-    outputs = []
-    for i, (canvas, count) in enumerate(zip(canvases, counts)):
-        probs = canvas / count
-        if out_sizes is not None and tuple(out_sizes[i]) != tuple(probs.shape[-2:]):
-            probs = F.interpolate(probs[None], size=tuple(out_sizes[i]), mode="bilinear", align_corners=False)[0]
-        outputs.append(probs)
+    outputs: list[Tensor] = [images[0]] * len(images)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, img in enumerate(images):
+        groups.setdefault(tuple(img.shape[-2:]), []).append(i)
+    for indices in groups.values():
+        probs = _slide_group(model, torch.stack([images[i] for i in indices]), cfg, precision)
+        for p, i in zip(probs, indices):
+            if out_sizes is not None and tuple(out_sizes[i]) != tuple(p.shape[-2:]):
+                p = F.interpolate(p[None], size=tuple(out_sizes[i]), mode="bilinear", align_corners=False)[0]
+            outputs[i] = p
     return outputs
+
+
+def _slide_group(model: nn.Module, batch: Tensor, cfg: SlideConfig, precision: str) -> Tensor:
+    """Sliding-window average over B same-size images: B x 3 x H x W -> B x K x H x W (fp32)."""
+    b, _, h, w = batch.shape
+    boxes = window_boxes(h, w, cfg.crop, cfg.stride)
+    per_call = max(1, cfg.window_batch // b)
+    canvas = None
+    for chunk in _chunks(boxes, per_call):
+        crops = torch.cat([batch[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])  # box-major
+        with autocast(batch.device, precision):
+            probs = model(crops)
+        y1, y2, x1, x2 = chunk[0]  # all windows of an image have one size
+        probs = F.interpolate(probs.float(), size=(y2 - y1, x2 - x1), mode="bilinear", align_corners=False)
+        if canvas is None:
+            canvas = probs.new_zeros((b, probs.shape[1], h, w))
+        for j, (y1, y2, x1, x2) in enumerate(chunk):
+            canvas[:, :, y1:y2, x1:x2] += probs[j * b : (j + 1) * b]
+    return canvas / _window_counts(h, w, cfg.crop, cfg.stride, str(batch.device))
+
+
+@functools.lru_cache(maxsize=64)
+def _window_counts(h: int, w: int, crop: tuple[int, int], stride: tuple[int, int], device: str) -> Tensor:
+    """How many windows cover each pixel, H x W (cached per image size)."""
+    count = torch.zeros(h, w)
+    for y1, y2, x1, x2 in window_boxes(h, w, crop, stride):
+        count[y1:y2, x1:x2] += 1
+    return count.to(device)
 
 
 def _chunks(items: list, n: int) -> Iterator[list]:
