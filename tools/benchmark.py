@@ -109,8 +109,8 @@ def bench_eval(device: torch.device, n_images: int, window_batch: int, workers: 
         from clip_dinoiser.data.benchmarks import build_dataset
         from clip_dinoiser.engine.evaluate import _collate, _worker_init
 
-        loader = DataLoader(build_dataset(BENCHMARKS["voc"], root), batch_size=1,
-                            num_workers=workers, collate_fn=_collate, pin_memory=device.type == "cuda",
+        loader = DataLoader(build_dataset(BENCHMARKS["voc"], root), batch_size=8,
+                            num_workers=workers, collate_fn=_collate,
                             worker_init_fn=_worker_init if workers else None)
         t = time.perf_counter()
         count = sum(len(b["img"]) for b in loader)
