@@ -195,3 +195,32 @@ def test_train_cli_runs_and_reports_user_errors(tmp_path, tiny_clip_file, tiny_t
         r = subprocess.run([sys.executable, os.path.join(ROOT, "tools/train.py"), *args], capture_output=True,
                            text=True, cwd=tmp_path, timeout=300)
         assert r.returncode == 2 and r.stderr.startswith(message) and "Traceback" not in r.stderr, r.stderr[-1500:]
+
+
+def test_torchrun_two_processes_train_like_one(tmp_path, tiny_clip_file, tiny_teachers):
+    """DDP on gloo: each process takes half of every batch; the averaged gradients equal the
+    single-process ones, so the heads agree to float rounding."""
+    import json
+
+    from .conftest import TINY_CLIP_CFG
+
+    (tmp_path / "tiny.json").write_text(json.dumps(TINY_CLIP_CFG))
+    write_images(str(tmp_path / "imgs"), 4)
+    t = tiny_teachers
+    args = [f"train.data={tmp_path / 'imgs'}", f"model.clip.name={tmp_path / 'tiny.json'}",
+            f"model.clip.pretrained={tiny_clip_file[1]}", "model.proj_dim=16", "device=cpu", "train.im_size=64",
+            "train.batch_size=2", "train.epochs=2", "train.num_workers=0", "train.corr_lr=1e-2",
+            f"teachers.dino.pretrained={t['dino']['pretrained']}",
+            f"teachers.found.pretrained={t['found']['pretrained']}", f"teachers.found.decoder={t['found']['decoder']}",
+            *[f"+teachers.{k}.kwargs.{n}={v}" for k in ("dino", "found") for n, v in t[k]["kwargs"].items()]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, os.path.join(ROOT, "tools/train.py"), *args,
+                          f"train.output={tmp_path / 'one'}"], capture_output=True, text=True, timeout=300, env=env)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29544",
+                          os.path.join(ROOT, "tools/train.py"), *args, f"train.output={tmp_path / 'two'}"],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = load_heads_state(str(tmp_path / "one" / "last.pt")), load_heads_state(str(tmp_path / "two" / "last.pt"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)

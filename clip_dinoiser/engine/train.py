@@ -96,8 +96,9 @@ def train(cfg: Mapping[str, Any], device: torch.device) -> str:
         raise FileNotFoundError(f"run folder to resume not found: {run_dir}")
     files = sample_subset(list_images(tcfg["data"]), tcfg.get("ds_size"), int(tcfg["seed"]))
     batch_size = int(tcfg["batch_size"])
-    if batch_size % world:
-        raise ValueError(f"train.batch_size={batch_size} is not divisible by the {world} processes")
+    if batch_size % world or 0 < len(files) % batch_size < world:
+        raise ValueError(f"train.batch_size={batch_size} with {len(files)} images does not split evenly over "
+                         f"the {world} processes (every process needs images in every batch)")
 
     distiller = build_distiller(cfg, device)
     heads = distiller.student.heads.train()
