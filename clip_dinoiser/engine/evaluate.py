@@ -158,7 +158,7 @@ def evaluate_benchmark(
     model.bg_refine = bench.bg_refine if bg_refine is None else bg_refine
 
     n = len(dataset) if limit is None else min(limit, len(dataset))
-    rank, world = dist.rank(), (torch.distributed.get_world_size() if dist.is_distributed() else 1)
+    rank, world = dist.rank(), dist.world_size()
     shard = Subset(dataset, list(range(rank, n, world)))
     # Workers load a few images each (no worker waits on a whole batch); the main loop regroups them
     # so that the windows of ``batch_images`` images go through the model together.
