@@ -137,6 +137,7 @@ class CLIPBackbone(nn.Module):
         n_tokens = visual.positional_embedding.shape[0] - 1
         side = int(round(n_tokens**0.5))
         self.native_grid = getattr(visual, "grid_size", (side, side))
+        self._pos_cache: dict[tuple, Tensor] = {}
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
@@ -156,6 +157,31 @@ class CLIPBackbone(nn.Module):
         ph, pw = self.patch_size
         h, w = images.shape[-2:]
         return F.pad(images, (0, (pw - w % pw) % pw, 0, (ph - h % ph) % ph), value=0.0)
+
+    def _patchify(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """``conv1`` (kernel = stride = patch) as one matrix product over the patches: B x N x W.
+
+        Same result as the convolution up to float rounding, and several times faster in bf16,
+        where cuDNN picks an implicit-GEMM kernel for this shape (measured on an H100).
+        """
+        conv = self.visual.conv1
+        (ph, pw), b = self.patch_size, x.shape[0]
+        h, w = x.shape[-2] // ph, x.shape[-1] // pw
+        patches = x.reshape(b, 3, h, ph, w, pw).permute(0, 2, 4, 1, 3, 5).reshape(b, h * w, 3 * ph * pw)
+        weight = conv.weight.reshape(conv.out_channels, -1)
+        return F.linear(patches.to(weight.dtype), weight, conv.bias), (h, w)
+
+    def _pos_embed(self, grid: tuple[int, int]) -> Tensor:
+        """The positional embedding resized to ``grid``, cached per grid (a bicubic resize of a
+        768 x 14 x 14 map costs ~3 ms on an H100, as much as a tenth of a window's forward).
+        The cache is keyed on the parameter's version, so changed weights are never served stale."""
+        pos = self.visual.positional_embedding
+        key = (tuple(grid), pos.device, pos.dtype, pos._version, pos.data_ptr(), torch.is_grad_enabled())
+        if key not in self._pos_cache:
+            if len(self._pos_cache) >= 16:
+                self._pos_cache.clear()
+            self._pos_cache[key] = interpolate_pos_embed(pos, grid, self.native_grid)
+        return self._pos_cache[key]
 
     def forward_inter(self, images: Tensor) -> Tensor:
         """Only the heads' input: ``ln_2`` features of block ``feats_idx``, B x W x h x w.
@@ -179,12 +205,11 @@ class CLIPBackbone(nn.Module):
         v = self.visual
         x = self.pad(images)
         x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
-        x = v.conv1(x.to(v.conv1.weight.dtype))
-        b, c, h, w = x.shape
-        x = x.flatten(2).transpose(1, 2)
+        x, (h, w) = self._patchify(x)
+        b, _, c = x.shape
         cls_tok = v.class_embedding.to(x.dtype).view(1, 1, c).expand(b, -1, -1)
         x = torch.cat([cls_tok, x], dim=1)
-        x = x + interpolate_pos_embed(v.positional_embedding, (h, w), self.native_grid).to(x.dtype)
+        x = x + self._pos_embed((h, w)).to(x.dtype)
         x = v.patch_dropout(x)
         x = v.ln_pre(x)
 
