@@ -46,6 +46,19 @@ class BackboneOutput:
     keys: Tensor | None = None
 
 
+def register_model_config(name: str) -> str:
+    """An open_clip model-config JSON path is registered under its file stem, which is returned;
+    any other name is returned unchanged."""
+    if not name.endswith(".json"):
+        return name
+    import open_clip
+
+    if not os.path.isfile(name):
+        raise FileNotFoundError(f"CLIP model config not found: {name}")
+    open_clip.add_model_config(name)
+    return os.path.splitext(os.path.basename(name))[0]
+
+
 def load_open_clip(name: str, pretrained: str | None) -> nn.Module:
     """Build an open_clip model from an architecture name and a pretrained tag or local file.
 
@@ -57,11 +70,7 @@ def load_open_clip(name: str, pretrained: str | None) -> nn.Module:
     """
     import open_clip  # heavy: imported on first use, never at package import
 
-    if name.endswith(".json"):  # a model-config file of open_clip's format, registered under its stem
-        if not os.path.isfile(name):
-            raise FileNotFoundError(f"CLIP model config not found: {name}")
-        open_clip.add_model_config(name)
-        name = os.path.splitext(os.path.basename(name))[0]
+    name = register_model_config(name)
     if name not in open_clip.list_models():
         raise ValueError(f"unknown open_clip model '{name}' (see open_clip.list_models())")
     if pretrained and (os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))):

@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import nn
 
-from .backbone import CLIPBackbone, load_open_clip
+from .backbone import CLIPBackbone, load_open_clip, register_model_config
 from .clip_dinoiser import CLIPDINOiser
 from .heads import DINOiserHeads, load_heads
 from .maskclip import MaskCLIP
@@ -30,10 +30,8 @@ def build_clip(cfg: Mapping[str, Any]) -> tuple[CLIPBackbone, TextClassifier]:
     """The frozen CLIP image tower and text classifier shared by every model."""
     import open_clip
 
-    name = _get(cfg, "clip.name", "ViT-B-16")
+    name = register_model_config(_get(cfg, "clip.name", "ViT-B-16"))
     model = load_open_clip(name, _get(cfg, "clip.pretrained"))
-    if name.endswith(".json"):
-        name = name.rsplit("/", 1)[-1][: -len(".json")]
     mean = getattr(model.visual, "image_mean", None)
     std = getattr(model.visual, "image_std", None)
     visual, text_model = split_towers(model)
