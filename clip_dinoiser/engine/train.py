@@ -132,7 +132,6 @@ def train(cfg: Mapping[str, Any], device: torch.device) -> str:
         os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
     bar = tqdm(total=total, initial=start, desc="train", unit="it", disable=rank != 0, dynamic_ncols=True)
     t0, seen = time.perf_counter(), 0
-    it = start
     for it, images in enumerate(loader, start):
         images = images.to(device, non_blocking=True)
         corr_loss, obj_loss, agreement = distiller.losses(images, trainable)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
 from .backbone import CLIPBackbone
@@ -102,7 +101,3 @@ class MaskCLIP(nn.Module):
         """B x 3 x H x W RGB in [0, 1] -> B x K x h x w class probabilities at the patch grid."""
         out = self.backbone(images, with_inter=False, with_keys=self.ks_thresh > 0)
         return self.classify(out.dense, out.keys)
-
-    @torch.no_grad()
-    def predict(self, images: Tensor) -> Tensor:
-        return self(images)
