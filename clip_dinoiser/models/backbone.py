@@ -163,9 +163,7 @@ class CLIPBackbone(nn.Module):
 
     def pad(self, images: Tensor) -> Tensor:
         """Zero-pad right/bottom to a multiple of the patch size (before normalisation)."""
-        ph, pw = self.patch_size
-        h, w = images.shape[-2:]
-        return F.pad(images, (0, (pw - w % pw) % pw, 0, (ph - h % ph) % ph), value=0.0)
+        return pad_to_multiple(images, self.patch_size)
 
     def _patchify(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
         """``conv1`` (kernel = stride = patch) as one matrix product over the patches: B x N x W.
@@ -185,7 +183,7 @@ class CLIPBackbone(nn.Module):
         768 x 14 x 14 map costs ~3 ms on an H100, as much as a tenth of a window's forward).
         The cache is keyed on the parameter's version, so changed weights are never served stale."""
         pos = self.visual.positional_embedding
-        key = (tuple(grid), pos.device, pos.dtype, pos._version, pos.data_ptr(), torch.is_grad_enabled())
+        key = (tuple(grid), pos.device, pos.dtype, pos._version, pos.data_ptr())
         if key not in self._pos_cache:
             if len(self._pos_cache) >= 16:
                 self._pos_cache.clear()
@@ -231,9 +229,9 @@ class CLIPBackbone(nn.Module):
         for i, block in enumerate(blocks[:-1]):
             if i == self.feats_idx and with_inter:
                 x, inter = _block_with_ln2(block, x)
+                inter = _patch_map(inter.transpose(0, 1) if seq_first else inter, (h, w))
                 if not with_dense:
-                    inter = inter.transpose(0, 1) if seq_first else inter
-                    return BackboneOutput(dense=None, inter=inter[:, 1:].transpose(1, 2).reshape(b, -1, h, w))
+                    return BackboneOutput(dense=None, inter=inter)
             else:
                 x = block(x)
         last = blocks[-1]
@@ -243,16 +241,25 @@ class CLIPBackbone(nn.Module):
         val = val + _ls(last, 2)(last.mlp(last.ln_2(val)))
         if seq_first:
             val, k = val.transpose(0, 1), k.transpose(0, 1)
-            inter = inter.transpose(0, 1) if inter is not None else None
 
-        val = v.ln_post(val[:, 1:])
+        val = v.ln_post(val)
         if v.proj is not None:
             val = val @ v.proj  # the 1x1 "conv" of MaskCLIP: a per-patch linear map
-        dense = val.transpose(1, 2).reshape(b, -1, h, w)
-        if inter is not None:
-            inter = inter[:, 1:].transpose(1, 2).reshape(b, -1, h, w)
+        dense = _patch_map(val, (h, w))
         keys = k[:, 1:] if with_keys else None
         return BackboneOutput(dense=dense, inter=inter, keys=keys)
+
+
+def pad_to_multiple(images: Tensor, patch_size: tuple[int, int]) -> Tensor:
+    """Zero-pad B x C x H x W images right/bottom so that H, W are multiples of ``patch_size``."""
+    ph, pw = patch_size
+    h, w = images.shape[-2:]
+    return F.pad(images, (0, (pw - w % pw) % pw, 0, (ph - h % ph) % ph), value=0.0)
+
+
+def _patch_map(tokens: Tensor, grid: tuple[int, int]) -> Tensor:
+    """B x (1 + h*w) x C batch-first tokens -> B x C x h x w patch map (class token dropped)."""
+    return tokens[:, 1:].transpose(1, 2).reshape(tokens.shape[0], -1, *grid)
 
 
 def _block_with_ln2(block: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -32,11 +32,8 @@ def build_clip(cfg: Mapping[str, Any]) -> tuple[CLIPBackbone, TextClassifier]:
 
     name = register_model_config(_get(cfg, "clip.name", "ViT-B-16"))
     model = load_open_clip(name, _get(cfg, "clip.pretrained"))
-    mean = getattr(model.visual, "image_mean", None)
-    std = getattr(model.visual, "image_std", None)
-    visual, text_model = split_towers(model)
-    kwargs = {"mean": tuple(mean), "std": tuple(std)} if mean and std else {}
-    backbone = CLIPBackbone(visual, feats_idx=int(_get(cfg, "feats_idx", -3)), **kwargs)
+    backbone = CLIPBackbone.from_open_clip(model, feats_idx=int(_get(cfg, "feats_idx", -3)))
+    _, text_model = split_towers(model)
     text = TextClassifier(text_model, open_clip.get_tokenizer(name),
                           templates=_get(cfg, "maskclip.templates", "imagenet80"))
     return backbone, text

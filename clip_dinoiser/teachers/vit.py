@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..models.backbone import pad_to_multiple
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -94,9 +96,7 @@ class FrozenViT(nn.Module):
     def last_qkv(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(q, k, v) of the last block's attention, each B x N x C (class token dropped)."""
         v = self.vit
-        ph, pw = self.patch_size
-        h, w = images.shape[-2:]
-        x = F.pad(images, (0, (pw - w % pw) % pw, 0, (ph - h % ph) % ph), value=0.0)
+        x = pad_to_multiple(images, self.patch_size)
         x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
         x = v.patch_embed.proj(x.to(v.patch_embed.proj.weight.dtype))
         b, c, gh, gw = x.shape
