@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -33,7 +33,6 @@ class BenchmarkResult:
     num_images: int
     seconds: float
     windows: int
-    extra: dict[str, float] = field(default_factory=dict)
 
     @property
     def images_per_s(self) -> float:
