@@ -118,6 +118,16 @@ def test_dataset_errors_name_the_path(tmp_path, model):
         evaluate_benchmark(model, BENCHMARKS["cityscapes"], root, slide=SLIDE, num_workers=0, progress=False)
 
 
+def test_bad_label_values():
+    from clip_dinoiser.data.benchmarks import bad_label_values
+
+    gt = np.array([[0, 3, 255], [21, 20, 200]], np.uint8)
+    assert bad_label_values(gt, 21) == [21, 200]
+    assert bad_label_values(gt, 256) == []
+    assert bad_label_values(gt.astype(np.int16) - 1, 21) == [-1, 199, 254]
+    assert bad_label_values(np.zeros((2, 2), np.uint8), 1) == []
+
+
 def _eval_cmd(tmp_path, data_dir, clip_file, heads, out, *extra):
     return [f"data.root={data_dir}", "device=cpu", "num_workers=0", "progress=false", f"output={out}",
             f"model.clip.name={tmp_path / 'tiny-ViT-test.json'}", f"model.clip.pretrained={clip_file}",

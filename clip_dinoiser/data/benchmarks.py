@@ -92,23 +92,33 @@ def _dataset_class(name: str):
 
 
 class PackForEval:
-    """Last pipeline step: RGB image, ground truth, the paths, and the label values outside
-    ``0..num_classes-1`` and 255 (checked here, in the loader's worker processes)."""
+    """Last pipeline step: RGB image, ground truth (uint8), the paths, and the label values
+    outside ``0..num_classes-1`` and 255 (checked here, in the loader's worker processes)."""
 
     def __init__(self, num_classes: int) -> None:
         self.num_classes = num_classes
 
     def __call__(self, results: dict[str, Any]) -> dict[str, Any]:
         gt = results["gt_seg_map"]
-        values = np.unique(gt) if gt.max(initial=0) >= self.num_classes else ()
         return {
-            "bad_labels": [int(v) for v in values if self.num_classes <= v != 255],
+            "bad_labels": bad_label_values(gt, self.num_classes),
             "img": cv2.cvtColor(results["img"], cv2.COLOR_BGR2RGB),  # mmcv loads BGR
-            "gt": results["gt_seg_map"],
+            "gt": gt.astype(np.uint8, copy=False),  # values above 255 are bad labels: reported, never scored
             "ori_shape": tuple(results["ori_shape"]),
             "img_path": results["img_path"],
             "seg_map_path": results["seg_map_path"],
         }
+
+
+def bad_label_values(gt: np.ndarray, num_classes: int, ignore_index: int = 255) -> list[int]:
+    """The values of ``gt`` outside ``0..num_classes-1`` and ``ignore_index``, sorted."""
+    if gt.dtype == np.uint8:
+        if gt.max(initial=0) < num_classes:
+            return []
+        values = np.flatnonzero(np.bincount(gt.ravel(), minlength=256))  # ~20x faster than np.unique
+    else:
+        values = np.unique(gt)
+    return [int(v) for v in values if not (0 <= v < num_classes or v == ignore_index)]
 
 
 def check_layout(bench: Benchmark, root: str) -> None:
@@ -120,6 +130,15 @@ def check_layout(bench: Benchmark, root: str) -> None:
         raise FileNotFoundError(f"{bench.name}: split file not found: {os.path.join(root, bench.split)}")
 
 
+def eval_pipeline(num_classes: int, scale: tuple[int, int] = (2048, 448)) -> list:
+    """The paper's test-time transforms, applied to one of the dataset's data infos (a dict of
+    paths and label options, ``dataset.get_data_info(i)``)."""
+    from mmcv.transforms import LoadImageFromFile, Resize
+    from mmseg.datasets.transforms import LoadAnnotations
+
+    return [LoadImageFromFile(), Resize(scale=scale, keep_ratio=True), LoadAnnotations(), PackForEval(num_classes)]
+
+
 def build_dataset(bench: Benchmark, root: str, *, scale: tuple[int, int] = (2048, 448)):
     """The mmseg dataset of ``bench`` under ``root`` with the paper's test pipeline.
 
@@ -129,17 +148,12 @@ def build_dataset(bench: Benchmark, root: str, *, scale: tuple[int, int] = (2048
     Raises:
         FileNotFoundError: the root, image folder, annotation folder or split file is missing.
     """
-    from mmcv.transforms import LoadImageFromFile, Resize
-    from mmseg.datasets.transforms import LoadAnnotations
-
     check_layout(bench, root)
     kwargs: dict[str, Any] = {} if bench.split is None else {"ann_file": bench.split}
-    pipeline = [LoadImageFromFile(), Resize(scale=scale, keep_ratio=True), LoadAnnotations(),
-                PackForEval(bench.num_classes)]
     dataset = _dataset_class(bench.dataset)(
         data_root=root,
         data_prefix={"img_path": bench.img_dir, "seg_map_path": bench.ann_dir},
-        pipeline=pipeline,
+        pipeline=eval_pipeline(bench.num_classes, scale),
         test_mode=True,
         **kwargs,
     )

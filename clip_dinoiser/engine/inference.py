@@ -5,15 +5,16 @@ scale (2048, 448) -> sliding windows 448 x 448, stride 224 -> each window's patc
 probabilities resized bilinearly to the window -> summed and divided by the window count ->
 resized bilinearly to the original image size -> argmax.
 
-Windows are batched through the model, across images when several are given.
+Windows are batched through the model in calls of a fixed size, across images (``SlidingWindows``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -74,7 +75,118 @@ def autocast(device: torch.device | str, precision: str) -> contextlib.AbstractC
     return torch.autocast(torch.device(device).type, dtype=PRECISIONS[precision])
 
 
-@torch.no_grad()
+class SlidingWindows:
+    """Sliding-window inference over a stream of images, with model calls of a fixed size.
+
+    Windows of all images queued so far share model calls of ``cfg.window_batch`` windows,
+    whatever the image sizes (windows of one size are batched together; only images shorter
+    than the crop give smaller windows). An image is returned as soon as its last window is
+    done: its summed window probabilities divided by the window count, resized to its output
+    size. Each image's windows are added to its canvas in the order of ``window_boxes``, so the
+    result does not depend on what else is in the queue.
+
+    Args:
+        model: maps B x 3 x h x w RGB in [0, 1] to B x K x h' x w' probabilities.
+        cfg: window geometry and windows per model call.
+        precision: "fp32", "bf16" or "fp16" (autocast of the model call).
+
+    Example::
+
+        runner = SlidingWindows(model, cfg)
+        for image in images:
+            for tag, probs in runner.put(image, tag=...):
+                ...
+        for tag, probs in runner.flush():
+            ...
+    """
+
+    def __init__(self, model: nn.Module, cfg: SlideConfig = SlideConfig(), precision: str = "fp32") -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision '{precision}' (choose from {sorted(PRECISIONS)})")
+        self.model = model
+        self.cfg = cfg
+        self.precision = precision
+        self.windows = 0  # windows run through the model so far
+        self._queues: dict[tuple[int, int], list[tuple[_Image, tuple[int, int, int, int]]]] = {}
+
+    @torch.no_grad()
+    def put(self, image: Tensor, out_size: tuple[int, int] | None = None, tag: Any = None) -> list[tuple[Any, Tensor]]:
+        """Queue the windows of one image; run the model on every full batch of windows.
+
+        Args:
+            image: 3 x H x W, uint8 (0..255) or float RGB in [0, 1], on the model's device,
+                already resized to the test scale.
+            out_size: size to resize its probabilities to (None: keep H x W).
+            tag: returned with its probabilities.
+
+        Returns:
+            (tag, K x H' x W' fp32 probabilities) of every image completed by this call.
+        """
+        h, w = image.shape[-2:]
+        boxes = window_boxes(h, w, self.cfg.crop, self.cfg.stride)
+        job = _Image(tag, image, tuple(out_size) if out_size is not None else (h, w), len(boxes))
+        y1, y2, x1, x2 = boxes[0]  # all windows of an image have one size
+        queue = self._queues.setdefault((y2 - y1, x2 - x1), [])
+        queue.extend((job, box) for box in boxes)
+        done: list[tuple[Any, Tensor]] = []
+        while len(queue) >= self.cfg.window_batch:
+            done += self._run(queue)
+        return done
+
+    @torch.no_grad()
+    def flush(self) -> list[tuple[Any, Tensor]]:
+        """Run the model on all queued windows; returns every remaining image."""
+        done: list[tuple[Any, Tensor]] = []
+        for queue in self._queues.values():
+            while queue:
+                done += self._run(queue)
+        return done
+
+    def _run(self, queue: list[tuple[_Image, tuple[int, int, int, int]]]) -> list[tuple[Any, Tensor]]:
+        """One model call on the first ``window_batch`` windows of ``queue``."""
+        items = queue[: self.cfg.window_batch]
+        del queue[: self.cfg.window_batch]
+        crops = torch.stack([job.image[:, y1:y2, x1:x2] for job, (y1, y2, x1, x2) in items])
+        if crops.dtype == torch.uint8:
+            crops = crops.float().div_(255.0)
+        self.windows += len(items)
+        with autocast(crops.device, self.precision):
+            probs = self.model(crops)
+        return self._post_process(items, probs)
+
+    def _post_process(self, items: list[tuple[_Image, tuple[int, int, int, int]]], probs: Tensor) -> list:
+        """Add each window's probabilities to its image's canvas; returns the completed images."""
+        done = []
+        for p, (job, (y1, y2, x1, x2)) in zip(probs, items):
+            # One window at a time: a batch of K x 448 x 448 maps would take gigabytes for 150 classes.
+            p = F.interpolate(p[None].float(), size=(y2 - y1, x2 - x1), mode="bilinear", align_corners=False)[0]
+            if job.canvas is None:
+                job.canvas = p.new_zeros((p.shape[0], *job.image.shape[-2:]))
+            job.canvas[:, y1:y2, x1:x2] += p
+            job.pending -= 1
+            if job.pending == 0:
+                done.append((job.tag, self._finish(job)))
+        return done
+
+    def _finish(self, job: _Image) -> Tensor:
+        h, w = job.image.shape[-2:]
+        probs = job.canvas / _window_counts(h, w, self.cfg.crop, self.cfg.stride, str(job.canvas.device))
+        if job.out_size != (h, w):
+            probs = F.interpolate(probs[None], size=job.out_size, mode="bilinear", align_corners=False)[0]
+        return probs
+
+
+@dataclass(eq=False)
+class _Image:
+    """An image in a ``SlidingWindows`` queue."""
+
+    tag: Any
+    image: Tensor
+    out_size: tuple[int, int]
+    pending: int  # windows not yet run
+    canvas: Tensor | None = None  # K x H x W sum of window probabilities
+
+
 def slide_inference(
     model: nn.Module,
     images: Sequence[Tensor],
@@ -83,52 +195,24 @@ def slide_inference(
     out_sizes: Sequence[tuple[int, int]] | None = None,
     precision: str = "fp32",
 ) -> list[Tensor]:
-    """Window-averaged class probabilities for each image.
-
-    Images of equal size share their window boxes and are processed together: the same box of
-    every image goes through the model in one call, with up to ``cfg.window_batch`` windows
-    per call (at least one box of every image in the group).
+    """Window-averaged class probabilities for each image (``SlidingWindows`` on a list).
 
     Args:
         model: maps B x 3 x h x w RGB in [0, 1] to B x K x h' x w' probabilities.
-        images: 3 x H_i x W_i RGB tensors in [0, 1] (already resized to the test scale),
-            on the model's device.
+        images: 3 x H_i x W_i RGB tensors (uint8 or float in [0, 1]) already resized to the
+            test scale, on the model's device.
         out_sizes: size to resize each averaged map to (the original image size); None keeps
             the input size.
 
     Returns:
         K x H x W probability maps (fp32), one per image.
     """
-    outputs: list[Tensor] = [images[0]] * len(images)
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, img in enumerate(images):
-        groups.setdefault(tuple(img.shape[-2:]), []).append(i)
-    for indices in groups.values():
-        probs = _slide_group(model, torch.stack([images[i] for i in indices]), cfg, precision)
-        for p, i in zip(probs, indices):
-            if out_sizes is not None and tuple(out_sizes[i]) != tuple(p.shape[-2:]):
-                p = F.interpolate(p[None], size=tuple(out_sizes[i]), mode="bilinear", align_corners=False)[0]
-            outputs[i] = p
-    return outputs
-
-
-def _slide_group(model: nn.Module, batch: Tensor, cfg: SlideConfig, precision: str) -> Tensor:
-    """Sliding-window average over B same-size images: B x 3 x H x W -> B x K x H x W (fp32)."""
-    b, _, h, w = batch.shape
-    boxes = window_boxes(h, w, cfg.crop, cfg.stride)
-    per_call = max(1, cfg.window_batch // b)
-    canvas = None
-    for chunk in _chunks(boxes, per_call):
-        crops = torch.cat([batch[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])  # box-major
-        with autocast(batch.device, precision):
-            probs = model(crops)
-        y1, y2, x1, x2 = chunk[0]  # all windows of an image have one size
-        probs = F.interpolate(probs.float(), size=(y2 - y1, x2 - x1), mode="bilinear", align_corners=False)
-        if canvas is None:
-            canvas = probs.new_zeros((b, probs.shape[1], h, w))
-        for j, (y1, y2, x1, x2) in enumerate(chunk):
-            canvas[:, :, y1:y2, x1:x2] += probs[j * b : (j + 1) * b]
-    return canvas / _window_counts(h, w, cfg.crop, cfg.stride, str(batch.device))
+    runner = SlidingWindows(model, cfg, precision)
+    outputs: dict[int, Tensor] = {}
+    for i, image in enumerate(images):
+        outputs.update(runner.put(image, None if out_sizes is None else out_sizes[i], tag=i))
+    outputs.update(runner.flush())
+    return [outputs[i] for i in range(len(images))]
 
 
 @functools.lru_cache(maxsize=64)
@@ -138,11 +222,6 @@ def _window_counts(h: int, w: int, crop: tuple[int, int], stride: tuple[int, int
     for y1, y2, x1, x2 in window_boxes(h, w, crop, stride):
         count[y1:y2, x1:x2] += 1
     return count.to(device)
-
-
-def _chunks(items: list, n: int) -> Iterator[list]:
-    for i in range(0, len(items), n):
-        yield items[i : i + n]
 
 
 def to_tensor(image: np.ndarray, device: torch.device | str = "cpu") -> Tensor:
