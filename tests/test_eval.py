@@ -118,6 +118,54 @@ def test_dataset_errors_name_the_path(tmp_path, model):
         evaluate_benchmark(model, BENCHMARKS["cityscapes"], root, slide=SLIDE, num_workers=0, progress=False)
 
 
+def test_loader_processes_serve_every_benchmark_and_survive_an_error(tmp_path, model, data_dir):
+    """Worker processes start once per process and are reused across benchmarks and calls (their items
+    carry the dataset), also after a call that stopped on an error; results equal in-process loading."""
+    from clip_dinoiser.engine import evaluate
+
+    def run(name, root, workers):
+        return evaluate_benchmark(model, BENCHMARKS[name], root, slide=SLIDE, num_workers=workers, progress=False)
+
+    voc_root = os.path.join(data_dir, BENCHMARKS["voc"].root)
+    ade_root = os.path.join(data_dir, BENCHMARKS["ade20k"].root)
+    expected = {name: run(name, root, 0).miou for name, root in (("voc", voc_root), ("ade20k", ade_root))}
+    assert run("voc", voc_root, 2).miou == pytest.approx(expected["voc"], abs=1e-9)
+    loader = evaluate._LOADER[1]
+    bad_root = make_benchmark(str(tmp_path), "cityscapes", n=3)
+    ann = os.path.join(bad_root, "gtFine/val/frankfurt/2008_000001_gtFine_labelTrainIds.png")
+    Image.fromarray(np.full(Image.open(ann).size[::-1], 77, np.uint8)).save(ann)
+    with pytest.raises(ValueError, match=r"2008_000001_gtFine_labelTrainIds.png has labels \[77\]"):
+        run("cityscapes", bad_root, 2)
+    assert run("ade20k", ade_root, 2).miou == pytest.approx(expected["ade20k"], abs=1e-9)
+    assert run("voc", voc_root, 2).miou == pytest.approx(expected["voc"], abs=1e-9)
+    assert evaluate._LOADER[1] is loader  # the same worker processes throughout
+
+
+LOADER_AFTER_CV2_POOL = """
+import sys, cv2, numpy as np
+cv2.setNumThreads(4)
+for _ in range(3):  # OpenCV's thread pool is now running in this (the parent) process
+    cv2.resize(np.zeros((1500, 1500, 3), np.uint8), (1200, 1000))
+from clip_dinoiser.data.benchmarks import BENCHMARKS, build_dataset
+from clip_dinoiser.engine.evaluate import _loader
+bench = BENCHMARKS["voc"]
+dataset = build_dataset(bench, sys.argv[1])
+items = [(bench.num_classes, (256, 64), dataset.get_data_info(i)) for i in range(len(dataset))]
+print(sum(len(b["shapes"]) // 2 for b in _loader(items, 2, 2)), len(dataset), cv2.getNumThreads())
+"""
+
+
+def test_loader_processes_start_after_the_parent_used_opencv_threads(data_dir):
+    """Regression: cv2.setNumThreads in a forked loader process hung when the parent had used
+    OpenCV's thread pool (e.g. an in-process evaluation before one with workers)."""
+    root = os.path.join(data_dir, BENCHMARKS["voc"].root)
+    r = subprocess.run([sys.executable, "-c", LOADER_AFTER_CV2_POOL, root], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    loaded, total, threads = map(int, r.stdout.split())
+    assert loaded == total > 0 and threads == 4  # every image; the parent's OpenCV threads restored
+
+
 def test_bad_label_values():
     from clip_dinoiser.data.benchmarks import bad_label_values
 
@@ -207,3 +255,25 @@ def test_converter_tools_walk_the_real_layout(tmp_path):
     r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "convert_cityscapes.py"), str(tmp_path / "no")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.startswith("error: Cityscapes folder not found")
+
+
+def test_benchmark_tool_eval_smoke(tmp_path):
+    """tools/benchmark.py runs end to end (tiny CLIP, CPU, one repeat) and reports every figure."""
+    from .conftest import TINY_CLIP_CFG
+
+    cfg = tmp_path / "tiny-ViT-bench.json"
+    cfg.write_text(json.dumps(TINY_CLIP_CFG))
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools/benchmark.py"), "eval", "--device", "cpu",
+                        "--clip", str(cfg), "--images", "3", "--window-batch", "4", "--repeat", "1",
+                        "--workers", "1", "--json", str(out)], capture_output=True, text=True, cwd=tmp_path,
+                       timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    figures = json.loads(out.read_text())["eval"]
+    for precision in ("fp32", "bf16"):
+        for key in ("backbone_windows_per_s", "pipeline_windows_per_s", "resident_images_windows_per_s"):
+            assert figures[f"{key}_{precision}"] > 0, key
+        # 3 images of 500 x 375 / 375 x 500 -> 448 x 597: 2 windows each
+        assert figures[f"pipeline_windows_per_s_{precision}"] == pytest.approx(
+            2 * figures[f"pipeline_images_per_s_{precision}"])
+    assert figures["loader_only_images_per_s"] > 0

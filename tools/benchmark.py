@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from clip_dinoiser.data.benchmarks import BENCHMARKS
-from clip_dinoiser.engine.evaluate import evaluate_benchmark
-from clip_dinoiser.engine.inference import SlideConfig, autocast
+from clip_dinoiser.data.benchmarks import BENCHMARKS, build_dataset
+from clip_dinoiser.engine.evaluate import _loader, _unpack, evaluate_benchmark, score_images, start_loader
+from clip_dinoiser.engine.inference import SlideConfig, SlidingWindows, autocast
 from clip_dinoiser.models import CLIPDINOiser, DINOiserHeads, build_clip, read_vocabulary_file
 
 REPEAT = 10
@@ -50,9 +50,10 @@ def timed(fn: Callable[[], object], device: torch.device, *, warmup: int = 3, re
     return float(np.median(times))
 
 
-def build_vitb16_dinoiser(device: torch.device) -> CLIPDINOiser:
-    backbone, text = build_clip({"clip": {"name": "ViT-B-16", "pretrained": None}})
-    model = CLIPDINOiser(backbone, text, DINOiserHeads(in_dim=768)).to(device).eval()
+def build_dinoiser(device: torch.device, clip: str = "ViT-B-16") -> CLIPDINOiser:
+    """CLIP-DINOiser with random weights; ``clip`` is an open_clip model name or config JSON."""
+    backbone, text = build_clip({"clip": {"name": clip, "pretrained": None}})
+    model = CLIPDINOiser(backbone, text, DINOiserHeads(in_dim=backbone.width)).to(device).eval()
     model.set_vocabulary(read_vocabulary_file(BENCHMARKS["voc"].vocabulary_file))
     return model
 
@@ -78,8 +79,9 @@ def write_voc_like(folder: str, n: int, seed: int = 0) -> str:
     return root
 
 
-def bench_eval(device: torch.device, n_images: int, window_batch: int, workers: int) -> dict:
-    model = build_vitb16_dinoiser(device)
+def bench_eval(device: torch.device, n_images: int, window_batch: int, workers: int, clip: str) -> dict:
+    start_loader(workers)  # as tools/eval.py: before CUDA and the model
+    model = build_dinoiser(device, clip)
     out: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
     wins = torch.rand(window_batch, 3, 448, 448, device=device)
     for precision in ("fp32", "bf16"):
@@ -102,28 +104,43 @@ def bench_eval(device: torch.device, n_images: int, window_batch: int, workers: 
             out[f"one_window_at_a_time_per_s_{precision}"] = window_batch / timed(one_window_at_a_time, device)
     with tempfile.TemporaryDirectory() as tmp:
         root = write_voc_like(tmp, n_images)
+        bench = BENCHMARKS["voc"]
         slide = SlideConfig(window_batch=window_batch)
-        # Data loading alone (decode, resize, labels), with the evaluator's loader settings.
-        from torch.utils.data import DataLoader
 
-        from clip_dinoiser.data.benchmarks import build_dataset
-        from clip_dinoiser.engine.evaluate import _collate, _worker_init
+        def pipeline(precision: str, limit: int | None = None):
+            return evaluate_benchmark(model, bench, root, slide=slide, precision=precision, num_workers=workers,
+                                      limit=limit, progress=False)
 
-        loader = DataLoader(build_dataset(BENCHMARKS["voc"], root), batch_size=8,
-                            num_workers=workers, collate_fn=_collate,
-                            worker_init_fn=_worker_init if workers else None)
+        # First call of the process (the loader processes started before the model, as in tools/eval.py).
+        r = pipeline("bf16")
+        out["first_call_pipeline_windows_per_s_bf16"] = r.windows / r.seconds
+        # Data loading alone (decode, resize, labels, transfer to this process), same loader.
+        dataset = build_dataset(bench, root)
+        items = [(bench.num_classes, slide.scale, dataset.get_data_info(i)) for i in range(len(dataset))]
         t = time.perf_counter()
-        count = sum(len(b["img"]) for b in loader)
+        count = sum(len(b["shapes"]) // 2 for b in _loader(items, workers, 8))
         out["loader_only_images_per_s"] = count / (time.perf_counter() - t)
+        # Everything after loading, on GPU-resident images: the ceiling of the pipeline.
+        resident = [[(img.to(device), gt.to(device), size)
+                     for img, gt, size in zip(*_unpack(b["data"], b["shapes"]), b["ori_shape"])]
+                    for b in _loader(items, workers, 8)]
         for precision in ("fp32", "bf16"):
-            evaluate_benchmark(model, BENCHMARKS["voc"], root, slide=slide, precision=precision, num_workers=workers,
-                               limit=min(32, n_images), progress=False)  # warm-up (workers, cuDNN, allocator)
-            r = evaluate_benchmark(model, BENCHMARKS["voc"], root, slide=slide, precision=precision,
-                                   batch_images=max(1, window_batch // 3), num_workers=workers, progress=False)
+            pipeline(precision, limit=min(32, n_images))  # warm-up
+            r = pipeline(precision)
             out[f"pipeline_images_per_s_{precision}"] = r.images_per_s
             out[f"pipeline_windows_per_s_{precision}"] = r.windows / r.seconds
             backbone = out[f"backbone_windows_per_s_{precision}"]
             out[f"pipeline_over_backbone_{precision}"] = (r.windows / r.seconds) / backbone
+
+            def resident_pass(precision=precision) -> int:
+                runner = SlidingWindows(model, slide, precision)
+                score_images(runner, resident, bench.num_classes, device)
+                return runner.windows
+
+            windows = resident_pass()
+            sec = timed(resident_pass, device, warmup=0, repeat=3)
+            out[f"resident_images_windows_per_s_{precision}"] = windows / sec
+            out[f"resident_images_over_backbone_{precision}"] = windows / sec / backbone
     out["bf16_pipeline_over_fp32_one_window_at_a_time"] = (
         out["pipeline_windows_per_s_bf16"] / out["one_window_at_a_time_per_s_fp32"])
     return out
@@ -133,7 +150,7 @@ def bench_train(device: torch.device, iters: int, batch: int, workers: int, n_im
     from clip_dinoiser.engine.train import Distiller, make_optimizer
     from clip_dinoiser.teachers import DINOTeacher, FOUNDTeacher, FrozenViT, load_timm_vit
 
-    model = build_vitb16_dinoiser(device)
+    model = build_dinoiser(device)
     dino = DINOTeacher(FrozenViT(load_timm_vit("vit_base_patch16_224", None))).to(device)
     found_vit = FrozenViT(load_timm_vit("vit_small_patch8_224", None))
     found = FOUNDTeacher(found_vit, torch.nn.Conv2d(384, 1, 1)).to(device)
@@ -216,6 +233,7 @@ def main(argv=None) -> int:
     p.add_argument("--iters", type=int, default=20, help="timed training iterations")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--workers", type=int, default=min(12, os.cpu_count() or 1))
+    p.add_argument("--clip", default="ViT-B-16", help="open_clip model name or config JSON (eval; smoke runs)")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--repeat", type=int, default=10, help="timed calls per figure (1 for a smoke run)")
     args = p.parse_args(argv)
@@ -226,7 +244,7 @@ def main(argv=None) -> int:
     torch.backends.cudnn.allow_tf32 = False
     results = {}
     if args.what in ("eval", "all"):
-        results["eval"] = bench_eval(device, args.images, args.window_batch, args.workers)
+        results["eval"] = bench_eval(device, args.images, args.window_batch, args.workers, args.clip)
         print(json.dumps({"eval": results["eval"]}, indent=1), flush=True)
     if args.what in ("train", "all"):
         results["train"] = bench_train(device, args.iters, args.batch, args.workers, 64)

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from clip_dinoiser.data.benchmarks import BENCHMARKS, PAPER_MIOU, PAPER_ORDER, check_layout, get_benchmark
 from clip_dinoiser.engine import distributed as dist
 from clip_dinoiser.engine.cli import resolve_device, user_errors_as_one_line
-from clip_dinoiser.engine.evaluate import BenchmarkResult, evaluate_benchmark
+from clip_dinoiser.engine.evaluate import BenchmarkResult, evaluate_benchmark, start_loader
 from clip_dinoiser.engine.inference import SlideConfig
 from clip_dinoiser.models import build_model
 
@@ -73,13 +73,14 @@ def write_results(results: list[BenchmarkResult], cfg: DictConfig, folder: str) 
 
 @user_errors_as_one_line
 def run(cfg: DictConfig) -> list[BenchmarkResult]:
+    benchmarks = selected_benchmarks(cfg.data)
+    for name, root in benchmarks:  # fail on a missing dataset before loading any model
+        check_layout(get_benchmark(name), root)
+    start_loader(cfg.num_workers, cfg.loader_batch)  # before CUDA and the model: fast fork, starts meanwhile
     device = resolve_device(cfg.device)
     dist.init_distributed(device)
     if device.type == "cuda" and dist.is_distributed():
         device = resolve_device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}")
-    benchmarks = selected_benchmarks(cfg.data)
-    for name, root in benchmarks:  # fail on a missing dataset before loading any model
-        check_layout(get_benchmark(name), root)
     model = build_model(OmegaConf.to_container(cfg.model, resolve=True)).to(device)
     slide = SlideConfig.from_cfg(cfg.slide)
     results = []
@@ -87,7 +88,7 @@ def run(cfg: DictConfig) -> list[BenchmarkResult]:
         for name, root in benchmarks:
             r = evaluate_benchmark(
                 model, get_benchmark(name), root, slide=slide, precision=cfg.precision,
-                vocabulary=cfg.data.vocabulary, bg_refine=cfg.data.bg_refine, batch_images=cfg.batch_images,
+                vocabulary=cfg.data.vocabulary, bg_refine=cfg.data.bg_refine, loader_batch=cfg.loader_batch,
                 num_workers=cfg.num_workers, limit=cfg.limit, progress=cfg.progress,
             )
             log.info("%s: mIoU %.2f (paper %.1f) on %d images, %.1f images/s, %.1f windows/s", name, r.miou,
