@@ -147,10 +147,10 @@ cv2.setNumThreads(4)
 for _ in range(3):  # OpenCV's thread pool is now running in this (the parent) process
     cv2.resize(np.zeros((1500, 1500, 3), np.uint8), (1200, 1000))
 from clip_dinoiser.data.benchmarks import BENCHMARKS, build_dataset
-from clip_dinoiser.engine.evaluate import _loader
+from clip_dinoiser.engine.evaluate import _loader, loader_items
 bench = BENCHMARKS["voc"]
 dataset = build_dataset(bench, sys.argv[1])
-items = [(bench.num_classes, (256, 64), dataset.get_data_info(i)) for i in range(len(dataset))]
+items = loader_items(bench, dataset, (256, 64), range(len(dataset)))
 print(sum(len(b["shapes"]) // 2 for b in _loader(items, 2, 2)), len(dataset), cv2.getNumThreads())
 """
 

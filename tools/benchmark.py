@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from clip_dinoiser.data.benchmarks import BENCHMARKS, build_dataset
-from clip_dinoiser.engine.evaluate import _loader, _unpack, evaluate_benchmark, score_images, start_loader
+from clip_dinoiser.engine.evaluate import _loader, _unpack, evaluate_benchmark, loader_items, score_images, start_loader
 from clip_dinoiser.engine.inference import SlideConfig, SlidingWindows, autocast
 from clip_dinoiser.models import CLIPDINOiser, DINOiserHeads, build_clip, read_vocabulary_file
 
@@ -116,7 +116,7 @@ def bench_eval(device: torch.device, n_images: int, window_batch: int, workers: 
         out["first_call_pipeline_windows_per_s_bf16"] = r.windows / r.seconds
         # Data loading alone (decode, resize, labels, transfer to this process), same loader.
         dataset = build_dataset(bench, root)
-        items = [(bench.num_classes, slide.scale, dataset.get_data_info(i)) for i in range(len(dataset))]
+        items = loader_items(bench, dataset, slide.scale, range(len(dataset)))
         t = time.perf_counter()
         count = sum(len(b["shapes"]) // 2 for b in _loader(items, workers, 8))
         out["loader_only_images_per_s"] = count / (time.perf_counter() - t)

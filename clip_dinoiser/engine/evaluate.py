@@ -149,11 +149,16 @@ class _Samples(Dataset):
         return self._pipelines[key](info)
 
 
+def loader_items(bench: Benchmark, dataset, scale: Sequence[int], indices: Iterable[int]) -> list:
+    """The ``_Samples`` items of ``dataset``'s images ``indices`` (``dataset`` from ``build_dataset``)."""
+    return [(bench.num_classes, tuple(scale), dataset.get_data_info(i)) for i in indices]
+
+
 class _Items(Sampler):
     """The items of the current evaluation (the persistent loader re-reads them on each ``iter``)."""
 
-    def __init__(self) -> None:
-        self.items: list = []
+    def __init__(self, items: list) -> None:
+        self.items = items
 
     def __iter__(self) -> Iterator:
         return iter(self.items)
@@ -169,13 +174,11 @@ def _loader(items: list, num_workers: int, batch_size: int) -> DataLoader:
     """A loader over ``items``; with workers, one persistent loader per process (see ``_Samples``)."""
     global _LOADER
     if num_workers == 0:
-        sampler = _Items()
-        sampler.items = items
-        return DataLoader(_Samples(), batch_size=batch_size, sampler=sampler, collate_fn=_collate)
+        return DataLoader(_Samples(), batch_size=batch_size, sampler=_Items(items), collate_fn=_collate)
     settings = (num_workers, batch_size)
     if _LOADER is None or _LOADER[0] != settings:
         _LOADER = None  # stops the old workers
-        sampler = _Items()
+        sampler = _Items([])
         loader = DataLoader(_Samples(), batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                             collate_fn=_collate, persistent_workers=True, prefetch_factor=4,
                             in_order=False)  # the metric is a sum: any order will do
@@ -264,7 +267,7 @@ def evaluate_benchmark(
     n = len(dataset) if limit is None else min(limit, len(dataset))
     rank, world = dist.rank(), dist.world_size()
     k = bench.num_classes
-    items = [(k, tuple(slide.scale), dataset.get_data_info(i)) for i in range(rank, n, world)]
+    items = loader_items(bench, dataset, slide.scale, range(rank, n, world))
     runner = SlidingWindows(model, slide, precision)
     bar = tqdm(total=n, desc=bench.name, unit="img", disable=not progress or rank != 0, dynamic_ncols=True)
     copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None

@@ -66,10 +66,15 @@ def window_boxes(h: int, w: int, crop: tuple[int, int], stride: tuple[int, int])
     return boxes
 
 
-def autocast(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager:
-    """Autocast context for ``precision`` (fp32 = none)."""
+def check_precision(precision: str) -> None:
+    """Raise ValueError unless ``precision`` is one of ``PRECISIONS``."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision '{precision}' (choose from {sorted(PRECISIONS)})")
+
+
+def autocast(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager:
+    """Autocast context for ``precision`` (fp32 = none)."""
+    check_precision(precision)
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=PRECISIONS[precision])
@@ -101,8 +106,7 @@ class SlidingWindows:
     """
 
     def __init__(self, model: nn.Module, cfg: SlideConfig = SlideConfig(), precision: str = "fp32") -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"unknown precision '{precision}' (choose from {sorted(PRECISIONS)})")
+        check_precision(precision)  # now, not at the first model call
         self.model = model
         self.cfg = cfg
         self.precision = precision
