@@ -70,3 +70,19 @@ def test_cuda_training_step_bf16(tmp_path, tiny_clip_file, tiny_teachers):
     cfg["precision"] = "bf16"
     last = train(cfg, torch.device("cuda"))
     assert os.path.isfile(last)
+
+
+def test_cuda_confusion_counts_are_exact_for_171_classes():
+    from mmseg.evaluation import IoUMetric
+
+    from clip_dinoiser.engine.evaluate import area_stats, confusion_index, confusion_matrix
+
+    from .test_eval import all_pairs
+
+    k = 171
+    pred, label, counts = all_pairs(k)
+    conf = confusion_matrix(confusion_index(pred.cuda(), label.cuda(), k), k)
+    assert conf.device.type == "cuda"
+    assert torch.equal(conf.cpu(), torch.from_numpy(counts))
+    theirs = torch.stack(IoUMetric.intersect_and_union(pred.cuda(), label.cuda().long(), k, 255))
+    assert torch.equal(area_stats(pred.cuda(), label.cuda(), k).cpu(), theirs.long())

@@ -49,24 +49,31 @@ def confusion_index(pred: Tensor, label: Tensor, num_classes: int, ignore_index:
     return torch.where(label != ignore_index, label.long() * k + pred.long(), k * k).flatten()
 
 
-def stats_from_index(index: Tensor, num_classes: int) -> Tensor:
-    """Per-class (intersection, union, pred area, label area), 4 x K float64, from ``confusion_index``
-    values of any number of images.
+def confusion_matrix(index: Tensor, num_classes: int) -> Tensor:
+    """K x K int64 pixel counts (rows: label, columns: prediction) of ``confusion_index`` values.
 
-    The same quantities as mmseg's ``IoUMetric.intersect_and_union``, from a confusion
-    histogram: ``histc`` with a given range never synchronises the GPU (mmseg's boolean
-    indexing does); its bins of width < 1 hold one integer each.
+    Counted exactly in integers: ``index_add_`` of ones never synchronises the GPU (``bincount``
+    does, to find the maximum). A float ``histc`` over K * K + 1 bins is not exact: from K = 81
+    on, rounding moves some indices of the last class into the neighbouring bin.
     """
     k = num_classes
-    conf = torch.histc(index.float(), bins=k * k + 1, min=0, max=k * k).double()
-    conf = conf[:-1].view(k, k)  # rows: label, cols: prediction
+    conf = torch.zeros(k * k + 1, dtype=torch.int64, device=index.device)
+    conf.index_add_(0, index, torch.ones((), dtype=torch.int64, device=index.device).expand_as(index))
+    return conf[:-1].view(k, k)  # the last bin holds the ignored pixels
+
+
+def stats_from_index(index: Tensor, num_classes: int) -> Tensor:
+    """Per-class (intersection, union, pred area, label area), 4 x K int64 pixel counts, from
+    ``confusion_index`` values of any number of images: the same quantities as mmseg's
+    ``IoUMetric.intersect_and_union``, without its boolean indexing (a GPU synchronisation)."""
+    conf = confusion_matrix(index, num_classes)
     inter = conf.diagonal()
     area_label, area_pred = conf.sum(1), conf.sum(0)
     return torch.stack([inter, area_pred + area_label - inter, area_pred, area_label])
 
 
 def area_stats(pred: Tensor, label: Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX) -> Tensor:
-    """Per-class (intersection, union, pred area, label area) of one image, 4 x K, float64."""
+    """Per-class (intersection, union, pred area, label area) of one image, 4 x K int64 counts."""
     return stats_from_index(confusion_index(pred, label, num_classes, ignore_index), num_classes)
 
 
@@ -74,7 +81,7 @@ def metrics_from_stats(stats: Tensor, class_names: Sequence[str]) -> tuple[float
     """mIoU and per-class IoU (%) from summed ``area_stats``, via mmseg's ``IoUMetric``."""
     from mmseg.evaluation import IoUMetric
 
-    inter, union, pred, label = (s.cpu() for s in stats)
+    inter, union, pred, label = (s.cpu().double() for s in stats)  # counts < 2**53: exact
     metrics = IoUMetric.total_area_to_metrics(inter, union, pred, label, metrics=["mIoU"])
     iou = metrics["IoU"]
     iou = iou.numpy() if isinstance(iou, Tensor) else np.asarray(iou)
@@ -84,13 +91,13 @@ def metrics_from_stats(stats: Tensor, class_names: Sequence[str]) -> tuple[float
 
 def score_images(runner: SlidingWindows, batches: Iterable[list[tuple[Tensor, Tensor, tuple[int, int]]]],
                  num_classes: int, device: torch.device) -> Tensor:
-    """Summed ``area_stats`` (4 x K, float64) of a stream of images.
+    """Summed ``area_stats`` (4 x K int64 counts) of a stream of images.
 
     Args:
         runner: sliding-window inference (its queue carries images across batches).
         batches: lists of (3 x H x W image at the test scale, H0 x W0 label, (H0, W0)), on ``device``.
     """
-    stats = torch.zeros(4, num_classes, dtype=torch.float64, device=device)
+    stats = torch.zeros(4, num_classes, dtype=torch.int64, device=device)
     index: list[Tensor] = []
 
     def score(done: list[tuple[Tensor, Tensor]]) -> None:
