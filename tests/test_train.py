@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -53,6 +54,43 @@ def test_teachers_match_hooked_timm_features(tiny_teachers):
     probs = torch.sigmoid(torch.einsum("bchw,oc->bohw", feats, w[:, :, 0, 0]) + b.view(1, 1, 1, 1))
     torch.testing.assert_close(found.probabilities(images), probs, rtol=1e-5, atol=1e-6)
     assert found.target(images, (4, 4)).shape == (2, 1, 4, 4)
+
+
+@torch.no_grad()
+def test_found_target_is_the_reference_non_antialiased_bilinear_resize(tiny_teachers):
+    """The reference (torchvision 0.13.1) resized FOUND's sigmoid map with plain bilinear
+    interpolation; ours by default too, and antialiasing (``antialias=True``) is a real change."""
+    _, found = build_teachers(tiny_teachers)
+    assert found.antialias is False
+    images = torch.rand(3, 3, 64, 96)  # FOUND grid 8 x 12 -> a CLIP grid of 4 x 6, and an odd 5 x 7
+    probs = found.probabilities(images)
+    for size in ((4, 6), (5, 7)):
+        expected = F.interpolate(probs, size=size, mode="bilinear", align_corners=False)
+        torch.testing.assert_close(found.probabilities(images, size), expected, rtol=0, atol=1e-7)
+        assert torch.equal(found.target(images, size), (expected > 0.5).float())
+    found.antialias = True
+    antialiased = found.probabilities(images, (4, 6))
+    torch.testing.assert_close(antialiased, F.interpolate(probs, size=(4, 6), mode="bilinear", antialias=True))
+    assert not torch.allclose(antialiased, F.interpolate(probs, size=(4, 6), mode="bilinear"))
+
+
+def test_training_images_are_resized_without_antialiasing_by_default(tmp_path, monkeypatch):
+    """ToTensor then Resize(448) under torchvision 0.13.1: bilinear on the float image, no antialiasing."""
+    from PIL import Image
+
+    from clip_dinoiser.data import train_images
+
+    from .conftest import random_image
+
+    path = str(tmp_path / "square.png")
+    Image.fromarray(random_image(96, 96, seed=3)).save(path)
+    img = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1).float()[None] / 255
+    monkeypatch.setattr(train_images.TF, "adjust_brightness", lambda x, factor: x)  # only the resize is compared
+    for antialias in (False, True):
+        out = TrainImages([path], size=48, antialias=antialias)[(0, 7)]
+        expected = F.interpolate(img, size=(48, 48), mode="bilinear", align_corners=False, antialias=antialias)[0]
+        assert any(torch.allclose(out, e, rtol=0, atol=1e-6) for e in (expected, expected.flip(-1))), antialias
+    assert not torch.allclose(TrainImages([path], 48)[(0, 7)], TrainImages([path], 48, antialias=True)[(0, 7)])
 
 
 def test_dino_pos_embed_follows_dino_interpolation():
@@ -195,6 +233,32 @@ def test_train_cli_runs_and_reports_user_errors(tmp_path, tiny_clip_file, tiny_t
         r = subprocess.run([sys.executable, os.path.join(ROOT, "tools/train.py"), *args], capture_output=True,
                            text=True, cwd=tmp_path, timeout=300)
         assert r.returncode == 2 and r.stderr.startswith(message) and "Traceback" not in r.stderr, r.stderr[-1500:]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.resume=missing_run"], "error: run folder to resume not found: missing_run (train.resume)"),
+        (["train.resume=empty_run"], "error: no checkpoint (checkpoints/iter_*.pt) in empty_run to resume from"),
+        (["train.output=taken"], "exists and is not a folder"),
+        (["train.data=no_images"], "error: training image folder not found: no_images (train.data)"),
+        (["teachers.found.decoder=nothing.pt"], "error: FOUND decoder weights not found: nothing.pt"),
+        (["teachers.dino.pretrained=weights/dino.pth"], "error: teacher weights not found: weights/dino.pth"),
+        (["model.clip.pretrained=weights/clip.pt"], "error: CLIP checkpoint not found: weights/clip.pt"),
+    ],
+)
+def test_train_cli_checks_every_path_before_loading_a_model(tmp_path, overrides, message):
+    """Teachers are hub tags here: had a model been loaded first, the offline machine would fail differently."""
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "empty_run").mkdir()
+    (tmp_path / "taken").write_text("a file")
+    (tmp_path / "decoder.pt").write_bytes(b"x")
+    args = ["train.data=imgs", "train.output=run", "teachers.found.decoder=decoder.pt", "device=cpu", *overrides]
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools/train.py"), *args], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and message in r.stderr
+    assert sorted(os.listdir(tmp_path)) == ["decoder.pt", "empty_run", "imgs", "taken"]  # no run folder made
 
 
 def test_torchrun_two_processes_train_like_one(tmp_path, tiny_clip_file, tiny_teachers):

@@ -42,11 +42,16 @@ def sample_subset(files: list[str], size: int | None, seed: int) -> list[str]:
 
 class TrainImages(Dataset):
     """The paper's augmentations: resize short side to ``size``, random ``size`` crop,
-    horizontal flip, ColorJitter(brightness=0.5). Items are asked for as (index, seed)."""
+    horizontal flip, ColorJitter(brightness=0.5). Items are asked for as (index, seed).
 
-    def __init__(self, files: list[str], size: int = 448) -> None:
+    The resize acts on the float tensor, as the reference's transforms (``ToTensor`` first) did
+    under torchvision 0.13.1: bilinear without antialiasing unless ``antialias``.
+    """
+
+    def __init__(self, files: list[str], size: int = 448, *, antialias: bool = False) -> None:
         self.files = files
         self.size = size
+        self.antialias = antialias
 
     def __len__(self) -> int:
         return len(self.files)
@@ -56,7 +61,7 @@ class TrainImages(Dataset):
         g = torch.Generator().manual_seed(seed)
         with Image.open(self.files[index]) as im:
             img = TF.to_dtype(TF.pil_to_tensor(im.convert("RGB")), torch.float32, scale=True)
-        img = TF.resize(img, self.size, antialias=True)
+        img = TF.resize(img, self.size, antialias=self.antialias)
         h, w = img.shape[-2:]
         top = int(torch.randint(0, h - self.size + 1, (1,), generator=g))
         left = int(torch.randint(0, w - self.size + 1, (1,), generator=g))

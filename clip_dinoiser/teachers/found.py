@@ -33,12 +33,17 @@ class FOUNDTeacher(nn.Module):
     Args:
         vit: frozen DINO ViT-S/8.
         decoder: FOUND's 1x1 convolution on the last block's key features.
+        antialias: antialias the resize to the target grid. The reference ran on torchvision
+            0.13.1, whose tensor ``resize`` does not antialias (plain bilinear interpolation,
+            ``align_corners=False``); antialiasing, today's torchvision default, flips 2-3 % of
+            the binary targets at 448 x 448.
     """
 
-    def __init__(self, vit: FrozenViT, decoder: nn.Conv2d) -> None:
+    def __init__(self, vit: FrozenViT, decoder: nn.Conv2d, *, antialias: bool = False) -> None:
         super().__init__()
         self.vit = vit
         self.decoder = decoder.eval().requires_grad_(False)
+        self.antialias = antialias
 
     def train(self, mode: bool = True) -> FOUNDTeacher:
         return super().train(False)
@@ -47,14 +52,14 @@ class FOUNDTeacher(nn.Module):
     def probabilities(self, images: Tensor, size: tuple[int, int] | None = None) -> Tensor:
         """B x 3 x H x W in [0, 1] -> B x 1 x h x w foreground probabilities (fp32).
 
-        With ``size``, resized as the reference does (torchvision ``resize``, bilinear, antialiased).
+        With ``size``, resized bilinearly (antialiased only with ``antialias``).
         """
         _, k, _ = self.vit.last_qkv(images)
         gh, gw = self.vit.grid(images)
         feats = k.transpose(1, 2).reshape(k.shape[0], -1, gh, gw)
         probs = torch.sigmoid(self.decoder(feats.to(self.decoder.weight.dtype)).float())
         if size is not None and tuple(size) != (gh, gw):
-            probs = TF.resize(probs, list(size), antialias=True)
+            probs = TF.resize(probs, list(size), antialias=self.antialias)
         return probs
 
     @torch.no_grad()
