@@ -55,6 +55,10 @@ def test_demo_writes_overlay_and_label_map(tmp_path, clip_json, tiny_clip_file, 
         (["image=ok.png", "prompts=[]"], "prompt list is empty"),
         (["image=ok.png", "prompts=[cat,dog,cat]"], "listed twice"),
         (["image=ok.png", "prompts=[cat]", "model.checkpoint=nothing.pt"], "heads checkpoint not found"),
+        (["image=ok.png"], "no classes: give 'prompts=[cat,sofa]'"),
+        (["image=ok.png", "prompts=[猫,chien]"], """quote each name, e.g. 'prompts=["猫","chien"]'"""),
+        (["image=ok.png", "prompts=[cat]", "prompts_file=missing.txt"], "not both"),
+        (["image=ok.png", "prompts_file=missing.txt"], "missing.txt"),
     ],
 )
 def test_demo_user_errors_are_one_line(tmp_path, clip_json, tiny_clip_file, overrides, message):
@@ -64,6 +68,31 @@ def test_demo_user_errors_are_one_line(tmp_path, clip_json, tiny_clip_file, over
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [r.stderr.strip()] and message in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_demo_checks_its_output_folder_before_building_the_model(tmp_path, clip_json, tiny_clip_file):
+    """An output path that is a file fails at once; the unreadable CLIP weights show that no model was built."""
+    Image.fromarray(random_image(32, 32)).save(tmp_path / "ok.png")
+    (tmp_path / "taken").write_text("a file")
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
+    r = run_demo(tmp_path, "image=ok.png", "prompts=[cat]", "output=taken/sub", f"model.clip.name={clip_json}",
+                 "model.clip.pretrained=garbage.pt")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == f"error: output=taken/sub: {tmp_path / 'taken'} exists and is not a folder"
+
+
+def test_demo_reads_non_latin_prompts_quoted_or_from_a_file(tmp_path, clip_json, tiny_clip_file, tiny_heads_file):
+    Image.fromarray(random_image(48, 64)).save(tmp_path / "ok.png")
+    (tmp_path / "classes.txt").write_text("猫\nchien, chiot\n# a comment\n\nвода\n", encoding="utf-8")
+    model = [f"model.clip.name={clip_json}", f"model.clip.pretrained={tiny_clip_file[1]}",
+             f"model.checkpoint={tiny_heads_file}", "model.proj_dim=16"]
+    quoted = run_demo(tmp_path, "image=ok.png", 'prompts=["猫",chien]', "output=q", *model)
+    assert quoted.returncode == 0, quoted.stderr
+    assert np.asarray(Image.open(tmp_path / "q" / "ok_labels.png")).max() <= 1  # two classes
+    from_file = run_demo(tmp_path, "image=ok.png", "prompts_file=classes.txt", "output=f", *model)
+    assert from_file.returncode == 0, from_file.stderr
+    labels = np.asarray(Image.open(tmp_path / "f" / "ok_labels.png"))
+    assert labels.shape == (48, 64) and labels.max() <= 2  # three classes from the file
 
 
 def test_images_of_any_mode_become_rgb_uint8(tmp_path):

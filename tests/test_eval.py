@@ -15,7 +15,13 @@ from PIL import Image
 
 from clip_dinoiser.data.benchmarks import BENCHMARKS, PAPER_ORDER, build_dataset
 from clip_dinoiser.data.convert import CITYSCAPES_LUT, COCO_OBJECT_LUT, COCO_STUFF_LUT, apply_lut
-from clip_dinoiser.engine.evaluate import area_stats, evaluate_benchmark
+from clip_dinoiser.engine.evaluate import (
+    area_stats,
+    confusion_index,
+    confusion_matrix,
+    evaluate_benchmark,
+    metrics_from_stats,
+)
 from clip_dinoiser.engine.inference import SlideConfig, slide_inference, to_tensor
 from clip_dinoiser.models import build_model
 
@@ -79,17 +85,63 @@ def test_each_benchmark_loads_and_matches_independent_miou(model, data_dir, name
     assert result.windows > 3
 
 
-def test_area_stats_match_mmseg_intersect_and_union():
+BENCHMARK_K = sorted({b.num_classes for b in BENCHMARKS.values()})
+
+
+def all_pairs(k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """(pred, label, expected K x K confusion counts): every (label, prediction) pair present,
+    pair (l, p) ``1 + (7l + 3p) % 4`` times, plus ignored pixels predicted as any class (the last
+    one included), shuffled into one H x W image."""
+    ls, ps = np.meshgrid(np.arange(k), np.arange(k), indexing="ij")
+    counts = 1 + (7 * ls + 3 * ps) % 4
+    label = np.repeat(ls.ravel(), counts.ravel())
+    pred = np.repeat(ps.ravel(), counts.ravel())
+    rng = np.random.default_rng(seed)
+    n_ignored = 2 * k + 1
+    label = np.concatenate([label, np.full(n_ignored, 255)])
+    pred = np.concatenate([pred, rng.integers(0, k, n_ignored - 1), [k - 1]])
+    order = rng.permutation(label.size)
+    shape = (label.size // 7 + 1, 7)
+    pad = shape[0] * shape[1] - label.size  # more ignored pixels fill the rectangle
+    label = np.concatenate([label[order], np.full(pad, 255)]).reshape(shape)
+    pred = np.concatenate([pred[order], np.full(pad, k - 1)]).reshape(shape)
+    return torch.from_numpy(pred), torch.from_numpy(label).to(torch.uint8), counts
+
+
+def test_benchmark_class_counts_are_the_ones_counted_below():
+    assert BENCHMARK_K == [19, 20, 21, 59, 60, 81, 150, 171]
+
+
+@pytest.mark.parametrize("k", BENCHMARK_K)
+def test_confusion_counts_are_exact_for_every_pair_and_the_last_class(k):
+    pred, label, counts = all_pairs(k)
+    conf = confusion_matrix(confusion_index(pred, label, k), k)
+    np.testing.assert_array_equal(conf.numpy(), counts)
+
+
+@pytest.mark.parametrize("k", BENCHMARK_K)
+def test_area_stats_equal_mmseg_intersect_and_union(k):
     from mmseg.evaluation import IoUMetric
 
-    rng = np.random.default_rng(0)
-    pred = torch.from_numpy(rng.integers(0, 7, (30, 40)))
-    label = torch.from_numpy(rng.integers(0, 7, (30, 40)))
-    label[:5] = 255
-    ours = area_stats(pred, label, 7)
-    theirs = IoUMetric.intersect_and_union(pred, label, 7, 255)
-    for a, b in zip(ours, theirs):
-        torch.testing.assert_close(a, b.double())
+    pred, label, counts = all_pairs(k, seed=k)
+    ours = area_stats(pred, label, k)
+    theirs = torch.stack(IoUMetric.intersect_and_union(pred, label.long(), k, 255))
+    assert ours.dtype == torch.int64
+    torch.testing.assert_close(ours, theirs.long(), rtol=0, atol=0)
+    assert ours[0, k - 1] == counts[k - 1, k - 1]  # the last class's intersection
+    miou, _ = metrics_from_stats(ours, [str(i) for i in range(k)])
+    inter = np.diag(counts)
+    assert miou == pytest.approx(np.mean(inter / (counts.sum(0) + counts.sum(1) - inter)) * 100, abs=1e-12)
+
+
+def test_last_class_predicted_everywhere_gets_its_iou():
+    """The case that the float histogram got wrong: K = 81, the last class predicted everywhere."""
+    k = 81
+    label = torch.full((40, 50), k - 1, dtype=torch.uint8)
+    label[:, :24] = k - 2
+    pred = torch.full((40, 50), k - 1)
+    inter, union, _, _ = area_stats(pred, label, k)[:, k - 1]
+    assert (inter.item(), union.item()) == (40 * 26, 40 * 50)
 
 
 def test_reduce_zero_label_and_ignore_follow_mmseg(data_dir):
@@ -217,6 +269,16 @@ def test_eval_cli_missing_dataset_is_one_line(tmp_path):
                        cwd=tmp_path, timeout=300)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip() == f"error: ade20k: dataset folder not found: {tmp_path}/missing"
+
+
+def test_eval_cli_checks_its_output_folder_before_loading(tmp_path, data_dir):
+    (tmp_path / "taken").write_text("a file")
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")  # would fail if a model were built
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools/eval.py"), "data=voc",
+                        f"data.root={os.path.join(data_dir, BENCHMARKS['voc'].root)}", "output=taken",
+                        "model.clip.pretrained=garbage.pt"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == f"error: output=taken: {tmp_path / 'taken'} exists and is not a folder"
 
 
 def test_converters_map_labels(tmp_path):

@@ -1,6 +1,8 @@
 """Segment one image into the classes named in ``prompts``.
 
     python tools/demo.py image=photo.jpg 'prompts=[cat,sofa,background]' output=out/
+    python tools/demo.py image=photo.jpg 'prompts=["猫","chien"]'     # non-Latin names: quote each one
+    python tools/demo.py image=photo.jpg prompts_file=classes.txt      # one class per line (UTF-8)
 
 Writes ``<output>/<name>_mask.png`` (palette overlay with a legend of the classes present)
 and ``<output>/<name>_labels.png`` (indexed label map, pixel value = prompt index).
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 
 import hydra
@@ -20,17 +23,29 @@ from PIL import Image
 from clip_dinoiser.data.images import load_image
 from clip_dinoiser.engine.cli import resolve_device, user_errors_as_one_line
 from clip_dinoiser.engine.inference import SlideConfig, segment
-from clip_dinoiser.models import build_model, parse_vocabulary
+from clip_dinoiser.files import check_output_dir
+from clip_dinoiser.models import build_model, parse_vocabulary, read_vocabulary_file
 from clip_dinoiser.visualize import add_legend, make_palette, overlay, save_indexed
 
 log = logging.getLogger("demo")
 
 
+def demo_vocabulary(prompts, prompts_file: str | None):
+    """The classes from ``prompts`` (a list or one name) or ``prompts_file`` (one class per line)."""
+    if prompts_file:
+        if prompts is not None:
+            raise ValueError("give prompts or prompts_file, not both")
+        return read_vocabulary_file(str(prompts_file))
+    if prompts is None:
+        raise ValueError("no classes: give 'prompts=[cat,sofa]' (quote non-Latin names: 'prompts=[\"猫\",chien]') "
+                         "or prompts_file=<one class per line>")
+    return parse_vocabulary([prompts] if isinstance(prompts, str) else list(prompts))
+
+
 @user_errors_as_one_line
 def run(cfg: DictConfig) -> dict[str, str]:
-    prompts = cfg.prompts
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    vocab = parse_vocabulary(prompts)  # fail on empty/duplicate prompts before loading models
+    check_output_dir(cfg.output, "output")  # everything is checked before the model is built
+    vocab = demo_vocabulary(cfg.prompts, cfg.prompts_file)
     image = load_image(str(cfg.image))
     device = resolve_device(cfg.device)
 
@@ -57,10 +72,26 @@ def run(cfg: DictConfig) -> dict[str, str]:
     return {"mask": mask_path, "labels": labels_path}
 
 
+def check_prompts_argument(argv: list[str]) -> None:
+    """Hydra's grammar rejects unquoted names outside ASCII letters (``prompts=[猫,chien]``) with
+    a lexer message; say instead how to quote them, in one line."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for arg in argv:
+        if arg.startswith("prompts=") and not arg.isascii():
+            try:
+                OverridesParser.create().parse_overrides([arg])
+            except Exception:  # hydra's grammar errors
+                print(f"error: hydra cannot parse {arg}: quote each name, e.g. 'prompts=[\"猫\",\"chien\"]', "
+                      "or use prompts_file=<UTF-8 file, one class per line>", file=sys.stderr)
+                sys.exit(2)
+
+
 @hydra.main(config_path="../configs", config_name="demo", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     run(cfg)
 
 
 if __name__ == "__main__":
+    check_prompts_argument(sys.argv[1:])
     main()

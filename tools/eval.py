@@ -22,6 +22,7 @@ from clip_dinoiser.engine import distributed as dist
 from clip_dinoiser.engine.cli import resolve_device, user_errors_as_one_line
 from clip_dinoiser.engine.evaluate import BenchmarkResult, evaluate_benchmark, start_loader
 from clip_dinoiser.engine.inference import SlideConfig
+from clip_dinoiser.files import check_output_dir
 from clip_dinoiser.models import build_model
 
 log = logging.getLogger("eval")
@@ -73,6 +74,7 @@ def write_results(results: list[BenchmarkResult], cfg: DictConfig, folder: str) 
 
 @user_errors_as_one_line
 def run(cfg: DictConfig) -> list[BenchmarkResult]:
+    check_output_dir(cfg.output, "output")
     benchmarks = selected_benchmarks(cfg.data)
     for name, root in benchmarks:  # fail on a missing dataset before loading any model
         check_layout(get_benchmark(name), root)

@@ -16,7 +16,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from clip_dinoiser.engine.cli import resolve_device, user_errors_as_one_line
-from clip_dinoiser.engine.train import train
+from clip_dinoiser.engine.train import check_run_inputs, train
 
 log = logging.getLogger("train")
 
@@ -24,6 +24,8 @@ log = logging.getLogger("train")
 @user_errors_as_one_line
 def run(cfg: DictConfig) -> str:
     device = resolve_device(cfg.device)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    check_run_inputs(config)  # before any folder is made or model loaded
     run_dir = cfg.train.resume or cfg.train.output
     if os.environ.get("RANK", "0") == "0":
         os.makedirs(run_dir, exist_ok=True)
@@ -31,7 +33,7 @@ def run(cfg: DictConfig) -> str:
         handler = logging.FileHandler(os.path.join(run_dir, "train.log"))
         handler.setFormatter(logging.Formatter("[%(asctime)s %(name)s] %(message)s"))
         logging.getLogger().addHandler(handler)
-    return train(OmegaConf.to_container(cfg, resolve=True), device)
+    return train(config, device)
 
 
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")

@@ -13,7 +13,8 @@ import torch
 log = logging.getLogger(__name__)
 
 # Errors a user causes (bad path, bad value); anything else is a bug and keeps its traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, NotADirectoryError, ValueError, KeyError)
+USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, NotADirectoryError, PermissionError, ValueError,
+                                                KeyError)
 
 
 def user_errors_as_one_line(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -16,8 +16,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..data.train_images import ResumableBatchSampler, TrainImages, list_images, sample_subset
-from ..models import CLIPDINOiser, build_model, save_heads
-from ..teachers import DINOTeacher, FOUNDTeacher, build_teachers
+from ..files import check_output_dir
+from ..models import CLIPDINOiser, build_model, check_model_files, save_heads
+from ..teachers import DINOTeacher, FOUNDTeacher, build_teachers, check_teacher_files
 from . import distributed as dist
 from .inference import autocast
 
@@ -48,6 +49,30 @@ def make_optimizer(heads: nn.Module, cfg: Mapping[str, Any]) -> tuple[torch.opti
 def latest_checkpoint(run_dir: str) -> str | None:
     files = sorted(glob.glob(os.path.join(run_dir, "checkpoints", "iter_*.pt")))
     return files[-1] if files else None
+
+
+def resume_checkpoint(run_dir: str) -> str:
+    """The checkpoint to resume ``run_dir`` from (its newest), or a ``FileNotFoundError``."""
+    if not os.path.isdir(run_dir):
+        raise FileNotFoundError(f"run folder to resume not found: {run_dir} (train.resume)")
+    path = latest_checkpoint(run_dir)
+    if path is None:
+        raise FileNotFoundError(f"no checkpoint (checkpoints/iter_*.pt) in {run_dir} to resume from (train.resume)")
+    return path
+
+
+def check_run_inputs(cfg: Mapping[str, Any]) -> None:
+    """Every folder and file a training run names, checked before any model is loaded: the run
+    folder (resumable, or writable), the image folder, CLIP's and the teachers' local weights."""
+    tcfg = cfg["train"]
+    if tcfg.get("resume"):
+        resume_checkpoint(tcfg["resume"])
+    else:
+        check_output_dir(tcfg["output"], "train.output")
+    if not os.path.isdir(str(tcfg["data"])):
+        raise FileNotFoundError(f"training image folder not found: {tcfg['data']} (train.data)")
+    check_model_files({**cfg["model"], "name": "clip_dinoiser", "checkpoint": None})
+    check_teacher_files(cfg["teachers"])
 
 
 class Distiller:
@@ -91,9 +116,8 @@ def train(cfg: Mapping[str, Any], device: torch.device) -> str:
     rank, world = dist.init_distributed(device)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    check_run_inputs(cfg)
     run_dir = tcfg.get("resume") or tcfg["output"]
-    if tcfg.get("resume") and not os.path.isdir(run_dir):
-        raise FileNotFoundError(f"run folder to resume not found: {run_dir}")
     files = sample_subset(list_images(tcfg["data"]), tcfg.get("ds_size"), int(tcfg["seed"]))
     batch_size = int(tcfg["batch_size"])
     if batch_size % world or 0 < len(files) % batch_size < world:
@@ -104,9 +128,7 @@ def train(cfg: Mapping[str, Any], device: torch.device) -> str:
     heads = distiller.student.heads.train()
     optimizer, scheduler = make_optimizer(heads, tcfg)
     start = 0
-    ckpt_path = latest_checkpoint(run_dir) if tcfg.get("resume") else None
-    if tcfg.get("resume") and ckpt_path is None:
-        raise FileNotFoundError(f"no checkpoint (checkpoints/iter_*.pt) in {run_dir} to resume from")
+    ckpt_path = resume_checkpoint(run_dir) if tcfg.get("resume") else None
     if ckpt_path:
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         heads.load_state_dict(ckpt["model_state_dict"])
@@ -122,7 +144,8 @@ def train(cfg: Mapping[str, Any], device: torch.device) -> str:
     sampler = ResumableBatchSampler(len(files), batch_size, int(tcfg["epochs"]), int(tcfg["seed"]), start=start,
                                     rank=rank, world=world)
     workers = int(tcfg["num_workers"])
-    loader = DataLoader(TrainImages(files, int(tcfg["im_size"])), batch_sampler=sampler, num_workers=workers,
+    dataset = TrainImages(files, int(tcfg["im_size"]), antialias=bool(tcfg.get("antialias", False)))
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
                         pin_memory=device.type == "cuda", persistent_workers=False,
                         prefetch_factor=4 if workers > 0 else None)
     total = sampler.total

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..files import check_local_file
+
 log = logging.getLogger(__name__)
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -73,9 +75,7 @@ def load_open_clip(name: str, pretrained: str | None) -> nn.Module:
     name = register_model_config(name)
     if name not in open_clip.list_models():
         raise ValueError(f"unknown open_clip model '{name}' (see open_clip.list_models())")
-    if pretrained and (os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))):
-        if not os.path.isfile(pretrained):
-            raise FileNotFoundError(f"CLIP checkpoint not found: {pretrained}")
+    check_local_file(pretrained, "CLIP checkpoint", "model.clip.pretrained")
     try:
         model = open_clip.create_model(name, pretrained=pretrained or None)
     except (RuntimeError, OSError) as e:  # download failures (offline machine), unknown tags

@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import nn
 
+from ..files import check_local_file
 from .backbone import CLIPBackbone, load_open_clip, register_model_config
 from .clip_dinoiser import CLIPDINOiser
 from .heads import DINOiserHeads, load_heads
@@ -83,9 +84,22 @@ MODEL_BUILDERS: dict[str, Callable[[Mapping[str, Any]], nn.Module]] = {
 }
 
 
+def check_model_files(cfg: Mapping[str, Any]) -> None:
+    """Fail on a missing local file that ``cfg`` names, before any weights are loaded."""
+    check_local_file(_get(cfg, "clip.pretrained"), "CLIP checkpoint", "model.clip.pretrained")
+    name = _get(cfg, "name", "clip_dinoiser")
+    if name == "clip_dinoiser":
+        check_local_file(_get(cfg, "checkpoint"), "heads checkpoint", "model.checkpoint")
+    if name == "dino_maskclip":
+        for teacher in ("dino", "found"):
+            key = f"teachers.{teacher}.pretrained"
+            check_local_file(_get(cfg, key), "teacher weights", f"model.{key}")
+
+
 def build_model(cfg: Mapping[str, Any]) -> MaskCLIP:
     """Build the model named ``cfg["name"]`` (``clip_dinoiser``, ``maskclip``, ``dino_maskclip``)."""
     name = _get(cfg, "name", "clip_dinoiser")
     if name not in MODEL_BUILDERS:
         raise ValueError(f"unknown model '{name}' (choose from {sorted(MODEL_BUILDERS)})")
+    check_model_files(cfg)
     return MODEL_BUILDERS[name](cfg).eval()

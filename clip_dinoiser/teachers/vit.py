@@ -9,13 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..files import check_local_file
 from ..models.backbone import pad_to_multiple
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def load_timm_vit(arch: str, pretrained: str | None, **kwargs) -> nn.Module:
+def load_timm_vit(arch: str, pretrained: str | None, key: str = "pretrained", **kwargs) -> nn.Module:
     """A timm ViT from a pretrained name (``vit_base_patch16_224.dino``) or a local weights file.
 
     Args:
@@ -23,10 +24,12 @@ def load_timm_vit(arch: str, pretrained: str | None, **kwargs) -> nn.Module:
             (``vit_base_patch16_224``).
         pretrained: timm ``name.tag`` to download, a local state-dict file (timm or original
             DINO key names, which coincide), or None / empty for random weights.
+        key: the config key of ``pretrained``, for error messages.
         **kwargs: timm model overrides (``depth``, ``embed_dim``, ... for tests).
     """
     import timm
 
+    check_local_file(pretrained, "teacher weights", key)
     if pretrained and os.path.isfile(pretrained):
         model = timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
         state = torch.load(pretrained, map_location="cpu", weights_only=True)
@@ -37,8 +40,6 @@ def load_timm_vit(arch: str, pretrained: str | None, **kwargs) -> nn.Module:
         if missing or unexpected:
             raise ValueError(f"teacher weights {pretrained} do not fit {arch}: missing {missing[:5]}, "
                              f"unexpected {unexpected[:5]}")
-    elif pretrained and (os.sep in pretrained or pretrained.endswith((".pt", ".pth"))):
-        raise FileNotFoundError(f"teacher weights not found: {pretrained}")
     elif pretrained:
         try:
             model = timm.create_model(pretrained, pretrained=True, num_classes=0, **kwargs)

@@ -1,0 +1,41 @@
+"""Checks on the files and folders a run names, done before any model is built.
+
+Every tool validates its paths first, so a typo costs a second, not a model load.
+"""
+
+from __future__ import annotations
+
+import os
+
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+
+
+def looks_like_path(value: str | None) -> bool:
+    """True for a local file name (a folder separator or a weights suffix); False for hub tags
+    such as ``laion2b_s34b_b88k`` or ``vit_base_patch16_224.dino``."""
+    return bool(value) and (os.sep in value or value.endswith(WEIGHT_SUFFIXES))
+
+
+def check_local_file(value: str | None, what: str, key: str) -> None:
+    """Raise ``FileNotFoundError`` naming ``key`` when ``value`` names a local file that is missing.
+
+    Hub tags and empty values pass (they are resolved, or refused, by the loader)."""
+    if looks_like_path(value) and not os.path.isfile(value):
+        kind = "is a folder" if os.path.isdir(value) else "not found"
+        raise FileNotFoundError(f"{what} {kind}: {value} ({key})")
+
+
+def check_output_dir(path: str, key: str) -> None:
+    """Raise unless ``path`` is, or can be created as, a writable folder. Creates nothing.
+
+    Raises:
+        NotADirectoryError: ``path`` or one of its parents is a file.
+        PermissionError: the folder (or its nearest existing parent) is not writable.
+    """
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise NotADirectoryError(f"{key}={path}: {probe} exists and is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise PermissionError(f"{key}={path}: folder {probe} is not writable")
