@@ -9,6 +9,18 @@ import numpy as np
 import pytest
 import torch
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Caches (text embeddings, downloads) go to a fresh folder, also for the tools run in subprocesses."""
+    previous = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg_cache"))
+    yield
+    if previous is None:
+        os.environ.pop("XDG_CACHE_HOME")
+    else:
+        os.environ["XDG_CACHE_HOME"] = previous
+
+
 TINY_CLIP = "tiny-ViT-test"
 TINY_CLIP_CFG = {
     "embed_dim": 32,

@@ -206,16 +206,18 @@ def test_text_classifier_averages_normalised_templates(clip):
 
 
 def test_vocabulary_change_reuses_the_clip_model(model_cfg):
-    model = build_model(model_cfg)
+    model = build_model({**model_cfg, "text_cache": None})
     calls = []
-    encode = model.text.clip.encode_text
-    model.text.clip.encode_text = lambda t: calls.append(len(t)) or encode(t)
+    encode = model.text._encode_text
+    model.text._encode_text = lambda t: calls.append(len(t)) or encode(t)
     clip_id = id(model.text.clip)
     model.set_vocabulary(["cat", "dog"])
-    n = len(calls)
+    first = model.text.embeddings.clone()
+    assert len(calls) == 2  # one call per class name, all 80 templates in it
     model.set_vocabulary(["car", "road", "sky"])
-    model.set_vocabulary(["cat", "dog"])  # cached
-    assert len(calls) > n and id(model.text.clip) == clip_id
+    assert len(calls) == 5 and id(model.text.clip) == clip_id
+    model.set_vocabulary(["cat", "dog"])  # from the in-memory cache: no text-tower call
+    assert len(calls) == 5 and torch.equal(model.text.embeddings, first)
     assert model.class_names == ["cat", "dog"]
     with pytest.raises(ValueError, match="listed twice"):
         parse_vocabulary(["cat", "Cat"])

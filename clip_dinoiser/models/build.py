@@ -14,6 +14,7 @@ from .clip_dinoiser import CLIPDINOiser
 from .heads import DINOiserHeads, load_heads
 from .maskclip import MaskCLIP
 from .text import TextClassifier, split_towers
+from .text_cache import TextEmbeddingCache, default_cache_dir, weights_identity
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,18 @@ def build_clip(cfg: Mapping[str, Any]) -> tuple[CLIPBackbone, TextClassifier]:
     backbone = CLIPBackbone.from_open_clip(model, feats_idx=int(_get(cfg, "feats_idx", -3)))
     _, text_model = split_towers(model)
     text = TextClassifier(text_model, open_clip.get_tokenizer(name),
-                          templates=_get(cfg, "maskclip.templates", "imagenet80"))
+                          templates=_get(cfg, "maskclip.templates", "imagenet80"),
+                          disk_cache=text_cache(name, _get(cfg, "clip.pretrained"), _get(cfg, "text_cache", "auto")))
     return backbone, text
+
+
+def text_cache(name: str, pretrained: str | None, folder: str | bool | None) -> TextEmbeddingCache | None:
+    """The on-disk text cache of ``model.text_cache`` (``auto``: ``default_cache_dir()``; null /
+    false: off); none for random weights."""
+    identity = weights_identity(name, pretrained)
+    if not folder or identity is None:
+        return None
+    return TextEmbeddingCache(default_cache_dir() if folder in ("auto", True) else str(folder), identity)
 
 
 def _maskclip_kwargs(cfg: Mapping[str, Any]) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -9,6 +10,8 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .text_cache import TextEmbeddingCache
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +65,69 @@ def read_vocabulary_file(path: str) -> Vocabulary:
     return parse_vocabulary([ln for ln in lines if ln])
 
 
+def causal_text_tower(clip_model: nn.Module) -> bool:
+    """True for an open_clip ``CLIP`` text tower under a causal mask that pools at the
+    end-of-text token: only then are the tokens after it unable to change the result."""
+    needed = ("token_embedding", "positional_embedding", "transformer", "ln_final", "attn_mask")
+    pool = getattr(clip_model, "text_pool_type", "argmax")
+    return (all(getattr(clip_model, n, None) is not None for n in needed)
+            and (pool == "argmax" or (pool == "eos" and getattr(clip_model, "text_eos_id", None) is not None)))
+
+
+def encode_text_to_eot(clip_model: nn.Module, tokens: Tensor) -> Tensor:
+    """open_clip's ``encode_text``, run only up to the batch's last end-of-text position.
+
+    Under CLIP's causal mask a token never attends to later ones, so the end-of-text feature
+    (the pooled output) does not depend on the padding after it: cutting the sequence, the
+    positional embedding and the mask there gives the same embeddings to float rounding, for
+    ~1/6 of the work with the 80 templates (<= 12 of 77 tokens). B x L tokens -> B x D.
+    """
+    m = clip_model
+    pool = getattr(m, "text_pool_type", "argmax")
+    ends = tokens.argmax(dim=-1) if pool == "argmax" else (tokens == m.text_eos_id).int().argmax(dim=-1)
+    n = int(ends.max()) + 1
+    cast = m.transformer.get_cast_dtype()
+    x = m.token_embedding(tokens[:, :n]).to(cast) + m.positional_embedding[:n].to(cast)
+    mask = m.attn_mask[:n, :n]
+    seq_first = not getattr(m.transformer, "batch_first", True)  # open_clip < 2.26: blocks take L x B x C
+    x = x.transpose(0, 1) if seq_first else x
+    for block in m.transformer.resblocks:
+        x = block(x, attn_mask=mask)
+    x = m.ln_final(x.transpose(0, 1) if seq_first else x)
+    x = x[torch.arange(x.shape[0], device=x.device), ends]
+    proj = m.text_projection
+    if proj is None:
+        return x
+    return proj(x) if isinstance(proj, nn.Linear) else x @ proj
+
+
 @torch.no_grad()
+def encode_names(
+    encode_text: Callable[[Tensor], Tensor],
+    tokenizer: Callable[[list[str]], Tensor],
+    names: Sequence[str],
+    templates: Sequence[str],
+    *,
+    device: torch.device | str = "cpu",
+) -> Tensor:
+    """Per name, the mean over ``templates`` of the L2-normalised text features: N x D (fp32).
+
+    One model call per name (all its templates), so a name's embedding does not depend on
+    which other names are encoded with it (or were found in the cache).
+    """
+    out = []
+    for name in names:
+        tokens = tokenizer([t.format(name) for t in templates]).to(device)
+        out.append(F.normalize(encode_text(tokens).float(), dim=-1).mean(dim=0))
+    return torch.stack(out)
+
+
+def combine_synonyms(vocabulary: Vocabulary, name_embeddings: dict[str, Tensor]) -> Tensor:
+    """Class embedding = normalise(mean over its synonyms' template means): K x D."""
+    per_class = [torch.stack([name_embeddings[s] for s in synonyms]).mean(dim=0) for synonyms in vocabulary]
+    return F.normalize(torch.stack(per_class), dim=-1)
+
+
 def build_text_classifier(
     encode_text: Callable[[Tensor], Tensor],
     tokenizer: Callable[[list[str]], Tensor],
@@ -70,7 +135,6 @@ def build_text_classifier(
     templates: Sequence[str],
     *,
     device: torch.device | str = "cpu",
-    batch_size: int = 1024,
 ) -> Tensor:
     """Template-averaged class embeddings, K x D, L2-normalised.
 
@@ -78,31 +142,25 @@ def build_text_classifier(
     normalise(encode_text(template.format(synonym)))); for one synonym this is the
     MaskCLIP / CLIP-DINOiser recipe.
     """
-    prompts = [t.format(s) for synonyms in vocabulary for s in synonyms for t in templates]
-    feats = []
-    for i in range(0, len(prompts), batch_size):
-        tokens = tokenizer(prompts[i : i + batch_size]).to(device)
-        feats.append(F.normalize(encode_text(tokens).float(), dim=-1))
-    feats = torch.cat(feats).view(-1, len(templates), feats[0].shape[-1]).mean(dim=1)
-    per_class, start = [], 0
-    for synonyms in vocabulary:
-        per_class.append(feats[start : start + len(synonyms)].mean(dim=0))
-        start += len(synonyms)
-    return F.normalize(torch.stack(per_class), dim=-1)
+    names = list(dict.fromkeys(s for synonyms in vocabulary for s in synonyms))
+    feats = encode_names(encode_text, tokenizer, names, templates, device=device)
+    return combine_synonyms(vocabulary, dict(zip(names, feats)))
 
 
 class TextClassifier(nn.Module):
     """Holds CLIP's text tower once and the class embeddings of the current vocabulary.
 
-    Changing the vocabulary re-encodes only the prompts (results are cached per
-    vocabulary); the CLIP model is never rebuilt.
+    Changing the vocabulary re-encodes only the prompts (results are kept per vocabulary in
+    memory, and per class name on disk with ``disk_cache``); the CLIP model is never rebuilt.
+    A causal CLIP text tower runs only up to the last end-of-text token (``encode_text_to_eot``).
 
     Args:
-        clip_model: open_clip model whose ``encode_text`` is used (its image tower may be
+        clip_model: open_clip model whose text tower is used (its image tower may be
             detached, see :func:`split_towers`).
         tokenizer: open_clip tokenizer of that model.
         templates: template-set name (``imagenet80``, ``none``) or a list of format strings.
-        cache_size: how many vocabularies to keep encoded.
+        cache_size: how many vocabularies to keep encoded in memory.
+        disk_cache: embeddings of class names on disk, shared by runs with the same weights.
     """
 
     def __init__(
@@ -112,16 +170,24 @@ class TextClassifier(nn.Module):
         *,
         templates: str | Sequence[str] = "imagenet80",
         cache_size: int = 16,
+        disk_cache: TextEmbeddingCache | None = None,
     ) -> None:
         super().__init__()
         self.clip = clip_model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
+        if causal_text_tower(self.clip):
+            self._encode_text = functools.partial(encode_text_to_eot, self.clip)
+        else:
+            log.info("%s: text tower is not a causal CLIP tower; prompts are encoded at full context length",
+                     type(self.clip).__name__)
+            self._encode_text = self.clip.encode_text
         if isinstance(templates, str):
             if templates not in TEMPLATE_SETS:
                 raise ValueError(f"unknown template set '{templates}' (choose from {sorted(TEMPLATE_SETS)})")
             templates = TEMPLATE_SETS[templates]()
         self.templates = list(templates)
         self.cache_size = cache_size
+        self.disk_cache = disk_cache
         self._cache: OrderedDict[Vocabulary, Tensor] = OrderedDict()
         self.vocabulary: Vocabulary = ()
         self.register_buffer("embeddings", torch.empty(0), persistent=False)
@@ -137,14 +203,28 @@ class TextClassifier(nn.Module):
         """Encode (or fetch from the cache) the class embeddings of ``names``."""
         vocab = names if _is_vocabulary(names) else parse_vocabulary(names)
         if vocab not in self._cache:
-            device = next(self.clip.parameters()).device
-            emb = build_text_classifier(self.clip.encode_text, self.tokenizer, vocab, self.templates, device=device)
-            self._cache[vocab] = emb.cpu()
+            self._cache[vocab] = combine_synonyms(vocab, self._name_embeddings(vocab))
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
         self._cache.move_to_end(vocab)
         self.vocabulary = vocab
         self.embeddings = self._cache[vocab].to(self.embeddings.device)
+
+    def _name_embeddings(self, vocab: Vocabulary) -> dict[str, Tensor]:
+        """Template means of every synonym in ``vocab`` (CPU), from the disk cache where present."""
+        names = list(dict.fromkeys(s for synonyms in vocab for s in synonyms))
+        cache = self.disk_cache
+        found = {n: e for n in names if cache is not None and (e := cache.get(self.templates, n)) is not None}
+        missing = [n for n in names if n not in found]
+        if missing:
+            device = next(self.clip.parameters()).device
+            feats = encode_names(self._encode_text, self.tokenizer, missing, self.templates, device=device).cpu()
+            for name, emb in zip(missing, feats):
+                found[name] = emb
+                if cache is not None:
+                    cache.put(self.templates, name, emb)
+        log.debug("text embeddings: %d from the disk cache, %d encoded", len(names) - len(missing), len(missing))
+        return found
 
     def forward(self, feats: Tensor, temperature: float = 100.0) -> Tensor:
         """Cosine logits times ``temperature``: B x D x h x w -> B x K x h x w (fp32)."""
