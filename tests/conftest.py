@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory):
     """Caches (text embeddings, downloads) go to a fresh folder, also for the tools run in subprocesses."""
