@@ -10,6 +10,12 @@ import os
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 
 
+def default_cache_dir() -> str:
+    """``$XDG_CACHE_HOME/clip_dinoiser``, else ``~/.cache/clip_dinoiser`` (read when called)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "clip_dinoiser")
+
+
 def looks_like_path(value: str | None) -> bool:
     """True for a local file name (a folder separator or a weights suffix); False for hub tags
     such as ``laion2b_s34b_b88k`` or ``vit_base_patch16_224.dino``."""

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..download import hub_offline_if_unreachable
 from ..files import check_local_file
 
 log = logging.getLogger(__name__)
@@ -76,8 +77,14 @@ def load_open_clip(name: str, pretrained: str | None) -> nn.Module:
     if name not in open_clip.list_models():
         raise ValueError(f"unknown open_clip model '{name}' (see open_clip.list_models())")
     check_local_file(pretrained, "CLIP checkpoint", "model.clip.pretrained")
+    from open_clip.pretrained import download_pretrained, get_pretrained_cfg
+
+    tag_cfg = get_pretrained_cfg(name, pretrained) if pretrained and not os.path.isfile(pretrained) else {}
     try:
-        model = open_clip.create_model(name, pretrained=pretrained or None)
+        with hub_offline_if_unreachable():
+            if tag_cfg:
+                download_pretrained(tag_cfg)  # fetched, or found in the cache, before the model is built
+            model = open_clip.create_model(name, pretrained=pretrained or None)
     except (RuntimeError, OSError) as e:  # download failures (offline machine), unknown tags
         raise ValueError(
             f"cannot load CLIP weights '{pretrained}' for {name}: {str(e).splitlines()[0] if str(e) else e!r} "

@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import nn
 
+from ..download import resolve_released
 from ..files import check_local_file
 from .backbone import CLIPBackbone, load_open_clip, register_model_config
 from .clip_dinoiser import CLIPDINOiser
@@ -67,13 +68,14 @@ def build_maskclip(cfg: Mapping[str, Any]) -> MaskCLIP:
 
 
 def build_clip_dinoiser(cfg: Mapping[str, Any]) -> CLIPDINOiser:
+    # "released": the authors' last.pt, downloaded once into the cache (before CLIP is loaded)
+    checkpoint = resolve_released(_get(cfg, "checkpoint"), "heads", _get(cfg, "checkpoint_url"))
     backbone, text = build_clip(cfg)
     heads = DINOiserHeads(
         in_dim=backbone.width,
         proj_dim=int(_get(cfg, "proj_dim", 256)),
         kernel_size=int(_get(cfg, "kernel_size", 3)),
     )
-    checkpoint = _get(cfg, "checkpoint")
     if checkpoint:
         load_heads(heads, checkpoint)
     else:

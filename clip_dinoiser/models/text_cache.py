@@ -18,13 +18,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ..files import default_cache_dir
+
+__all__ = ["TextEmbeddingCache", "default_cache_dir", "weights_identity"]
+
 log = logging.getLogger(__name__)
-
-
-def default_cache_dir() -> str:
-    """``$XDG_CACHE_HOME/clip_dinoiser``, else ``~/.cache/clip_dinoiser`` (read when called)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "clip_dinoiser")
 
 
 def weights_identity(model_name: str, pretrained: str | None) -> str | None:

@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from ..download import RELEASED_NAME, resolve_released
 from ..files import check_local_file
 from .dino import DINOTeacher
 from .found import FOUNDTeacher, load_found_decoder
@@ -26,16 +27,18 @@ def build_dino_teacher(cfg: Mapping[str, Any]) -> DINOTeacher:
 
 def build_found_teacher(cfg: Mapping[str, Any]) -> FOUNDTeacher:
     check_found_files(cfg)
+    # "released": FOUND's decoder_weights.pt, downloaded once into the cache
+    decoder = resolve_released(cfg["decoder"], "found_decoder", cfg.get("decoder_url"))
     vit = _frozen_vit(cfg, "found")
-    return FOUNDTeacher(vit, load_found_decoder(cfg["decoder"], vit.dim), antialias=bool(cfg.get("antialias", False)))
+    return FOUNDTeacher(vit, load_found_decoder(decoder, vit.dim), antialias=bool(cfg.get("antialias", False)))
 
 
 def check_found_files(cfg: Mapping[str, Any]) -> None:
-    """FOUND's decoder file is set and present; a local backbone file, if named, is present."""
+    """FOUND's decoder is set (a file that exists, or ``released``); a local backbone file, if named, exists."""
     decoder_path = cfg.get("decoder")
     if not decoder_path:
-        raise ValueError("teachers.found.decoder is not set: give FOUND's decoder_weights.pt")
-    if not os.path.isfile(decoder_path):
+        raise ValueError("teachers.found.decoder is not set: give FOUND's decoder_weights.pt or 'released'")
+    if decoder_path != RELEASED_NAME and not os.path.isfile(decoder_path):
         raise FileNotFoundError(f"FOUND decoder weights not found: {decoder_path} (teachers.found.decoder)")
     check_local_file(cfg.get("pretrained"), "teacher weights", "teachers.found.pretrained")
 

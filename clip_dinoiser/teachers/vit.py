@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..download import hub_offline_if_unreachable
 from ..files import check_local_file
 from ..models.backbone import pad_to_multiple
 
@@ -42,7 +43,8 @@ def load_timm_vit(arch: str, pretrained: str | None, key: str = "pretrained", **
                              f"unexpected {unexpected[:5]}")
     elif pretrained:
         try:
-            model = timm.create_model(pretrained, pretrained=True, num_classes=0, **kwargs)
+            with hub_offline_if_unreachable():
+                model = timm.create_model(pretrained, pretrained=True, num_classes=0, **kwargs)
         except Exception as e:  # offline machine, unknown tag
             raise ValueError(f"cannot load teacher '{pretrained}' from timm: {str(e).splitlines()[0]} "
                              "(offline? pass a local weights file)") from e

@@ -1,0 +1,142 @@
+"""The authors' released files by name: downloaded once into the cache, checked, reused.
+
+``model.checkpoint=released`` and ``teachers.found.decoder=released`` resolve here. Each file
+is checked against its git blob id (SHA-1 of ``b"blob <size>\\0" + content``), a checksum
+anyone can recompute from the public repository (``git hash-object <file>``). A download is
+written under a temporary name and renamed only once its checksum matches, so an interrupted
+or wrong download never leaves a file that a later run would load.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import logging
+import os
+import socket
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from tqdm import tqdm
+
+from .files import default_cache_dir
+
+log = logging.getLogger(__name__)
+
+RELEASED_NAME = "released"
+
+
+@dataclass(frozen=True)
+class ReleasedFile:
+    """A file published with a paper, and the git blob id that identifies its content."""
+
+    filename: str  # name in the cache folder
+    url: str
+    git_blob: str
+
+
+RELEASED = {
+    # CLIP-DINOiser heads (Wysoczanska et al., ECCV 2024): checkpoints/last.pt of wysoczanska/clip_dinoiser.
+    "heads": ReleasedFile("clip_dinoiser_last.pt",
+                          "https://github.com/wysoczanska/clip_dinoiser/raw/HEAD/checkpoints/last.pt",
+                          "0b6c94d9c439ebac7bcb07fe805be3654ea03c7f"),
+    # FOUND's decoder (Simeoni et al., CVPR 2023): data/weights/decoder_weights.pt of valeoai/FOUND (2,689 bytes).
+    "found_decoder": ReleasedFile("found_decoder_weights.pt",
+                                  "https://github.com/valeoai/FOUND/raw/HEAD/data/weights/decoder_weights.pt",
+                                  "c1bd70fa400b55f7d0ec12a9c61b7c26aa2bb71f"),
+}
+
+
+def git_blob_id(path: str) -> str:
+    """``git hash-object``: SHA-1 of ``b"blob <size>\\0"`` followed by the file's bytes."""
+    h = hashlib.sha1(f"blob {os.path.getsize(path)}\0".encode())
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fetch(url: str, git_blob: str, dest: str, *, progress: bool = True, timeout: float = 30.0) -> str:
+    """``dest``, downloaded from ``url`` unless a copy with the right checksum is there.
+
+    Raises:
+        ValueError: the download failed or its checksum is not ``git_blob`` (nothing is kept).
+    """
+    if os.path.isfile(dest) and git_blob_id(dest) == git_blob:
+        return dest
+    os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(dest)), suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=os.path.basename(dest), disable=not progress) as bar:
+                for chunk in iter(lambda: response.read(1 << 16), b""):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+        if total is not None and os.path.getsize(tmp) != total:
+            raise ValueError(f"cannot download {url}: the connection ended after {os.path.getsize(tmp)} of "
+                             f"{total} bytes (file not kept)")
+        got = git_blob_id(tmp)
+        if got != git_blob:
+            raise ValueError(f"checksum mismatch for {url}: git blob {got}, expected {git_blob} (file not kept)")
+        os.replace(tmp, dest)
+    except (TimeoutError, urllib.error.URLError, http.client.HTTPException, ConnectionError) as e:
+        reason = getattr(e, "reason", e)
+        raise ValueError(f"cannot download {url}: {reason} (offline? download it by hand and give its path)") from e
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    log.info("downloaded %s to %s", url, dest)
+    return dest
+
+
+def resolve_released(value: str | None, which: str, url: str | None = None, cache_dir: str | None = None) -> str | None:
+    """``value``, or for ``"released"`` the cached (downloaded on first use) file of ``RELEASED[which]``.
+
+    Args:
+        url: download address instead of the official one (mirrors, tests); same checksum.
+        cache_dir: folder of the downloads (default ``default_cache_dir()/weights``).
+    """
+    if value != RELEASED_NAME:
+        return value
+    spec = RELEASED[which]
+    folder = cache_dir or os.path.join(default_cache_dir(), "weights")
+    return fetch(url or spec.url, spec.git_blob, os.path.join(folder, spec.filename))
+
+
+HUB_HOST = "huggingface.co"  # open_clip and timm weights come from the Hugging Face hub
+
+
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """A TCP connection to the hub opens within ``timeout`` (assumed true behind a proxy)."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    try:
+        socket.create_connection((HUB_HOST, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def hub_offline_if_unreachable() -> Iterator[bool]:
+    """Hugging Face hub offline mode (local cache only) while the hub cannot be reached.
+
+    Unreachable, huggingface_hub retries each request with back-off (about 55 s for one
+    open_clip tag); in offline mode a cached file loads at once and a missing one fails at
+    once. ``HF_HUB_OFFLINE=1`` is honoured as is. Yields whether offline mode is on.
+    """
+    from huggingface_hub import constants
+
+    previous = constants.HF_HUB_OFFLINE
+    if not previous and not hub_reachable():
+        log.info("%s cannot be reached: using the local hub cache only", HUB_HOST)
+        constants.HF_HUB_OFFLINE = True
+    try:
+        yield constants.HF_HUB_OFFLINE
+    finally:
+        constants.HF_HUB_OFFLINE = previous
