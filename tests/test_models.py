@@ -312,3 +312,32 @@ def test_bf16_autocast_close_to_fp32(model_cfg):
         low = model.backbone(images)
     cos = F.cosine_similarity(out.dense.flatten(1), low.dense.float().flatten(1))
     assert cos.min() > 0.98
+
+
+def test_local_checkpoint_loads_without_random_init_like_open_clips_loader(tiny_clip_file, monkeypatch, tmp_path):
+    """The fast path (meta-device build, weights assigned) gives open_clip's own model: every
+    tensor, the rebuilt causal mask and the preprocessing config; no real tensor is initialised."""
+    from clip_dinoiser.models.backbone import load_open_clip
+
+    name, path = tiny_clip_file
+    reference = open_clip.create_model(name, pretrained=path).eval()
+    real_inits = []
+    normal = torch.nn.init.normal_
+
+    def counting_normal(tensor, *args, **kwargs):
+        real_inits.append(not tensor.is_meta)
+        return normal(tensor, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.init, "normal_", counting_normal)
+    fast = load_open_clip(name, path)
+    assert real_inits and not any(real_inits)  # open_clip's init ran on meta tensors only
+    ours, theirs = dict(fast.named_buffers()), dict(reference.named_buffers())
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    sd_fast, sd_ref = fast.state_dict(), reference.state_dict()
+    assert sd_fast.keys() == sd_ref.keys() and all(torch.equal(sd_fast[k], sd_ref[k]) for k in sd_ref)
+    assert fast.visual.preprocess_cfg == reference.visual.preprocess_cfg and not fast.training
+    # A wrapped checkpoint goes through open_clip's own loader.
+    torch.save({"state_dict": torch.load(path, weights_only=True)}, tmp_path / "wrapped.pt")
+    monkeypatch.setattr(torch.nn.init, "normal_", normal)
+    wrapped = load_open_clip(name, str(tmp_path / "wrapped.pt"))
+    assert all(torch.equal(a, b) for a, b in zip(wrapped.state_dict().values(), sd_ref.values()))

@@ -116,3 +116,23 @@ def test_default_cache_folder_follows_xdg_cache_home(model_cfg, monkeypatch, tmp
     model = build_model(model_cfg)  # text_cache defaults to auto
     model.set_vocabulary(["cat"])
     assert len(os.listdir(tmp_path / "xdg" / "clip_dinoiser" / "text")) == 1
+
+
+def test_benchmark_tool_startup_smoke(tmp_path):
+    """tools/benchmark.py startup runs end to end (tiny CLIP) and reports the cold / warm / baseline times."""
+    import json
+    import subprocess
+    import sys
+
+    from .conftest import TINY_CLIP_CFG
+
+    cfg = tmp_path / "tiny-ViT-startup.json"
+    cfg.write_text(json.dumps(TINY_CLIP_CFG))
+    out = tmp_path / "startup.json"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, os.path.join(root, "tools/benchmark.py"), "startup", "--clip", str(cfg),
+                        "--repeat", "1", "--json", str(out)], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    figures = json.loads(out.read_text())["startup"]
+    assert figures["prompts"] == 5 and min(figures["baseline_s"], figures["cold_s"], figures["warm_s"]) > 0
+    assert figures["warm_vs_baseline"] == pytest.approx(figures["warm_s"] / figures["baseline_s"])

@@ -2,6 +2,7 @@
 
     python tools/benchmark.py eval  [--device cuda] [--images 400]
     python tools/benchmark.py train [--device cuda] [--iters 30]
+    python tools/benchmark.py startup [--repeat 3]     # time to a ready model, cold and warm text cache
     python tools/benchmark.py all --json out.json
 
 Models are ViT-B/16-sized with random weights (speed does not depend on the weights):
@@ -224,9 +225,55 @@ def bench_train(device: torch.device, iters: int, batch: int, workers: int, n_im
     return out
 
 
+STARTUP_PROMPTS = ["cat", "sofa", "television monitor", "potted plant", "background"]
+
+
+def bench_startup(clip: str, repeat: int) -> dict:
+    """Seconds to a ready model (CLIP from a local file, heads, 5 prompts encoded): cold (empty
+    text cache) and warm (cache filled), against open_clip's ``create_model`` + ``load_state_dict``
+    of the same file alone. Best of ``repeat`` runs each (the file is in the page cache for all)."""
+    import open_clip
+
+    from clip_dinoiser.models import build_model, save_heads
+    from clip_dinoiser.models.backbone import register_model_config
+
+    name = register_model_config(clip)
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(0)
+        reference = open_clip.create_model(name)
+        weights = os.path.join(tmp, "clip.pt")
+        torch.save(reference.state_dict(), weights)
+        heads = os.path.join(tmp, "last.pt")
+        save_heads(DINOiserHeads(in_dim=reference.visual.transformer.width), heads)
+        del reference
+
+        def baseline(_cache: str) -> None:
+            model = open_clip.create_model(name)
+            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+
+        def ready(cache: str) -> None:
+            model = build_model({"name": "clip_dinoiser", "clip": {"name": clip, "pretrained": weights},
+                                 "checkpoint": heads, "text_cache": cache})
+            model.set_vocabulary(STARTUP_PROMPTS)
+
+        def best(fn: Callable[[str], None], caches: list[str]) -> float:
+            times = []
+            for cache in caches:
+                t = time.perf_counter()
+                fn(cache)
+                times.append(time.perf_counter() - t)
+            return min(times)
+
+        base = best(baseline, [""] * repeat)
+        cold = best(ready, [os.path.join(tmp, f"cold{i}") for i in range(repeat)])  # a new, empty cache each time
+        warm = best(ready, [os.path.join(tmp, "cold0")] * repeat)  # the cache the first cold run filled
+    return {"threads": torch.get_num_threads(), "prompts": len(STARTUP_PROMPTS), "baseline_s": base,
+            "cold_s": cold, "warm_s": warm, "cold_vs_baseline": cold / base, "warm_vs_baseline": warm / base}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["eval", "train", "all"])
+    p.add_argument("what", choices=["eval", "train", "startup", "all"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--images", type=int, default=1449, help="synthetic VOC images (VOC 2012 val has 1449)")
     p.add_argument("--window-batch", type=int, default=64)
@@ -249,6 +296,9 @@ def main(argv=None) -> int:
     if args.what in ("train", "all"):
         results["train"] = bench_train(device, args.iters, args.batch, args.workers, 64)
         print(json.dumps({"train": results["train"]}, indent=1), flush=True)
+    if args.what in ("startup", "all"):
+        results["startup"] = bench_startup(args.clip, args.repeat)
+        print(json.dumps({"startup": results["startup"]}, indent=1), flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

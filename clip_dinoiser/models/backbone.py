@@ -77,6 +77,10 @@ def load_open_clip(name: str, pretrained: str | None) -> nn.Module:
     if name not in open_clip.list_models():
         raise ValueError(f"unknown open_clip model '{name}' (see open_clip.list_models())")
     check_local_file(pretrained, "CLIP checkpoint", "model.clip.pretrained")
+    if pretrained and os.path.isfile(pretrained):
+        model = _open_clip_from_state_dict(name, pretrained)
+        if model is not None:
+            return model.eval()
     from open_clip.pretrained import download_pretrained, get_pretrained_cfg
 
     tag_cfg = get_pretrained_cfg(name, pretrained) if pretrained and not os.path.isfile(pretrained) else {}
@@ -91,6 +95,39 @@ def load_open_clip(name: str, pretrained: str | None) -> nn.Module:
             "(offline? pass a local checkpoint file as model.clip.pretrained)"
         ) from e
     return model.eval()
+
+
+def _open_clip_from_state_dict(name: str, path: str) -> nn.Module | None:
+    """The open_clip model ``name`` with the tensors of a plain state-dict file, built without
+    a random initialisation (on the meta device; the weights are assigned, not copied).
+
+    Returns None where the file needs open_clip's own loader (a wrapped or converted
+    checkpoint, other key names or shapes), which then reads it.
+    """
+    import open_clip
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # not a plain tensor file: open_clip's loader reports it
+        return None
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        return None
+    logging.disable(logging.WARNING)  # open_clip warns that no pretrained weights were loaded: they are, below
+    try:
+        with torch.device("meta"):
+            model = open_clip.create_model(name, device="meta")
+    finally:
+        logging.disable(logging.NOTSET)
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError:
+        return None
+    mask = getattr(model, "attn_mask", None)
+    if isinstance(mask, Tensor) and mask.is_meta:  # the text tower's causal mask is not saved: rebuild it
+        model.attn_mask = torch.full(mask.shape, float("-inf"), dtype=mask.dtype).triu_(1)
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        return None
+    return model
 
 
 def interpolate_pos_embed(pos_embed: Tensor, grid: tuple[int, int], native: tuple[int, int]) -> Tensor:
