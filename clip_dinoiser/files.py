@@ -6,6 +6,8 @@ Every tool validates its paths first, so a typo costs a second, not a model load
 from __future__ import annotations
 
 import os
+import tempfile
+from typing import Any
 
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 
@@ -45,3 +47,18 @@ def check_output_dir(path: str, key: str) -> None:
         raise NotADirectoryError(f"{key}={path}: {probe} exists and is not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise PermissionError(f"{key}={path}: folder {probe} is not writable")
+
+
+def save_atomic(obj: Any, path: str) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename: an interrupted write
+    (Ctrl-C, kill, full disk) never leaves a half-written ``path`` behind."""
+    import torch
+
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

@@ -51,10 +51,13 @@ def add_legend(image: np.ndarray, names: Sequence[str], palette: np.ndarray, pre
     return np.asarray(canvas)
 
 
+MAX_INDEXED_CLASSES = 256  # a 'P' mode PNG's palette
+
+
 def save_indexed(labels: np.ndarray, palette: np.ndarray, path: str) -> None:
     """Save a label map as an indexed ('P' mode) PNG whose pixel values are the class indices."""
-    if labels.max(initial=0) > 255:
-        raise ValueError("indexed PNGs hold at most 256 classes")
+    if labels.max(initial=0) >= MAX_INDEXED_CLASSES:
+        raise ValueError(f"indexed PNGs hold at most {MAX_INDEXED_CLASSES} classes")
     im = Image.fromarray(labels.astype(np.uint8), mode="P")
     flat = np.zeros((256, 3), np.uint8)
     flat[: len(palette)] = palette

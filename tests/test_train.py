@@ -239,7 +239,7 @@ def test_train_cli_runs_and_reports_user_errors(tmp_path, tiny_clip_file, tiny_t
     ("overrides", "message"),
     [
         (["train.resume=missing_run"], "error: run folder to resume not found: missing_run (train.resume)"),
-        (["train.resume=empty_run"], "error: no checkpoint (checkpoints/iter_*.pt) in empty_run to resume from"),
+        (["train.resume=empty_run"], "error: empty_run/config.yaml not found: cannot resume a run without its"),
         (["train.output=taken"], "exists and is not a folder"),
         (["train.data=no_images"], "error: training image folder not found: no_images (train.data)"),
         (["teachers.found.decoder=nothing.pt"], "error: FOUND decoder weights not found: nothing.pt"),

@@ -22,10 +22,10 @@ from PIL import Image
 
 from clip_dinoiser.data.images import load_image
 from clip_dinoiser.engine.cli import resolve_device, user_errors_as_one_line
-from clip_dinoiser.engine.inference import SlideConfig, segment
+from clip_dinoiser.engine.inference import SlideConfig, check_precision, segment
 from clip_dinoiser.files import check_output_dir
 from clip_dinoiser.models import build_model, parse_vocabulary, read_vocabulary_file
-from clip_dinoiser.visualize import add_legend, make_palette, overlay, save_indexed
+from clip_dinoiser.visualize import MAX_INDEXED_CLASSES, add_legend, make_palette, overlay, save_indexed
 
 log = logging.getLogger("demo")
 
@@ -46,14 +46,17 @@ def demo_vocabulary(prompts, prompts_file: str | None):
 def run(cfg: DictConfig) -> dict[str, str]:
     check_output_dir(cfg.output, "output")  # everything is checked before the model is built
     vocab = demo_vocabulary(cfg.prompts, cfg.prompts_file)
+    if len(vocab) > MAX_INDEXED_CLASSES:
+        raise ValueError(f"{len(vocab)} classes: the label map (an indexed PNG) holds at most {MAX_INDEXED_CLASSES}")
     image = load_image(str(cfg.image))
     device = resolve_device(cfg.device)
+    check_precision(cfg.precision)
+    slide = SlideConfig.from_cfg(cfg.slide)
 
     t0 = time.perf_counter()
     model = build_model(OmegaConf.to_container(cfg.model, resolve=True)).to(device)
     model.set_vocabulary(vocab)
     t1 = time.perf_counter()
-    slide = SlideConfig.from_cfg(cfg.slide)
     labels, _ = segment(model, image, cfg=slide, precision=cfg.precision)
     t2 = time.perf_counter()
 

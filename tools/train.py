@@ -5,35 +5,96 @@
     torchrun --nproc_per_node=4 tools/train.py train.data=... precision=bf16
 
 The run folder gets config.yaml, train.log, checkpoints/ and last.pt (released format).
+A resumed run takes every setting from its config.yaml; only the keys in ``RESUME_FREE`` may
+be given anew (``train.epochs`` extends the run, and is recorded in train.log).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
+from typing import Any
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from clip_dinoiser.engine.cli import resolve_device, user_errors_as_one_line
-from clip_dinoiser.engine.train import check_run_inputs, train
+from clip_dinoiser.engine.train import TrainingInterrupted, check_run_inputs, train
 
 log = logging.getLogger("train")
+
+# Settings that do not change what a run computes, or extend it (train.epochs); any other
+# setting given with train.resume must equal the run's own.
+RESUME_FREE = ("train.resume", "train.epochs", "train.num_workers", "train.save_every", "train.keep_checkpoints",
+               "train.stop_after", "device")
+SESSION_ONLY = ("train.stop_after",)  # applies to one invocation: never taken from the saved run
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[dict, list[str]]:
+    """The saved config of the run ``cfg.train.resume`` with the command line's ``RESUME_FREE``
+    overrides applied; (config, the changes made). Any other override that differs from the
+    run's value is refused, naming the keys."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    run_dir = cfg.train.resume
+    saved_path = os.path.join(run_dir, "config.yaml")
+    if not os.path.isdir(run_dir):
+        raise FileNotFoundError(f"run folder to resume not found: {run_dir} (train.resume)")
+    if not os.path.isfile(saved_path):
+        raise FileNotFoundError(f"{saved_path} not found: cannot resume a run without its settings")
+    saved = OmegaConf.load(saved_path)
+    for key in SESSION_ONLY:
+        OmegaConf.update(saved, key, _plain(OmegaConf.select(cfg, key)), force_add=True)
+    changes, refused = [], []
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.key_or_group
+        new, old = _plain(OmegaConf.select(cfg, key)), _plain(OmegaConf.select(saved, key))
+        if key in RESUME_FREE:
+            if new != old:
+                OmegaConf.update(saved, key, new, force_add=True)
+                changes.append(f"{key}: {old} -> {new}")
+        elif new != old:
+            refused.append(f"{key} ({old} -> {new})")
+    if refused:
+        raise ValueError(f"resuming {run_dir} would change {', '.join(refused)}; a run keeps its settings "
+                         f"(only {', '.join(k for k in RESUME_FREE if k != 'train.resume')} may change): "
+                         "start a new run instead")
+    return OmegaConf.to_container(saved, resolve=True), changes
 
 
 @user_errors_as_one_line
 def run(cfg: DictConfig) -> str:
-    device = resolve_device(cfg.device)
-    config = OmegaConf.to_container(cfg, resolve=True)
+    resuming = bool(cfg.train.resume)
+    config, changes = (resume_config(cfg, list(HydraConfig.get().overrides.task)) if resuming
+                       else (OmegaConf.to_container(cfg, resolve=True), []))
+    device = resolve_device(config["device"])
     check_run_inputs(config)  # before any folder is made or model loaded
-    run_dir = cfg.train.resume or cfg.train.output
+    run_dir = config["train"]["resume"] or config["train"]["output"]
     if os.environ.get("RANK", "0") == "0":
         os.makedirs(run_dir, exist_ok=True)
-        OmegaConf.save(cfg, os.path.join(run_dir, "config.yaml"), resolve=True)
-        handler = logging.FileHandler(os.path.join(run_dir, "train.log"))
+        if not resuming:
+            OmegaConf.save(config, os.path.join(run_dir, "config.yaml"))
+        handler = logging.FileHandler(os.path.join(run_dir, "train.log"))  # appends on resume
         handler.setFormatter(logging.Formatter("[%(asctime)s %(name)s] %(message)s"))
         logging.getLogger().addHandler(handler)
-    return train(config, device)
+        if resuming:
+            log.info("resume of %s%s", run_dir, f" with {'; '.join(changes)}" if changes else "")
+    try:
+        return train(config, device)
+    except TrainingInterrupted as e:
+        print(f"interrupted: checkpoint of iteration {e.iteration} saved; continue with "
+              f"python tools/train.py train.resume={e.run_dir}", file=sys.stderr)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        print("interrupted before the current iteration could be saved; train.resume continues from the newest "
+              "checkpoint in checkpoints/ (if any)", file=sys.stderr)
+        sys.exit(130)
 
 
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")

@@ -100,6 +100,13 @@ class PackForEval:
 
     def __call__(self, results: dict[str, Any]) -> dict[str, Any]:
         gt = results["gt_seg_map"]
+        h, w = results["ori_shape"][:2]
+        if gt.shape != (h, w):  # would be scored against a broadcast, or crash after the inference
+            size = "x".join(map(str, gt.shape[::-1])) if gt.ndim == 2 else f"of shape {gt.shape}"
+            if gt.ndim == 1:  # mmseg squeezes a one-row (or one-column) label map
+                size = f"{gt.shape[0]}x1 or 1x{gt.shape[0]}"
+            raise ValueError(f"annotation {results['seg_map_path']} is {size} but its image "
+                             f"{results['img_path']} is {w}x{h}")
         return {
             "bad_labels": bad_label_values(gt, self.num_classes),
             "img": cv2.cvtColor(results["img"], cv2.COLOR_BGR2RGB),  # mmcv loads BGR
@@ -126,8 +133,34 @@ def check_layout(bench: Benchmark, root: str) -> None:
     for path in (root, os.path.join(root, bench.img_dir), os.path.join(root, bench.ann_dir)):
         if not os.path.isdir(path):
             raise FileNotFoundError(f"{bench.name}: dataset folder not found: {path}")
-    if bench.split is not None and not os.path.isfile(os.path.join(root, bench.split)):
-        raise FileNotFoundError(f"{bench.name}: split file not found: {os.path.join(root, bench.split)}")
+    if bench.split is not None:
+        split = os.path.join(root, bench.split)
+        if not os.path.isfile(split):
+            raise FileNotFoundError(f"{bench.name}: split file not found: {split}")
+        with open(split) as f:
+            if not any(line.strip() for line in f):
+                raise FileNotFoundError(f"{bench.name}: no images found: the split file {split} is empty")
+
+
+class ReadOrFail:
+    """A loading transform whose failure (missing, corrupt or truncated file: mmcv asserts, cv2
+    returns None) becomes one ValueError naming the file. Nothing is skipped: a benchmark's
+    score must not change silently."""
+
+    def __init__(self, transform, path_key: str, what: str) -> None:
+        self.transform, self.path_key, self.what = transform, path_key, what
+
+    def __call__(self, results: dict[str, Any]) -> dict[str, Any]:
+        try:
+            out = self.transform(results)
+        except Exception as e:
+            path = results[self.path_key]
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            reason = "missing, unreadable or truncated" if path in reason else reason  # mmcv repeats the path
+            raise ValueError(f"cannot read {self.what} {path}: {reason}") from e
+        if out is None:
+            raise ValueError(f"cannot read {self.what} {results[self.path_key]}")
+        return out
 
 
 def eval_pipeline(num_classes: int, scale: tuple[int, int] = (2048, 448)) -> list:
@@ -136,7 +169,8 @@ def eval_pipeline(num_classes: int, scale: tuple[int, int] = (2048, 448)) -> lis
     from mmcv.transforms import LoadImageFromFile, Resize
     from mmseg.datasets.transforms import LoadAnnotations
 
-    return [LoadImageFromFile(), Resize(scale=scale, keep_ratio=True), LoadAnnotations(), PackForEval(num_classes)]
+    return [ReadOrFail(LoadImageFromFile(), "img_path", "image"), Resize(scale=scale, keep_ratio=True),
+            ReadOrFail(LoadAnnotations(), "seg_map_path", "annotation"), PackForEval(num_classes)]
 
 
 def build_dataset(bench: Benchmark, root: str, *, scale: tuple[int, int] = (2048, 448)):

@@ -18,6 +18,8 @@ def load_image(path: str) -> np.ndarray:
         FileNotFoundError: no file at ``path``.
         ValueError: the file is not a readable image.
     """
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"image {path} is a folder, not an image file")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image not found: {path}")
     try:

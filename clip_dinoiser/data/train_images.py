@@ -32,6 +32,16 @@ def list_images(root: str) -> list[str]:
     return files
 
 
+def unreadable_image(path: str) -> str | None:
+    """Why ``path`` is not a readable image (its header checked: cheap), or None."""
+    try:
+        with Image.open(path) as im:
+            im.size  # noqa: B018 (the header is parsed on open; size proves it)
+    except (OSError, SyntaxError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError
+        return str(e).splitlines()[0] if str(e) else type(e).__name__
+    return None
+
+
 def sample_subset(files: list[str], size: int | None, seed: int) -> list[str]:
     """``size`` distinct files drawn with ``seed`` (all files when ``size`` is None or larger)."""
     if size is None or size >= len(files):
@@ -59,8 +69,11 @@ class TrainImages(Dataset):
     def __getitem__(self, item: tuple[int, int]) -> Tensor:
         index, seed = item
         g = torch.Generator().manual_seed(seed)
-        with Image.open(self.files[index]) as im:
-            img = TF.to_dtype(TF.pil_to_tensor(im.convert("RGB")), torch.float32, scale=True)
+        try:
+            with Image.open(self.files[index]) as im:
+                img = TF.to_dtype(TF.pil_to_tensor(im.convert("RGB")), torch.float32, scale=True)
+        except (OSError, SyntaxError, ValueError) as e:  # passed the header check, but the data is broken
+            raise ValueError(f"cannot read training image {self.files[index]}: {e}") from e
         img = TF.resize(img, self.size, antialias=self.antialias)
         h, w = img.shape[-2:]
         top = int(torch.randint(0, h - self.size + 1, (1,), generator=g))

@@ -12,9 +12,21 @@ import torch
 
 log = logging.getLogger(__name__)
 
-# Errors a user causes (bad path, bad value); anything else is a bug and keeps its traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, NotADirectoryError, PermissionError, ValueError,
-                                                KeyError)
+# Errors a user causes (bad path, bad value, permissions, a full disk); anything else is a bug
+# and keeps its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError)
+
+
+def one_line(e: BaseException) -> str:
+    """The message of ``e`` in one line. An exception re-raised from a DataLoader worker carries
+    the worker's traceback; its last line holds the original message (with the file's path)."""
+    text = str(e)
+    if "Original Traceback" in text:
+        last = [ln for ln in text.splitlines() if ln.strip()][-1].strip()
+        text = last.split(": ", 1)[1] if ": " in last else last
+    if not text:
+        return type(e).__name__
+    return f"missing key {text.splitlines()[0]}" if isinstance(e, KeyError) else text.splitlines()[0]
 
 
 def user_errors_as_one_line(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -26,10 +38,7 @@ def user_errors_as_one_line(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except (*USER_ERRORS, OmegaConfBaseException) as e:
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            if isinstance(e, KeyError):
-                msg = f"missing key {msg}"
-            print(f"error: {msg}", file=sys.stderr)
+            print(f"error: {one_line(e)}", file=sys.stderr)
             sys.exit(2)
 
     return wrapper
@@ -39,7 +48,12 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={name}: unknown device (auto, cpu, cuda or cuda:N)")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device=cuda but no CUDA device is available (use device=cpu)")
     return device

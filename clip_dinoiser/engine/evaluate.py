@@ -290,10 +290,12 @@ def evaluate_benchmark(
             bar.update(len(images) * world)
 
     start = time.perf_counter()
-    stats = score_images(runner, batches(), k, device)
+    try:
+        stats = score_images(runner, batches(), k, device)
+    finally:
+        bar.close()  # also on an error: the bar's last refresh must not follow the error message
     dist.all_reduce_sum(stats)
     total_windows = dist.all_reduce_sum(torch.tensor([float(runner.windows)], device=device))
     seconds = time.perf_counter() - start
-    bar.close()
     miou, class_iou = metrics_from_stats(stats, [s[0] for s in vocab])
     return BenchmarkResult(bench.name, miou, class_iou, n, seconds, int(total_windows.item()))

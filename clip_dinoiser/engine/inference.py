@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..values import check_number, check_numbers
+
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -42,8 +44,15 @@ class SlideConfig:
 
     @classmethod
     def from_cfg(cls, cfg) -> SlideConfig:
-        """From a config node with ``scale``, ``crop``, ``stride``, ``window_batch``."""
-        return cls(tuple(cfg["scale"]), tuple(cfg["crop"]), tuple(cfg["stride"]), int(cfg["window_batch"]))
+        """From a config node with ``scale``, ``crop``, ``stride``, ``window_batch`` (each checked:
+        two positive integers, or one for ``window_batch``; a ValueError names the key)."""
+        pairs = {}
+        for key in ("scale", "crop", "stride"):
+            pairs[key] = check_numbers(cfg[key], f"slide.{key}", minimum=1)
+            if len(pairs[key]) != 2:
+                raise ValueError(f"slide.{key}={list(cfg[key])}: expected two numbers (h, w)")
+        return cls(pairs["scale"], pairs["crop"], pairs["stride"],
+                   check_number(cfg["window_batch"], "slide.window_batch", minimum=1))
 
 
 def resize_keep_ratio(image: np.ndarray, scale: tuple[int, int] = (2048, 448)) -> np.ndarray:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..teachers import DINOTeacher, FOUNDTeacher, build_dino_teacher, build_found_teacher
+from ..values import check_number
 from .backbone import CLIPBackbone
 from .maskclip import MaskCLIP
 from .pooling import guided_pooling
@@ -51,4 +52,5 @@ def build(cfg: Mapping[str, Any], backbone: CLIPBackbone, text: TextClassifier, 
     teachers = cfg.get("teachers") or {}
     dino = build_dino_teacher(teachers["dino"])
     found = build_found_teacher(teachers["found"]) if (teachers.get("found") or {}).get("decoder") else None
-    return DINOMaskCLIP(backbone, text, dino, found, gamma=float(cfg.get("gamma", 0.2)), **kwargs)
+    gamma = check_number(cfg.get("gamma", 0.2), "model.gamma", float)
+    return DINOMaskCLIP(backbone, text, dino, found, gamma=gamma, **kwargs)

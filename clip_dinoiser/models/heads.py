@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..files import save_atomic
+
 
 class DINOiserHeads(nn.Module):
     """Correlation head ``obj_proj`` and objectness head ``bkg_decoder`` (paper Sec. 3.2).
@@ -79,6 +81,6 @@ def load_heads(heads: nn.Module, path: str) -> None:
 
 
 def save_heads(heads: nn.Module, path: str, **extra) -> None:
-    """Write ``heads`` in the released format (tensors on the CPU)."""
+    """Write ``heads`` in the released format (tensors on the CPU), atomically."""
     state = {k: v.detach().cpu().clone() for k, v in heads.state_dict().items()}
-    torch.save({"model_state_dict": state, **extra}, path)
+    save_atomic({"model_state_dict": state, **extra}, path)

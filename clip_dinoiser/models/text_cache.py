@@ -12,13 +12,12 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-from ..files import default_cache_dir
+from ..files import default_cache_dir, save_atomic
 
 __all__ = ["TextEmbeddingCache", "default_cache_dir", "weights_identity"]
 
@@ -62,14 +61,8 @@ class TextEmbeddingCache:
             return None
 
     def put(self, templates: Sequence[str], name: str, embedding: Tensor) -> None:
-        tmp = None
         try:
             os.makedirs(self.folder, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
-            with os.fdopen(fd, "wb") as f:
-                torch.save({"embedding": embedding.detach().cpu().float(), "name": name}, f)
-            os.replace(tmp, self._path(templates, name))
+            save_atomic({"embedding": embedding.detach().cpu().float(), "name": name}, self._path(templates, name))
         except OSError as e:  # a read-only or full cache folder only costs speed
             log.warning("cannot write the text cache in %s (%s)", self.folder, e)
-            if tmp and os.path.exists(tmp):
-                os.remove(tmp)
