@@ -270,7 +270,12 @@ def test_unreadable_training_images_are_named_or_skipped_and_replaced(tmp_path, 
     assert len(chosen) == 6 and not any(f.endswith("broken.jpg") for f in chosen)
     assert "train.ds_size=10 but" in caplog.text and "skipped 1 unreadable" in caplog.text
     replaced = training_images({**tcfg, "skip_bad_images": True, "ds_size": 6})
-    assert len(replaced) == 6  # the sample keeps its size
+    assert len(replaced) == 6 and not any(f.endswith("broken.jpg") for f in replaced)  # the sample keeps its size
+    os.remove(tmp_path / "imgs" / "broken.jpg")
+    from clip_dinoiser.data.train_images import list_images, sample_subset
+
+    for size in (3, 6, None):  # without bad files: exactly the seeded draw
+        assert training_images({**tcfg, "ds_size": size}) == sample_subset(list_images(folder), size, 0)
 
 
 @pytest.mark.parametrize(

@@ -43,11 +43,16 @@ def unreadable_image(path: str) -> str | None:
 
 
 def sample_subset(files: list[str], size: int | None, seed: int) -> list[str]:
-    """``size`` distinct files drawn with ``seed`` (all files when ``size`` is None or larger)."""
+    """``size`` distinct files drawn with ``seed`` (all files, in order, when ``size`` is None or larger)."""
     if size is None or size >= len(files):
         return list(files)
+    return seeded_order(files, seed)[:size]
+
+
+def seeded_order(files: list[str], seed: int) -> list[str]:
+    """All ``files`` in the seeded random order whose first ``size`` are ``sample_subset``'s draw."""
     g = torch.Generator().manual_seed(seed)
-    return [files[i] for i in torch.randperm(len(files), generator=g)[:size].tolist()]
+    return [files[i] for i in torch.randperm(len(files), generator=g).tolist()]
 
 
 class TrainImages(Dataset):

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..data.train_images import ResumableBatchSampler, TrainImages, list_images, sample_subset, unreadable_image
+from ..data.train_images import ResumableBatchSampler, TrainImages, list_images, seeded_order, unreadable_image
 from ..files import check_output_dir, save_atomic
 from ..models import CLIPDINOiser, build_model, check_model_files, save_heads
 from ..teachers import DINOTeacher, FOUNDTeacher, build_teachers, check_teacher_files
@@ -187,8 +187,9 @@ def training_images(tcfg: Mapping[str, Any]) -> list[str]:
     files = list_images(folder)
     if size is not None and size > len(files):
         log.warning("train.ds_size=%d but %s holds %d images: training on all of them", size, folder, len(files))
-    order = sample_subset(files, None if size is None else len(files), seed)  # the seeded draw, then the rest
     wanted = len(files) if size is None else min(size, len(files))
+    # sample_subset's draw, then the rest of the same seeded order as replacements
+    order = list(files) if wanted == len(files) else seeded_order(files, seed)
     chosen, bad = [], []
     for path in tqdm(order, desc="checking images", unit="img", total=len(order), leave=False):
         if len(chosen) == wanted:
