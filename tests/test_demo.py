@@ -45,6 +45,8 @@ def test_demo_writes_overlay_and_label_map(tmp_path, clip_json, tiny_clip_file, 
     mask = Image.open(tmp_path / "out" / "photo_mask.png")
     assert mask.height == 300 and mask.width > 500  # the legend is appended on the right
     assert np.asarray(mask)[:, :500].std() > 0
+    figure = Image.open(tmp_path / "out" / "photo_figure.png")  # input | MaskCLIP | CLIP-DINOiser | objectness
+    assert figure.width >= 4 * 500 and 300 < figure.height < 400
 
 
 @pytest.mark.parametrize(
@@ -139,3 +141,43 @@ def test_segment_api_returns_labels_and_probabilities(model_cfg):
     labels, probs = segment(model, random_image(120, 90), ["sky", "tree"], cfg=SlideConfig(scale=(256, 64)))
     assert labels.shape == (120, 90) and probs.shape == (2, 120, 90)
     assert np.array_equal(labels, probs.argmax(0).numpy())
+
+
+def test_figure_panels_come_from_one_backbone_pass_and_equal_each_model(model_cfg, tiny_clip_file):
+    """CLIP-DINOiser's labels equal ``segment``'s; MaskCLIP's equal a MaskCLIP model's on the same weights."""
+    from clip_dinoiser.engine.inference import segment_panels
+
+    image = random_image(150, 230, seed=4)
+    cfg = SlideConfig(scale=(256, 96), crop=(64, 64), stride=(32, 32), window_batch=5)
+    model = build_model(model_cfg)
+    model.set_vocabulary(["cat", "dog", "background"])
+    ours, maskclip_labels, objectness = segment_panels(model, image, cfg=cfg)
+    assert np.array_equal(ours, segment(model, image, cfg=cfg)[0])
+    maskclip = build_model({**model_cfg, "name": "maskclip"})
+    assert np.array_equal(maskclip_labels, segment(maskclip, image, ["cat", "dog", "background"], cfg=cfg)[0])
+    assert objectness.shape == (150, 230) and 0 <= objectness.min() and objectness.max() <= 1
+    assert not np.array_equal(ours, maskclip_labels)  # the panels really differ
+
+
+@pytest.mark.parametrize(("h", "w"), [(860, 2912), (240, 320)])
+def test_figure_and_legend_text_scale_with_the_image(h, w):
+    """The legend's text (its dark pixels' rows) is 3-8 % of the shown image height at any size."""
+    from clip_dinoiser.visualize import add_legend, make_palette, side_by_side, text_px
+
+    image = np.full((h, w, 3), 255, np.uint8)
+    names, palette = ["cat", "television monitor", "background"], make_palette(3)
+    legend = [(n, tuple(int(c) for c in palette[i])) for i, n in enumerate(names)]
+    fig = side_by_side([("Input", image), ("CLIP-DINOiser", image)], legend)
+    scale = min(1.0, 1600 / w)
+    panel_h = round(h * scale)
+    size = text_px(panel_h)
+    pad = max(4, size // 3)
+    strip = fig[-(size + 2 * pad):]  # the legend below the panels
+    rows = np.flatnonzero(strip.min(axis=(1, 2)) < 60)
+    assert 0.03 <= (rows.max() - rows.min() + 1) / panel_h <= 0.08
+    assert fig.shape[1] >= round(w * scale)  # panels shown at (at most 1,600 px) full width
+    with_legend = add_legend(image, names, palette, [0, 1, 2])
+    column = with_legend[:, w:]
+    rows = np.flatnonzero(column.min(axis=(1, 2)) < 60)
+    first_row = rows[rows < rows.min() + text_px(h) + 1]
+    assert 0.03 <= (first_row.max() - first_row.min() + 1) / h <= 0.08

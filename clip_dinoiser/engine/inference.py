@@ -268,3 +268,24 @@ def segment(
     resized = to_tensor(resize_keep_ratio(image, cfg.scale), device)
     (probs,) = slide_inference(model, [resized], cfg=cfg, out_sizes=[image.shape[:2]], precision=precision)
     return probs.argmax(dim=0).cpu().numpy(), probs
+
+
+class _Panels(nn.Module):
+    """A CLIP-DINOiser seen through ``forward_panels``, so the sliding windows average all panels."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.model.forward_panels(images)
+
+
+def segment_panels(
+    model: nn.Module, image: np.ndarray, *, cfg: SlideConfig = SlideConfig(), precision: str = "fp32"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CLIP-DINOiser's label map, MaskCLIP's on the same features, and the objectness map
+    (H x W in [0, 1]) of one image, from one backbone pass per window (``forward_panels``)."""
+    k = len(model.class_names)
+    _, out = segment(_Panels(model), image, cfg=cfg, precision=precision)
+    return out[:k].argmax(0).cpu().numpy(), out[k : 2 * k].argmax(0).cpu().numpy(), out[2 * k].cpu().numpy()

@@ -44,3 +44,12 @@ class CLIPDINOiser(MaskCLIP):
         corrs, objectness = self.heads(out.inter)
         pooled = guided_pooling(out.dense, corrs, self.gamma)
         return self.classify(pooled, out.keys, objectness)
+
+    def forward_panels(self, images: Tensor) -> Tensor:
+        """What the method adds, from one backbone pass (figures): B x (2K + 1) x h x w holding
+        CLIP-DINOiser's probabilities (K), MaskCLIP's on the same features (K: no pooling, no
+        background refinement) and the objectness head's foreground probability (1)."""
+        out = self.backbone(images, with_inter=True, with_keys=self.ks_thresh > 0)
+        corrs, objectness = self.heads(out.inter)
+        dinoiser = self.classify(guided_pooling(out.dense, corrs, self.gamma), out.keys, objectness)
+        return torch.cat([dinoiser, self.classify(out.dense, out.keys), torch.sigmoid(objectness)], dim=1)
