@@ -181,3 +181,51 @@ def test_figure_and_legend_text_scale_with_the_image(h, w):
     rows = np.flatnonzero(column.min(axis=(1, 2)) < 60)
     first_row = rows[rows < rows.min() + text_px(h) + 1]
     assert 0.03 <= (first_row.max() - first_row.min() + 1) / h <= 0.08
+
+
+@torch.no_grad()
+def test_query_correlations_are_the_models_for_that_patch(model_cfg, tiny_teachers):
+    from clip_dinoiser.engine.inference import query_correlations, resize_keep_ratio, to_tensor
+
+    image = random_image(100, 150, seed=2)
+    model = build_model(model_cfg)
+    x, y = 120, 30  # resized to 64 x 96 (scale 256, 64): patch (row 1, col 4) of a 4 x 6 grid
+    maps = query_correlations(model, image, (x, y), scale=(256, 64))
+    full, row = maps["CLIP-DINOiser"]
+    resized = to_tensor(resize_keep_ratio(image, (256, 64)))[None]
+    corrs, _ = model.heads(model.backbone.forward_inter(resized))
+    torch.testing.assert_close(row.flatten(), corrs[0, 1 * 6 + 4])
+    assert row[1, 4].item() == pytest.approx(1.0, abs=1e-5)  # a patch's cosine with itself
+    assert full.shape == (100, 150) and full[y, x] == pytest.approx(1.0, abs=1e-5)
+    name, path = model_cfg["clip"]["name"], model_cfg["clip"]["pretrained"]
+    dino_model = build_model({"name": "dino_maskclip", "clip": {"name": name, "pretrained": path},
+                              "teachers": tiny_teachers, "text_cache": None})
+    (dfull, drow), = query_correlations(dino_model, image, (x, y), scale=(256, 64)).values()
+    torch.testing.assert_close(drow.flatten(), dino_model.dino.correlations(resized)[0, 1 * 6 + 4])
+    with pytest.raises(ValueError, match=r"query=\[150,30\] is outside the 150x100 image"):
+        query_correlations(model, image, (150, 30))
+
+
+def test_demo_on_a_folder_skips_a_corrupt_file_and_builds_the_model_once(tmp_path, clip_json, tiny_clip_file,
+                                                                         tiny_heads_file):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(4):
+        Image.fromarray(random_image(40 + 8 * i, 64, seed=i)).save(folder / f"img{i}.jpg")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    model = [f"model.clip.name={clip_json}", f"model.clip.pretrained={tiny_clip_file[1]}",
+             f"model.checkpoint={tiny_heads_file}", "model.proj_dim=16"]
+    r = run_demo(tmp_path, "image=photos", "prompts=[cat,background]", "output=out", *model)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert sorted(os.listdir(tmp_path / "out")) == sorted(f"img{i}_{k}.png" for i in range(4)
+                                                          for k in ("mask", "labels", "figure"))
+    assert r.stdout.count("model ready") == 1 and r.stdout.count("skipped: cannot read image") == 1
+    assert "segmented 4 image(s) into out; skipped 1 unreadable: photos/broken.jpg" in r.stdout
+    globbed = run_demo(tmp_path, 'image="photos/img[01].jpg"', "prompts=[cat]", "output=glob", "figure=false", *model)
+    assert globbed.returncode == 0 and sorted(os.listdir(tmp_path / "glob")) == [
+        "img0_labels.png", "img0_mask.png", "img1_labels.png", "img1_mask.png"]
+    queried = run_demo(tmp_path, "image=photos/img0.jpg", "prompts=[cat]", "output=q", "query=[10,20]", *model)
+    assert queried.returncode == 0, queried.stderr[-2000:]
+    with_query = Image.open(tmp_path / "q" / "img0_figure.png")
+    without = Image.open(tmp_path / "out" / "img0_figure.png")
+    assert with_query.width > without.width  # the correlation panel was added

@@ -135,7 +135,8 @@ def test_eval_keeps_earlier_results_and_writes_valid_json(tmp_path, tiny):
     ("overrides", "message"),
     [
         (["image=ok.png", "prompts_file=many.txt"], "300 classes: the label map (an indexed PNG) holds at most 256"),
-        (["image=folder", "prompts=[cat]"], "image folder is a folder, not an image file"),
+        (["image=folder", "prompts=[cat]"], "no images (.jpg, .jpeg, .png, .bmp, .webp, .tif, .tiff) in image=folder"),
+        (["image=ok.png", "prompts=[cat]", "query=[40,3]"], "query=[40,3] is outside the 32x32 image"),
         (["image=ok.png", "prompts=[cat]", "model.gamma=abc"], "model.gamma='abc': expected a number"),
         (["image=ok.png", "prompts=[cat]", "slide.window_batch=0"], "slide.window_batch=0: must be at least 1"),
     ],

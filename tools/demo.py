@@ -3,6 +3,8 @@
     python tools/demo.py image=photo.jpg 'prompts=[cat,sofa,background]' output=out/
     python tools/demo.py image=photo.jpg 'prompts=["猫","chien"]'     # non-Latin names: quote each one
     python tools/demo.py image=photo.jpg prompts_file=classes.txt      # one class per line (UTF-8)
+    python tools/demo.py image=photos/ 'prompts=[cat,sofa]'           # a folder (or a glob: 'image=photos/*.jpg')
+    python tools/demo.py image=photo.jpg 'prompts=[cat,sofa]' 'query=[120,80]'   # + correlations of that pixel
 
 Writes ``<output>/<name>_mask.png`` (palette overlay with a legend of the classes present),
 ``<output>/<name>_labels.png`` (indexed label map, pixel value = prompt index) and, with
@@ -12,6 +14,8 @@ objectness, one shared legend (MaskCLIP's panel comes from the same backbone pas
 
 from __future__ import annotations
 
+import glob
+import itertools
 import logging
 import os
 import sys
@@ -21,34 +25,19 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
+from tqdm import tqdm
 
 from clip_dinoiser.data.images import load_image
+from clip_dinoiser.data.train_images import IMAGE_EXTENSIONS
 from clip_dinoiser.engine.cli import resolve_device, user_errors_as_one_line
-from clip_dinoiser.engine.inference import SlideConfig, check_precision, segment, segment_panels
+from clip_dinoiser.engine.figures import FigureData, figure, segment_for_figure
+from clip_dinoiser.engine.inference import SlideConfig, check_point, check_precision
 from clip_dinoiser.files import check_output_dir
 from clip_dinoiser.models import build_model, parse_vocabulary, read_vocabulary_file
-from clip_dinoiser.visualize import (
-    MAX_INDEXED_CLASSES,
-    add_legend,
-    heat_map,
-    make_palette,
-    overlay,
-    save_indexed,
-    side_by_side,
-)
+from clip_dinoiser.values import check_numbers
+from clip_dinoiser.visualize import MAX_INDEXED_CLASSES, add_legend, make_palette, overlay, save_indexed
 
 log = logging.getLogger("demo")
-
-
-def write_figure(path: str, image: np.ndarray, segmentations: dict[str, np.ndarray], objectness: np.ndarray | None,
-                 names: list[str], alpha: float) -> None:
-    """Input | each segmentation as an overlay | the objectness map, one legend of the classes shown."""
-    palette = make_palette(len(names))
-    panels = [("Input", image)] + [(title, overlay(image, seg, palette, alpha)) for title, seg in segmentations.items()]
-    if objectness is not None:
-        panels.append(("Objectness", heat_map(objectness)))
-    shown = sorted(set().union(*(np.unique(seg).tolist() for seg in segmentations.values())))
-    Image.fromarray(side_by_side(panels, [(names[i], tuple(int(c) for c in palette[i])) for i in shown])).save(path)
 
 
 def demo_vocabulary(prompts, prompts_file: str | None):
@@ -63,13 +52,48 @@ def demo_vocabulary(prompts, prompts_file: str | None):
     return parse_vocabulary([prompts] if isinstance(prompts, str) else list(prompts))
 
 
+def demo_images(spec: str) -> tuple[list[str], bool]:
+    """The image files of ``image=``: one file, a folder (its images, sorted) or a glob pattern;
+    and whether it named one file (then an unreadable image is an error, not a skip)."""
+    if os.path.isfile(spec):
+        return [spec], True
+    if os.path.isdir(spec):
+        paths = sorted(os.path.join(spec, f) for f in os.listdir(spec) if f.lower().endswith(IMAGE_EXTENSIONS))
+    elif glob.has_magic(spec):
+        paths = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
+    else:
+        return [spec], True  # load_image names the missing file
+    if not paths:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in image={spec}")
+    return paths, False
+
+
+def write_outputs(image: np.ndarray, data: FigureData, names: list[str], stem: str, cfg: DictConfig) -> list[str]:
+    """<stem>_mask.png, <stem>_labels.png and (figure=true) <stem>_figure.png in ``cfg.output``."""
+    palette = make_palette(len(names))
+    present = [int(i) for i in np.unique(data.labels)]
+    paths = [os.path.join(cfg.output, f"{stem}_{kind}.png") for kind in ("mask", "labels", "figure")]
+    Image.fromarray(add_legend(overlay(image, data.labels, palette, cfg.alpha), names, palette, present)).save(paths[0])
+    save_indexed(data.labels, palette, paths[1])
+    if not cfg.figure:
+        return paths[:2]
+    Image.fromarray(figure(image, data, names, alpha=cfg.alpha)).save(paths[2])
+    return paths
+
+
 @user_errors_as_one_line
-def run(cfg: DictConfig) -> dict[str, str]:
+def run(cfg: DictConfig) -> list[str]:
     check_output_dir(cfg.output, "output")  # everything is checked before the model is built
     vocab = demo_vocabulary(cfg.prompts, cfg.prompts_file)
     if len(vocab) > MAX_INDEXED_CLASSES:
         raise ValueError(f"{len(vocab)} classes: the label map (an indexed PNG) holds at most {MAX_INDEXED_CLASSES}")
-    image = load_image(str(cfg.image))
+    paths, single = demo_images(str(cfg.image))
+    first = load_image(paths[0]) if single else None
+    query = None if cfg.query is None else check_numbers(cfg.query, "query", minimum=0)
+    if query is not None and (len(query) != 2 or not single):
+        raise ValueError(f"query={list(cfg.query)}: give one pixel [x, y] of a single image")
+    if query is not None:
+        check_point(query, first.shape)
     device = resolve_device(cfg.device)
     check_precision(cfg.precision)
     slide = SlideConfig.from_cfg(cfg.slide)
@@ -77,31 +101,29 @@ def run(cfg: DictConfig) -> dict[str, str]:
     t0 = time.perf_counter()
     model = build_model(OmegaConf.to_container(cfg.model, resolve=True)).to(device)
     model.set_vocabulary(vocab)
-    t1 = time.perf_counter()
-    panels = cfg.figure and hasattr(model, "forward_panels")
-    if panels:  # one backbone pass per window gives the segmentation and the figure's panels
-        labels, maskclip_labels, objectness = segment_panels(model, image, cfg=slide, precision=cfg.precision)
-    else:
-        labels, _ = segment(model, image, cfg=slide, precision=cfg.precision)
-    t2 = time.perf_counter()
-
-    names = model.class_names
-    palette = make_palette(len(names))
-    present = [int(i) for i in np.unique(labels)]
+    log.info("model ready in %.2fs", time.perf_counter() - t0)
     os.makedirs(cfg.output, exist_ok=True)
-    stem = os.path.splitext(os.path.basename(str(cfg.image)))[0]
-    mask_path = os.path.join(cfg.output, f"{stem}_mask.png")
-    labels_path = os.path.join(cfg.output, f"{stem}_labels.png")
-    Image.fromarray(add_legend(overlay(image, labels, palette, cfg.alpha), names, palette, present)).save(mask_path)
-    save_indexed(labels, palette, labels_path)
-    written = {"mask": mask_path, "labels": labels_path}
-    if cfg.figure:
-        written["figure"] = os.path.join(cfg.output, f"{stem}_figure.png")
-        shown = {type(model).__name__: labels} if not panels else {"MaskCLIP": maskclip_labels, "CLIP-DINOiser": labels}
-        write_figure(written["figure"], image, shown, objectness if panels else None, names, cfg.alpha)
-    log.info("model ready in %.2fs, segmented %dx%d image in %.2fs; classes present: %s",
-             t1 - t0, image.shape[1], image.shape[0], t2 - t1, ", ".join(names[i] for i in present))
-    log.info("wrote %s", ", ".join(written.values()))
+    written, skipped, stems = [], [], set()
+    for path in tqdm(paths, desc="segmenting", unit="img", disable=single or not cfg.progress):
+        try:
+            image = first if single else load_image(path)
+        except ValueError as e:  # one unreadable file of many: reported, not fatal
+            log.warning("skipped: %s", e)
+            skipped.append(path)
+            continue
+        t1 = time.perf_counter()
+        data = segment_for_figure(model, image, slide=slide, precision=cfg.precision, compare=cfg.figure, query=query)
+        stem = base = os.path.splitext(os.path.basename(path))[0]
+        for k in itertools.count(2):  # photo.jpg and photo.png in one folder: photo, photo_2
+            if stem not in stems:
+                break
+            stem = f"{base}_{k}"
+        stems.add(stem)
+        written += write_outputs(image, data, model.class_names, stem, cfg)
+        log.info("%s (%dx%d) in %.2fs; classes present: %s", path, image.shape[1], image.shape[0],
+                 time.perf_counter() - t1, ", ".join(model.class_names[i] for i in np.unique(data.labels)))
+    log.info("segmented %d image(s) into %s%s", len(paths) - len(skipped), cfg.output,
+             f"; skipped {len(skipped)} unreadable: {', '.join(skipped)}" if skipped else "")
     return written
 
 

@@ -289,3 +289,44 @@ def segment_panels(
     k = len(model.class_names)
     _, out = segment(_Panels(model), image, cfg=cfg, precision=precision)
     return out[:k].argmax(0).cpu().numpy(), out[k : 2 * k].argmax(0).cpu().numpy(), out[2 * k].cpu().numpy()
+
+
+def check_point(point: Sequence[int], shape: Sequence[int]) -> None:
+    """Raise ValueError unless ``point`` = (x, y) is a pixel of an image of ``shape`` (H, W, ...)."""
+    x, y = point
+    if not (0 <= x < shape[1] and 0 <= y < shape[0]):
+        raise ValueError(f"query=[{x},{y}] is outside the {shape[1]}x{shape[0]} image")
+
+
+@torch.no_grad()
+def query_correlations(
+    model: nn.Module, image: np.ndarray, point: tuple[int, int], *, scale: tuple[int, int] = (2048, 448)
+) -> dict[str, tuple[np.ndarray, Tensor]]:
+    """The correlations of the patch under pixel ``point`` = (x, y) with every patch, for each
+    correlation source of ``model``: ``"CLIP-DINOiser"`` (its correlation head) and ``"DINO"``
+    (DINO-MaskCLIP's teacher). The image is resized to the test scale and seen whole (no windows).
+
+    Returns:
+        name -> (H x W map at the image's size, the patch-grid row of the correlation matrix).
+    """
+    check_point(point, image.shape)
+    h0, w0 = image.shape[:2]
+    x, y = point
+    device = next(model.parameters()).device
+    resized = to_tensor(resize_keep_ratio(image, scale), device)[None]
+    h, w = resized.shape[-2:]
+    sources = {}
+    if hasattr(model, "heads"):
+        sources["CLIP-DINOiser"] = (model.heads(model.backbone.forward_inter(resized))[0], model.backbone.patch_size)
+    if hasattr(model, "dino"):
+        sources["DINO"] = (model.dino.correlations(resized), model.dino.patch_size)
+    if not sources:
+        raise ValueError(f"{type(model).__name__} has no correlations to query (model=clip_dinoiser or dino_maskclip)")
+    maps = {}
+    for name, (corrs, (ph, pw)) in sources.items():
+        gh, gw = -(-h // ph), -(-w // pw)
+        row = corrs[0, (int(y * h / h0) // ph) * gw + int(x * w / w0) // pw].view(gh, gw).float()
+        grid = F.interpolate(row[None, None], size=(gh * ph, gw * pw), mode="nearest")[..., :h, :w]
+        full = F.interpolate(grid, size=(h0, w0), mode="bilinear", align_corners=False)[0, 0]
+        maps[name] = (full.cpu().numpy(), row)
+    return maps
