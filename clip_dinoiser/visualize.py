@@ -117,7 +117,12 @@ def side_by_side(panels: Sequence[tuple[str, np.ndarray]], legend: Sequence[tupl
     for k, (title, panel) in enumerate(panels):
         x, y = (k % columns) * (pw + pad), (k // columns) * (title_h + ph)
         canvas.paste(Image.fromarray(panel).resize((pw, ph), Image.BILINEAR), (x, y + title_h))
-        draw.text((x + pw // 2, y + title_h // 2), title, fill=(0, 0, 0), font=font, anchor="mm")
+        fitted = font
+        for smaller in range(size - 1, 7, -1):  # a title wider than its panel is set smaller
+            if fitted.getlength(title) <= pw - 2:
+                break
+            fitted = load_font(smaller)
+        draw.text((x + pw // 2, y + title_h // 2), title, fill=(0, 0, 0), font=fitted, anchor="mm")
     if legend:
         _legend_entries(draw, legend, (pad, rows * (title_h + ph) + pad), fig_w - 2 * pad, size)
     return np.asarray(canvas)

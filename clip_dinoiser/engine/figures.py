@@ -74,7 +74,8 @@ def figure(image: np.ndarray, data: FigureData, names: list[str], *, alpha: floa
     if data.objectness is not None:
         panels.append(("Objectness", heat_map(data.objectness)))
     for name, corr in data.correlations.items():
-        panels.append((f"{name} correlations of ({data.query[0]}, {data.query[1]})",
+        source = "Correlations" if name == data.title else f"{name} correlations"
+        panels.append((f"{source} of ({data.query[0]}, {data.query[1]})",
                        _marked(heat_map(corr.clip(0, 1)), data.query)))
     shown = sorted(set().union(*(np.unique(seg).tolist() for _, seg in segs)))
     return side_by_side(panels, [(names[i], tuple(int(c) for c in palette[i])) for i in shown])
