@@ -314,3 +314,10 @@ def test_heads_and_checkpoints_are_written_atomically(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space left"):
         save_heads(DINOiserHeads(in_dim=8, proj_dim=4), path)
     assert open(path, "rb").read() == before and os.listdir(tmp_path) == ["last.pt"]
+
+
+def test_an_image_path_that_is_a_folder_says_so(tmp_path):
+    from clip_dinoiser.data.images import load_image
+
+    with pytest.raises(IsADirectoryError, match=f"image {tmp_path} is a folder, not an image file"):
+        load_image(str(tmp_path))
