@@ -286,6 +286,7 @@ def test_unreadable_training_images_are_named_or_skipped_and_replaced(tmp_path, 
         (["train.epochs=0"], "train.epochs=0: must be at least 1"),
         (["device=tpu"], "device=tpu: unknown device"),
         (["precision=fp8"], "unknown precision 'fp8'"),
+        (["model.gamma=abc"], "model.gamma='abc': expected a number"),
     ],
 )
 def test_train_settings_fail_before_any_model_is_built(tmp_path, overrides, message):

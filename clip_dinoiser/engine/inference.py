@@ -264,10 +264,15 @@ def segment(
     """
     if prompts is not None:
         model.set_vocabulary(prompts)
-    device = next(model.parameters()).device
-    resized = to_tensor(resize_keep_ratio(image, cfg.scale), device)
-    (probs,) = slide_inference(model, [resized], cfg=cfg, out_sizes=[image.shape[:2]], precision=precision)
+    probs = _image_outputs(model, image, cfg, precision)
     return probs.argmax(dim=0).cpu().numpy(), probs
+
+
+def _image_outputs(model: nn.Module, image: np.ndarray, cfg: SlideConfig, precision: str) -> Tensor:
+    """The test-time pipeline on one image: ``model``'s C x H x W outputs at the image's size."""
+    resized = to_tensor(resize_keep_ratio(image, cfg.scale), next(model.parameters()).device)
+    (out,) = slide_inference(model, [resized], cfg=cfg, out_sizes=[image.shape[:2]], precision=precision)
+    return out
 
 
 class _Panels(nn.Module):
@@ -287,7 +292,7 @@ def segment_panels(
     """CLIP-DINOiser's label map, MaskCLIP's on the same features, and the objectness map
     (H x W in [0, 1]) of one image, from one backbone pass per window (``forward_panels``)."""
     k = len(model.class_names)
-    _, out = segment(_Panels(model), image, cfg=cfg, precision=precision)
+    out = _image_outputs(_Panels(model), image, cfg, precision)
     return out[:k].argmax(0).cpu().numpy(), out[k : 2 * k].argmax(0).cpu().numpy(), out[2 * k].cpu().numpy()
 
 

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from ..data.train_images import ResumableBatchSampler, TrainImages, list_images, seeded_order, unreadable_image
 from ..files import check_output_dir, save_atomic
-from ..models import CLIPDINOiser, build_model, check_model_files, save_heads
+from ..models import CLIPDINOiser, build_model, check_model_config, save_heads
 from ..teachers import DINOTeacher, FOUNDTeacher, build_teachers, check_teacher_files
 from ..values import check_number, check_numbers
 from . import distributed as dist
@@ -100,7 +100,7 @@ def check_run_inputs(cfg: Mapping[str, Any]) -> None:
     check_precision(cfg.get("precision", "fp32"))
     if not os.path.isdir(str(tcfg["data"])):
         raise FileNotFoundError(f"training image folder not found: {tcfg['data']} (train.data)")
-    check_model_files({**cfg["model"], "name": "clip_dinoiser", "checkpoint": None})
+    check_model_config({**cfg["model"], "name": "clip_dinoiser", "checkpoint": None})  # numbers and files
     check_teacher_files(cfg["teachers"])
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .backbone import CLIPBackbone
+from .backbone import BackboneOutput, CLIPBackbone
 from .heads import DINOiserHeads
 from .maskclip import MaskCLIP
 from .pooling import guided_pooling
@@ -38,18 +38,20 @@ class CLIPDINOiser(MaskCLIP):
             inter = self.backbone.forward_inter(images)
         return self.heads(inter)
 
-    def forward(self, images: Tensor) -> Tensor:
-        """B x 3 x H x W RGB in [0, 1] -> B x K x h x w class probabilities at the patch grid."""
+    def _forward(self, images: Tensor) -> tuple[BackboneOutput, Tensor, Tensor]:
+        """(backbone output, class probabilities B x K x h x w, objectness logits B x 1 x h x w)."""
         out = self.backbone(images, with_inter=True, with_keys=self.ks_thresh > 0)
         corrs, objectness = self.heads(out.inter)
         pooled = guided_pooling(out.dense, corrs, self.gamma)
-        return self.classify(pooled, out.keys, objectness)
+        return out, self.classify(pooled, out.keys, objectness), objectness
+
+    def forward(self, images: Tensor) -> Tensor:
+        """B x 3 x H x W RGB in [0, 1] -> B x K x h x w class probabilities at the patch grid."""
+        return self._forward(images)[1]
 
     def forward_panels(self, images: Tensor) -> Tensor:
         """What the method adds, from one backbone pass (figures): B x (2K + 1) x h x w holding
         CLIP-DINOiser's probabilities (K), MaskCLIP's on the same features (K: no pooling, no
         background refinement) and the objectness head's foreground probability (1)."""
-        out = self.backbone(images, with_inter=True, with_keys=self.ks_thresh > 0)
-        corrs, objectness = self.heads(out.inter)
-        dinoiser = self.classify(guided_pooling(out.dense, corrs, self.gamma), out.keys, objectness)
-        return torch.cat([dinoiser, self.classify(out.dense, out.keys), torch.sigmoid(objectness)], dim=1)
+        out, probs, objectness = self._forward(images)
+        return torch.cat([probs, self.classify(out.dense, out.keys), torch.sigmoid(objectness)], dim=1)
