@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
+from .errors import UserError
 from .files import default_cache_dir
 
 log = logging.getLogger(__name__)
@@ -78,15 +79,15 @@ def fetch(url: str, git_blob: str, dest: str, *, progress: bool = True, timeout:
                     out.write(chunk)
                     bar.update(len(chunk))
         if total is not None and os.path.getsize(tmp) != total:
-            raise ValueError(f"cannot download {url}: the connection ended after {os.path.getsize(tmp)} of "
+            raise UserError(f"cannot download {url}: the connection ended after {os.path.getsize(tmp)} of "
                              f"{total} bytes (file not kept)")
         got = git_blob_id(tmp)
         if got != git_blob:
-            raise ValueError(f"checksum mismatch for {url}: git blob {got}, expected {git_blob} (file not kept)")
+            raise UserError(f"checksum mismatch for {url}: git blob {got}, expected {git_blob} (file not kept)")
         os.replace(tmp, dest)
     except (TimeoutError, urllib.error.URLError, http.client.HTTPException, ConnectionError) as e:
         reason = getattr(e, "reason", e)
-        raise ValueError(f"cannot download {url}: {reason} (offline? download it by hand and give its path)") from e
+        raise UserError(f"cannot download {url}: {reason} (offline? download it by hand and give its path)") from e
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .errors import UserError
+
 
 def make_palette(n: int, seed: int = 0) -> np.ndarray:
     """n distinct RGB colours (uint8, n x 3); 'background' gets black when it is class 0 by the caller."""
@@ -134,7 +136,7 @@ MAX_INDEXED_CLASSES = 256  # a 'P' mode PNG's palette
 def save_indexed(labels: np.ndarray, palette: np.ndarray, path: str) -> None:
     """Save a label map as an indexed ('P' mode) PNG whose pixel values are the class indices."""
     if labels.max(initial=0) >= MAX_INDEXED_CLASSES:
-        raise ValueError(f"indexed PNGs hold at most {MAX_INDEXED_CLASSES} classes")
+        raise UserError(f"indexed PNGs hold at most {MAX_INDEXED_CLASSES} classes")
     im = Image.fromarray(labels.astype(np.uint8), mode="P")
     flat = np.zeros((256, 3), np.uint8)
     flat[: len(palette)] = palette

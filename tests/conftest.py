@@ -65,7 +65,7 @@ def tiny_heads_file(tmp_path_factory) -> str:
     from clip_dinoiser.models import DINOiserHeads, save_heads
 
     torch.manual_seed(1)
-    heads = DINOiserHeads(in_dim=64, proj_dim=16)
+    heads = DINOiserHeads(in_dim=64, proj_dim=16, kernel_size=3)
     path = str(tmp_path_factory.mktemp("heads") / "last.pt")
     save_heads(heads, path)
     return path

@@ -193,7 +193,7 @@ def test_query_correlations_are_the_models_for_that_patch(model_cfg, tiny_teache
     maps = query_correlations(model, image, (x, y), scale=(256, 64))
     full, row = maps["CLIP-DINOiser"]
     resized = to_tensor(resize_keep_ratio(image, (256, 64)))[None]
-    corrs, _ = model.heads(model.backbone.forward_inter(resized))
+    corrs, _ = model.heads(model.backbone(resized, with_dense=False).inter)
     torch.testing.assert_close(row.flatten(), corrs[0, 1 * 6 + 4])
     assert row[1, 4].item() == pytest.approx(1.0, abs=1e-5)  # a patch's cosine with itself
     assert full.shape == (100, 150) and full[y, x] == pytest.approx(1.0, abs=1e-5)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -23,7 +24,7 @@ from clip_dinoiser.engine.evaluate import (
     metrics_from_stats,
 )
 from clip_dinoiser.engine.inference import SlideConfig, slide_inference, to_tensor
-from clip_dinoiser.models import build_model
+from clip_dinoiser.models import build_model, read_vocabulary_file
 
 from .synthetic_data import make_all, make_benchmark
 
@@ -78,9 +79,14 @@ def model(tiny_clip_file, tiny_heads_file):
 def test_each_benchmark_loads_and_matches_independent_miou(model, data_dir, name):
     bench = BENCHMARKS[name]
     root = os.path.join(data_dir, bench.root)
+    model.set_vocabulary(["unrelated", "classes"])
+    decoding = model.decoding
     result = evaluate_benchmark(model, bench, root, slide=SLIDE, num_workers=0, progress=False)
     assert result.num_images == 3 and len(result.class_iou) == bench.num_classes
-    model.bg_refine = bench.bg_refine
+    # evaluation leaves the caller's model as it was
+    assert model.class_names == ["unrelated", "classes"] and model.decoding is decoding
+    model.set_vocabulary(read_vocabulary_file(bench.vocabulary_file))
+    model.decoding = replace(model.decoding, bg_refine=bench.bg_refine)
     assert result.miou == pytest.approx(independent_miou(model, root, name), abs=1e-9)
     assert result.windows > 3
 
@@ -173,16 +179,21 @@ def test_dataset_errors_name_the_path(tmp_path, model):
 def test_loader_processes_serve_every_benchmark_and_survive_an_error(tmp_path, model, data_dir):
     """Worker processes start once per process and are reused across benchmarks and calls (their items
     carry the dataset), also after a call that stopped on an error; results equal in-process loading."""
-    from clip_dinoiser.engine import evaluate
+    from clip_dinoiser.engine.evaluate import Evaluator
+
+    evaluator = Evaluator(slide=SLIDE, num_workers=2, progress=False).start()
 
     def run(name, root, workers):
-        return evaluate_benchmark(model, BENCHMARKS[name], root, slide=SLIDE, num_workers=workers, progress=False)
+        if workers == 0:
+            return evaluate_benchmark(model, BENCHMARKS[name], root, slide=SLIDE, num_workers=0, progress=False)
+        return evaluator.evaluate(model, BENCHMARKS[name], root)
 
     voc_root = os.path.join(data_dir, BENCHMARKS["voc"].root)
     ade_root = os.path.join(data_dir, BENCHMARKS["ade20k"].root)
     expected = {name: run(name, root, 0).miou for name, root in (("voc", voc_root), ("ade20k", ade_root))}
     assert run("voc", voc_root, 2).miou == pytest.approx(expected["voc"], abs=1e-9)
-    loader = evaluate._LOADER[1]
+    loader = evaluator._loader
+    workers = list(loader._iterator._workers)
     bad_root = make_benchmark(str(tmp_path), "cityscapes", n=3)
     ann = os.path.join(bad_root, "gtFine/val/frankfurt/2008_000001_gtFine_labelTrainIds.png")
     Image.fromarray(np.full(Image.open(ann).size[::-1], 77, np.uint8)).save(ann)
@@ -190,7 +201,10 @@ def test_loader_processes_serve_every_benchmark_and_survive_an_error(tmp_path, m
         run("cityscapes", bad_root, 2)
     assert run("ade20k", ade_root, 2).miou == pytest.approx(expected["ade20k"], abs=1e-9)
     assert run("voc", voc_root, 2).miou == pytest.approx(expected["voc"], abs=1e-9)
-    assert evaluate._LOADER[1] is loader  # the same worker processes throughout
+    assert evaluator._loader is loader  # the same worker processes throughout
+    assert list(loader._iterator._workers) == workers
+    evaluator.close()  # stops them
+    assert not any(w.is_alive() for w in workers)
 
 
 LOADER_AFTER_CV2_POOL = """
@@ -199,11 +213,12 @@ cv2.setNumThreads(4)
 for _ in range(3):  # OpenCV's thread pool is now running in this (the parent) process
     cv2.resize(np.zeros((1500, 1500, 3), np.uint8), (1200, 1000))
 from clip_dinoiser.data.benchmarks import BENCHMARKS, build_dataset
-from clip_dinoiser.engine.evaluate import _loader, loader_items
+from clip_dinoiser.engine.evaluate import Evaluator, loader_items
 bench = BENCHMARKS["voc"]
 dataset = build_dataset(bench, sys.argv[1])
 items = loader_items(bench, dataset, (256, 64), range(len(dataset)))
-print(sum(len(b["shapes"]) // 2 for b in _loader(items, 2, 2)), len(dataset), cv2.getNumThreads())
+with Evaluator(num_workers=2, loader_batch=2) as evaluator:
+    print(sum(len(b["shapes"]) // 2 for b in evaluator.batches(items)), len(dataset), cv2.getNumThreads())
 """
 
 

@@ -16,7 +16,7 @@ from clip_dinoiser.models.text import (
     causal_text_tower,
     encode_text_to_eot,
     imagenet_templates,
-    split_towers,
+    text_tower,
 )
 
 NAMES = ["cat", "television monitor", "a very long class name with many words in it", "猫", "sky"]
@@ -52,7 +52,7 @@ def test_short_encoding_equals_open_clip_encode_text(tiny_clip_file, arch):
 def test_non_causal_text_tower_falls_back_to_full_length_with_a_log_line(tiny_clip_file, caplog):
     name, path = tiny_clip_file
     model = open_clip.create_model(name, force_custom_text=True).eval()  # open_clip's CustomTextCLIP
-    _, text_model = split_towers(model)
+    text_model = text_tower(model)
     assert not causal_text_tower(text_model)
     with caplog.at_level(logging.INFO, logger="clip_dinoiser"):
         classifier = TextClassifier(text_model, open_clip.get_tokenizer(name), templates="none")

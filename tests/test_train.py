@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from clip_dinoiser.data.train_images import ResumableBatchSampler, TrainImages, list_images, sample_subset
-from clip_dinoiser.engine.train import Distiller, distillation_losses, train
+from clip_dinoiser.engine.train import Distiller, train
 from clip_dinoiser.models import build_model, load_heads_state
-from clip_dinoiser.teachers import build_teachers, dino_pos_embed
+from clip_dinoiser.teachers import DINOTeacher, build_teachers, dino_pos_embed
 
 from .conftest import write_images
 
@@ -40,34 +40,36 @@ def hooked_qkv(vit, images):
 
 @torch.no_grad()
 def test_teachers_match_hooked_timm_features(tiny_teachers):
-    dino, found = build_teachers(tiny_teachers)
+    teachers = build_teachers(tiny_teachers)
+    dino, found = teachers["dino"], teachers["found"]
+    assert (dino.head, found.head) == ("correlation", "objectness")
     images = torch.rand(2, 3, 64, 64)
     _, _, v = hooked_qkv(dino.vit.vit, images)
     v = v / v.norm(dim=-1, keepdim=True)
     corrs = v @ v.transpose(1, 2)
     torch.testing.assert_close(dino.correlations(images), corrs, rtol=1e-5, atol=1e-5)
-    target = dino.target(images, 0.2)
+    target = dino.target(images, (4, 4), 0.2)
     assert torch.equal(target, (corrs >= 0.2).float())
     _, k, _ = hooked_qkv(found.vit.vit, images)
     feats = k.transpose(1, 2).reshape(2, -1, 8, 8)
     w, b = found.decoder.weight, found.decoder.bias
     probs = torch.sigmoid(torch.einsum("bchw,oc->bohw", feats, w[:, :, 0, 0]) + b.view(1, 1, 1, 1))
     torch.testing.assert_close(found.probabilities(images), probs, rtol=1e-5, atol=1e-6)
-    assert found.target(images, (4, 4)).shape == (2, 1, 4, 4)
+    assert found.target(images, (4, 4), 0.2).shape == (2, 1, 4, 4)
 
 
 @torch.no_grad()
 def test_found_target_is_the_reference_non_antialiased_bilinear_resize(tiny_teachers):
     """The reference (torchvision 0.13.1) resized FOUND's sigmoid map with plain bilinear
     interpolation; ours by default too, and antialiasing (``antialias=True``) is a real change."""
-    _, found = build_teachers(tiny_teachers)
+    found = build_teachers(tiny_teachers)["found"]
     assert found.antialias is False
     images = torch.rand(3, 3, 64, 96)  # FOUND grid 8 x 12 -> a CLIP grid of 4 x 6, and an odd 5 x 7
     probs = found.probabilities(images)
     for size in ((4, 6), (5, 7)):
         expected = F.interpolate(probs, size=size, mode="bilinear", align_corners=False)
         torch.testing.assert_close(found.probabilities(images, size), expected, rtol=0, atol=1e-7)
-        assert torch.equal(found.target(images, size), (expected > 0.5).float())
+        assert torch.equal(found.target(images, size, 0.2), (expected > 0.5).float())
     found.antialias = True
     antialiased = found.probabilities(images, (4, 6))
     torch.testing.assert_close(antialiased, F.interpolate(probs, size=(4, 6), mode="bilinear", antialias=True))
@@ -103,10 +105,12 @@ def test_dino_pos_embed_follows_dino_interpolation():
     assert torch.equal(out[:, 0], pos[:, 0])
 
 
-def test_distillation_losses_are_the_papers():
+def test_distillation_losses_are_the_papers(tiny_teachers):
     logits = torch.tensor([[-0.5, 0.3], [0.9, -0.1]])
     target = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
-    corr, _ = distillation_losses(logits, torch.zeros(1, 1, 1, 1), target, torch.ones(1, 1, 1, 1))
+    dino = build_teachers(tiny_teachers)["dino"]
+    assert isinstance(dino, DINOTeacher)
+    corr = dino.loss(logits, target)
     x = logits.clamp(min=0)
     manual = -(target * torch.log(torch.sigmoid(x)) + (1 - target) * torch.log(1 - torch.sigmoid(x))).mean()
     torch.testing.assert_close(corr, manual)
@@ -147,10 +151,11 @@ def test_losses_decrease_and_agreement_rises(tmp_path, tiny_clip_file, tiny_teac
     images = torch.stack([TrainImages(files, 64)[(i, i)] for i in range(4)])
     cfg = _cfg(tmp_path, tiny_clip_file, tiny_teachers, corr_lr=2e-2)
     distiller: Distiller = build_distiller(cfg, torch.device("cpu"))
-    optimizer, _ = make_optimizer(distiller.student.heads, cfg["train"])
+    optimizer, _ = make_optimizer(distiller.student.heads, distiller.teachers, cfg["train"])
     history = []
     for _ in range(40):
-        corr, obj, agree = distiller.losses(images)
+        losses = distiller.losses(images)
+        (corr, agree), (obj, _) = losses["dino"], losses["found"]
         optimizer.zero_grad()
         (corr + obj).backward()
         optimizer.step()
@@ -166,7 +171,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, tiny_clip_file, 
     write_images(str(tmp_path / "imgs"), 6)
     full = train(_cfg(tmp_path, tiny_clip_file, tiny_teachers, output=str(tmp_path / "full")), torch.device("cpu"))
     cut = _cfg(tmp_path, tiny_clip_file, tiny_teachers, output=str(tmp_path / "cut"), stop_after=5)
-    assert train(cut, torch.device("cpu")) == ""
+    assert train(cut, torch.device("cpu")) is None
     assert sorted(os.listdir(tmp_path / "cut" / "checkpoints")) == ["iter_0000002.pt", "iter_0000004.pt"]
     resumed_cfg = copy.deepcopy(cut)
     resumed_cfg["train"].update(resume=str(tmp_path / "cut"), stop_after=None)
@@ -197,7 +202,7 @@ def test_dino_maskclip_pools_with_teacher_correlations(tiny_clip_file, tiny_teac
         out = model(images)
         dense = model.backbone(images).dense
         pooled = guided_pooling(dense, model.dino.correlations(images), 0.2)
-        expected = model.text(pooled).softmax(1)
+        expected = model.text(pooled, 100.0).softmax(1)
         fg = model.found.probabilities(images, (4, 4))[:, 0] > 0.5
         unsure = expected.amax(1) < 0.99
         expected[:, 1][unsure & ~fg] = 1.0

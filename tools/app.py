@@ -8,17 +8,20 @@ input image for the correlation map of its patch. The model is built once; each 
 encoded once (and cached on disk). Same config keys as the demo.
 """
 
+import dataclasses
 import logging
 import os
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from clip_dinoiser.config import SlideConfig, parse, register_configs
 from clip_dinoiser.data.images import load_image
-from clip_dinoiser.engine.cli import resolve_device, user_errors_as_one_line
+from clip_dinoiser.engine.cli import launch, resolve_device, user_errors_as_one_line
 from clip_dinoiser.engine.figures import figure, segment_for_figure
-from clip_dinoiser.engine.inference import SlideConfig, check_precision
+from clip_dinoiser.engine.inference import check_precision
+from clip_dinoiser.errors import UserError
 from clip_dinoiser.models import build_model, parse_vocabulary
 from clip_dinoiser.visualize import MAX_INDEXED_CLASSES
 
@@ -47,13 +50,14 @@ class Segmenter:
             self.model.set_vocabulary(parse_vocabulary(names))
         except ValueError as e:  # an unreadable file, a class listed twice
             raise gr.Error(str(e).replace(image_path, os.path.basename(image_path))) from None
-        previous = getattr(self.model, "bg_refine", None)
-        self.model.bg_refine = None if bg_refine else False  # None: on when 'background' is a class
+        previous = self.model.decoding
+        # None: on when 'background' is a class
+        self.model.decoding = dataclasses.replace(previous, bg_refine=None if bg_refine else False)
         try:
             data = segment_for_figure(self.model, image, slide=self.slide, precision=self.precision,
                                       compare=compare, query=query)
         finally:
-            self.model.bg_refine = previous
+            self.model.decoding = previous
         return figure(image, data, self.model.class_names, alpha=self.alpha)
 
 
@@ -111,12 +115,12 @@ def run(cfg: DictConfig) -> None:
         load_image(e)
     device = resolve_device(cfg.device)
     check_precision(cfg.precision)
-    slide = SlideConfig.from_cfg(cfg.slide)
+    slide = parse(SlideConfig, cfg.slide, "slide")
     try:
         import gradio  # noqa: F401
     except ImportError:
-        raise ValueError('the web app needs Gradio: pip install -e ".[app]"') from None
-    model = build_model(OmegaConf.to_container(cfg.model, resolve=True)).to(device)
+        raise UserError('the web app needs Gradio: pip install -e ".[app]"') from None
+    model = build_model(cfg.model).to(device)
     page = build_page(Segmenter(model, slide, cfg.precision, cfg.alpha), examples)
     log.info("serving on http://%s:%d", cfg.host, cfg.port)
     page.queue(default_concurrency_limit=1).launch(server_name=cfg.host, server_port=cfg.port, share=False,
@@ -130,4 +134,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    register_configs()
+    launch(main)

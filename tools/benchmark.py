@@ -24,12 +24,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from clip_dinoiser.config import SlideConfig
 from clip_dinoiser.data.benchmarks import BENCHMARKS, build_dataset
-from clip_dinoiser.engine.evaluate import _loader, _unpack, evaluate_benchmark, loader_items, score_images, start_loader
-from clip_dinoiser.engine.inference import SlideConfig, SlidingWindows, autocast
-from clip_dinoiser.models import CLIPDINOiser, DINOiserHeads, build_clip, read_vocabulary_file
-
-REPEAT = 10
+from clip_dinoiser.engine.evaluate import Decoded, Evaluator, _unpack, loader_items, score_images
+from clip_dinoiser.engine.inference import SlidingWindows, autocast
+from clip_dinoiser.models import CLIPDINOiser, DINOiserHeads, build_model, read_vocabulary_file
 
 
 def sync(device: torch.device) -> None:
@@ -37,12 +36,12 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn: Callable[[], object], device: torch.device, *, warmup: int = 3, repeat: int | None = None) -> float:
-    """Seconds per call of ``fn`` (median of ``repeat`` after ``warmup``)."""
-    for _ in range(min(warmup, REPEAT)):
+def timed(fn: Callable[[], object], device: torch.device, *, warmup: int, repeat: int) -> float:
+    """Seconds per call of ``fn`` (median of ``repeat`` after ``min(warmup, repeat)`` calls)."""
+    for _ in range(min(warmup, repeat)):
         fn()
     times = []
-    for _ in range(repeat or REPEAT):
+    for _ in range(repeat):
         sync(device)
         t = time.perf_counter()
         fn()
@@ -53,8 +52,8 @@ def timed(fn: Callable[[], object], device: torch.device, *, warmup: int = 3, re
 
 def build_dinoiser(device: torch.device, clip: str = "ViT-B-16") -> CLIPDINOiser:
     """CLIP-DINOiser with random weights; ``clip`` is an open_clip model name or config JSON."""
-    backbone, text = build_clip({"clip": {"name": clip, "pretrained": None}})
-    model = CLIPDINOiser(backbone, text, DINOiserHeads(in_dim=backbone.width)).to(device).eval()
+    model = build_model({"name": "clip_dinoiser", "clip": {"name": clip, "pretrained": None}, "checkpoint": None,
+                         "text_cache": None}).to(device)
     model.set_vocabulary(read_vocabulary_file(BENCHMARKS["voc"].vocabulary_file))
     return model
 
@@ -80,9 +79,16 @@ def write_voc_like(folder: str, n: int, seed: int = 0) -> str:
     return root
 
 
-def bench_eval(device: torch.device, n_images: int, window_batch: int, workers: int, clip: str) -> dict:
-    start_loader(workers)  # as tools/eval.py: before CUDA and the model
+def bench_eval(device: torch.device, n_images: int, window_batch: int, workers: int, clip: str, repeat: int) -> dict:
+    slide = SlideConfig(window_batch=window_batch)
+    with Evaluator(slide=slide, num_workers=workers, progress=False) as evaluator:  # before CUDA and the model
+        return _bench_eval(evaluator, device, n_images, window_batch, workers, clip, repeat)
+
+
+def _bench_eval(evaluator: Evaluator, device: torch.device, n_images: int, window_batch: int, workers: int, clip: str,
+                repeat: int) -> dict:
     model = build_dinoiser(device, clip)
+    slide = evaluator.slide
     out: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
     wins = torch.rand(window_batch, 3, 448, 448, device=device)
     for precision in ("fp32", "bf16"):
@@ -100,17 +106,16 @@ def bench_eval(device: torch.device, n_images: int, window_batch: int, workers: 
                     for i in range(len(wins)):
                         model(wins[i : i + 1])
 
-            out[f"backbone_windows_per_s_{precision}"] = window_batch / timed(backbone_only, device)
-            out[f"model_windows_per_s_{precision}"] = window_batch / timed(model_forward, device)
-            out[f"one_window_at_a_time_per_s_{precision}"] = window_batch / timed(one_window_at_a_time, device)
+            for key, fn in (("backbone_windows_per_s", backbone_only), ("model_windows_per_s", model_forward),
+                            ("one_window_at_a_time_per_s", one_window_at_a_time)):
+                out[f"{key}_{precision}"] = window_batch / timed(fn, device, warmup=3, repeat=repeat)
     with tempfile.TemporaryDirectory() as tmp:
         root = write_voc_like(tmp, n_images)
         bench = BENCHMARKS["voc"]
-        slide = SlideConfig(window_batch=window_batch)
 
         def pipeline(precision: str, limit: int | None = None):
-            return evaluate_benchmark(model, bench, root, slide=slide, precision=precision, num_workers=workers,
-                                      limit=limit, progress=False)
+            evaluator.precision, evaluator.limit = precision, limit
+            return evaluator.evaluate(model, bench, root)
 
         # First call of the process (the loader processes started before the model, as in tools/eval.py).
         r = pipeline("bf16")
@@ -119,12 +124,12 @@ def bench_eval(device: torch.device, n_images: int, window_batch: int, workers: 
         dataset = build_dataset(bench, root)
         items = loader_items(bench, dataset, slide.scale, range(len(dataset)))
         t = time.perf_counter()
-        count = sum(len(b["shapes"]) // 2 for b in _loader(items, workers, 8))
+        count = sum(len(b["shapes"]) // 2 for b in evaluator.batches(items))
         out["loader_only_images_per_s"] = count / (time.perf_counter() - t)
         # Everything after loading, on GPU-resident images: the ceiling of the pipeline.
         resident = [[(img.to(device), gt.to(device), size)
                      for img, gt, size in zip(*_unpack(b["data"], b["shapes"]), b["ori_shape"])]
-                    for b in _loader(items, workers, 8)]
+                    for b in evaluator.batches(items)]
         for precision in ("fp32", "bf16"):
             pipeline(precision, limit=min(32, n_images))  # warm-up
             r = pipeline(precision)
@@ -133,9 +138,9 @@ def bench_eval(device: torch.device, n_images: int, window_batch: int, workers: 
             backbone = out[f"backbone_windows_per_s_{precision}"]
             out[f"pipeline_over_backbone_{precision}"] = (r.windows / r.seconds) / backbone
 
-            def resident_pass(precision=precision) -> int:
-                runner = SlidingWindows(model, slide, precision)
-                score_images(runner, resident, bench.num_classes, device)
+            def resident_pass(precision=precision, setting=evaluator.setting(model, bench)) -> int:
+                runner = SlidingWindows(Decoded(model, [setting]), slide, precision)
+                score_images(runner, resident, [bench.num_classes], device)
                 return runner.windows
 
             windows = resident_pass()
@@ -147,29 +152,39 @@ def bench_eval(device: torch.device, n_images: int, window_batch: int, workers: 
     return out
 
 
+def distiller_steps(distiller, optimizer, scheduler=None) -> Callable[[torch.Tensor], None]:
+    """One training step on a batch of images."""
+
+    def step(images: torch.Tensor) -> None:
+        loss = sum(value for value, _ in distiller.losses(images).values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+
+    return step
+
+
 def bench_train(device: torch.device, iters: int, batch: int, workers: int, n_images: int) -> dict:
+    from clip_dinoiser.config import TrainSettings, paper_teachers, plain
     from clip_dinoiser.engine.train import Distiller, make_optimizer
     from clip_dinoiser.teachers import DINOTeacher, FOUNDTeacher, FrozenViT, load_timm_vit
 
     model = build_dinoiser(device)
-    dino = DINOTeacher(FrozenViT(load_timm_vit("vit_base_patch16_224", None))).to(device)
-    found_vit = FrozenViT(load_timm_vit("vit_small_patch8_224", None))
-    found = FOUNDTeacher(found_vit, torch.nn.Conv2d(384, 1, 1)).to(device)
-    cfg = {"corr_lr": 5e-5, "found_lr": 1e-2, "milestones": [5000], "step_lr_gamma": 0.1}
-    optimizer, scheduler = make_optimizer(model.heads, cfg)
+    t = paper_teachers()
+    dino = DINOTeacher(FrozenViT(load_timm_vit(t["dino"].arch, None))).to(device)
+    found_vit = FrozenViT(load_timm_vit(t["found"].arch, None))
+    found = FOUNDTeacher(found_vit, torch.nn.Conv2d(found_vit.dim, 1, 1), antialias=False).to(device)
+    teachers = {"dino": dino, "found": found}
+    optimizer, scheduler = make_optimizer(model.heads, teachers, plain(TrainSettings(data="")))
     images = torch.rand(batch, 3, 448, 448, device=device)
     out: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "batch": batch}
     for precision in ("fp32", "bf16"):
-        distiller = Distiller(model, dino, found, gamma=0.2, precision=precision)
-
-        def step(distiller=distiller):
-            corr, obj, _ = distiller.losses(images)
-            optimizer.zero_grad(set_to_none=True)
-            (corr + obj).backward()
-            optimizer.step()
-            scheduler.step()
-
-        sec = timed(step, device, warmup=3, repeat=iters)  # CLIP, DINO ViT-B/16, ViT-S/8 at 448
+        step = distiller_steps(Distiller(model, teachers, gamma=model.decoding.gamma, precision=precision),
+                               optimizer, scheduler)
+        # CLIP, DINO ViT-B/16, ViT-S/8 at 448
+        sec = timed(lambda step=step: step(images), device, warmup=3, repeat=iters)
         out[f"step_iters_per_s_{precision}"] = 1 / sec
         out[f"projected_6300_iters_minutes_{precision}"] = 6300 * sec / 60
     out["bf16_over_fp32"] = out["step_iters_per_s_bf16"] / out["step_iters_per_s_fp32"]
@@ -198,7 +213,7 @@ def bench_train(device: torch.device, iters: int, batch: int, workers: int, n_im
                               batch_sampler=ResumableBatchSampler(len(files), batch, 1000, 0))
 
         it = iter(make_loader())
-        for _ in range(min(5, REPEAT)):
+        for _ in range(5):
             next(it)
         t = time.perf_counter()
         for _ in range(3 * iters):
@@ -206,18 +221,14 @@ def bench_train(device: torch.device, iters: int, batch: int, workers: int, n_im
         out["loader_only_iters_per_s"] = 3 * iters / (time.perf_counter() - t)
         del it
         loader = make_loader()
-        distiller = Distiller(model, dino, found, gamma=0.2, precision="bf16")
+        step = distiller_steps(Distiller(model, teachers, gamma=model.decoding.gamma, precision="bf16"), optimizer)
         it = iter(loader)
-        for _ in range(min(5, REPEAT)):
+        for _ in range(5):
             next(it)
         sync(device)
         t = time.perf_counter()
         for _ in range(3 * iters):
-            imgs = next(it).to(device, non_blocking=True)
-            corr, obj, _ = distiller.losses(imgs)
-            optimizer.zero_grad(set_to_none=True)
-            (corr + obj).backward()
-            optimizer.step()
+            step(next(it).to(device, non_blocking=True))
         sync(device)
         sec = (time.perf_counter() - t) / (3 * iters)
         out["loop_iters_per_s_bf16"] = 1 / sec
@@ -234,7 +245,8 @@ def bench_startup(clip: str, repeat: int) -> dict:
     of the same file alone. Best of ``repeat`` runs each (the file is in the page cache for all)."""
     import open_clip
 
-    from clip_dinoiser.models import build_model, save_heads
+    from clip_dinoiser.config import ModelConfig
+    from clip_dinoiser.models import save_heads
     from clip_dinoiser.models.backbone import register_model_config
 
     name = register_model_config(clip)
@@ -244,7 +256,8 @@ def bench_startup(clip: str, repeat: int) -> dict:
         weights = os.path.join(tmp, "clip.pt")
         torch.save(reference.state_dict(), weights)
         heads = os.path.join(tmp, "last.pt")
-        save_heads(DINOiserHeads(in_dim=reference.visual.transformer.width), heads)
+        save_heads(DINOiserHeads(in_dim=reference.visual.transformer.width, proj_dim=ModelConfig.proj_dim,
+                                 kernel_size=ModelConfig.kernel_size), heads)
         del reference
 
         def baseline(_cache: str) -> None:
@@ -284,14 +297,12 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="write the results here")
     p.add_argument("--repeat", type=int, default=10, help="timed calls per figure (1 for a smoke run)")
     args = p.parse_args(argv)
-    global REPEAT
-    REPEAT = args.repeat
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 figures are true fp32
     torch.backends.cudnn.allow_tf32 = False
     results = {}
     if args.what in ("eval", "all"):
-        results["eval"] = bench_eval(device, args.images, args.window_batch, args.workers, args.clip)
+        results["eval"] = bench_eval(device, args.images, args.window_batch, args.workers, args.clip, args.repeat)
         print(json.dumps({"eval": results["eval"]}, indent=1), flush=True)
     if args.what in ("train", "all"):
         results["train"] = bench_train(device, args.iters, args.batch, args.workers, 64)

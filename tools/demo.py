@@ -23,15 +23,17 @@ import time
 
 import hydra
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from PIL import Image
 from tqdm import tqdm
 
+from clip_dinoiser.config import SlideConfig, parse, register_configs
 from clip_dinoiser.data.images import load_image
 from clip_dinoiser.data.train_images import IMAGE_EXTENSIONS
-from clip_dinoiser.engine.cli import resolve_device, user_errors_as_one_line
+from clip_dinoiser.engine.cli import launch, resolve_device, user_errors_as_one_line
 from clip_dinoiser.engine.figures import FigureData, figure, segment_for_figure
-from clip_dinoiser.engine.inference import SlideConfig, check_point, check_precision
+from clip_dinoiser.engine.inference import check_point, check_precision
+from clip_dinoiser.errors import UserError
 from clip_dinoiser.files import check_output_dir
 from clip_dinoiser.models import build_model, parse_vocabulary, read_vocabulary_file
 from clip_dinoiser.values import check_numbers
@@ -44,10 +46,10 @@ def demo_vocabulary(prompts, prompts_file: str | None):
     """The classes from ``prompts`` (a list or one name) or ``prompts_file`` (one class per line)."""
     if prompts_file:
         if prompts is not None:
-            raise ValueError("give prompts or prompts_file, not both")
+            raise UserError("give prompts or prompts_file, not both")
         return read_vocabulary_file(str(prompts_file))
     if prompts is None:
-        raise ValueError("no classes: give 'prompts=[cat,sofa]' (quote non-Latin names: 'prompts=[\"猫\",chien]') "
+        raise UserError("no classes: give 'prompts=[cat,sofa]' (quote non-Latin names: 'prompts=[\"猫\",chien]') "
                          "or prompts_file=<one class per line>")
     return parse_vocabulary([prompts] if isinstance(prompts, str) else list(prompts))
 
@@ -86,20 +88,20 @@ def run(cfg: DictConfig) -> list[str]:
     check_output_dir(cfg.output, "output")  # everything is checked before the model is built
     vocab = demo_vocabulary(cfg.prompts, cfg.prompts_file)
     if len(vocab) > MAX_INDEXED_CLASSES:
-        raise ValueError(f"{len(vocab)} classes: the label map (an indexed PNG) holds at most {MAX_INDEXED_CLASSES}")
+        raise UserError(f"{len(vocab)} classes: the label map (an indexed PNG) holds at most {MAX_INDEXED_CLASSES}")
     paths, single = demo_images(str(cfg.image))
     first = load_image(paths[0]) if single else None
     query = None if cfg.query is None else check_numbers(cfg.query, "query", minimum=0)
     if query is not None and (len(query) != 2 or not single):
-        raise ValueError(f"query={list(cfg.query)}: give one pixel [x, y] of a single image")
+        raise UserError(f"query={list(cfg.query)}: give one pixel [x, y] of a single image")
     if query is not None:
         check_point(query, first.shape)
     device = resolve_device(cfg.device)
     check_precision(cfg.precision)
-    slide = SlideConfig.from_cfg(cfg.slide)
+    slide = parse(SlideConfig, cfg.slide, "slide")
 
     t0 = time.perf_counter()
-    model = build_model(OmegaConf.to_container(cfg.model, resolve=True)).to(device)
+    model = build_model(cfg.model).to(device)
     model.set_vocabulary(vocab)
     log.info("model ready in %.2fs", time.perf_counter() - t0)
     os.makedirs(cfg.output, exist_ok=True)
@@ -149,4 +151,5 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     check_prompts_argument(sys.argv[1:])
-    main()
+    register_configs()
+    launch(main)

@@ -20,8 +20,10 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from clip_dinoiser.engine.cli import resolve_device, user_errors_as_one_line
+from clip_dinoiser.config import register_configs
+from clip_dinoiser.engine.cli import launch, resolve_device, user_errors_as_one_line
 from clip_dinoiser.engine.train import TrainingInterrupted, check_run_inputs, train
+from clip_dinoiser.errors import UserError
 
 log = logging.getLogger("train")
 
@@ -62,7 +64,7 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[dict, list[str
         elif new != old:
             refused.append(f"{key} ({old} -> {new})")
     if refused:
-        raise ValueError(f"resuming {run_dir} would change {', '.join(refused)}; a run keeps its settings "
+        raise UserError(f"resuming {run_dir} would change {', '.join(refused)}; a run keeps its settings "
                          f"(only {', '.join(k for k in RESUME_FREE if k != 'train.resume')} may change): "
                          "start a new run instead")
     return OmegaConf.to_container(saved, resolve=True), changes
@@ -103,4 +105,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    register_configs()
+    launch(main)

@@ -15,28 +15,30 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..config import BenchmarkConfig, DataConfig
+from ..errors import ConfigError, UserError
+from ..vocabulary import read_vocabulary_file
 from .datasets import COCOObjectDataset, PascalVOC20Dataset
 
-# The paper's table order.
-PAPER_ORDER = ("voc", "context", "coco_object", "voc20", "context59", "coco_stuff", "cityscapes", "ade20k")
-PAPER_MIOU = {  # Wysoczanska et al., ECCV 2024, Table 2 (ViT-B/16, OpenCLIP laion2b_s34b_b88k)
-    "voc": 62.1, "context": 32.4, "coco_object": 34.8, "voc20": 80.9,
-    "context59": 35.9, "coco_stuff": 24.6, "cityscapes": 31.7, "ade20k": 20.0,
-}
+DATA_ROOT = "data"  # where data.root points by default (the paper's benchmarks below it, in their mmseg folders)
 
 
 @dataclass(frozen=True)
 class Benchmark:
-    """One evaluation benchmark.
+    """One evaluation benchmark: all a new one needs.
 
     Attributes:
         name: benchmark name (the ``data=`` choice).
-        dataset: mmseg dataset class name (mmseg's own or registered in ``datasets.py``).
-        root: default data root, relative to the data folder.
+        dataset: mmseg dataset class name (mmseg's own, one in ``datasets.py``, or ``BaseSegDataset``).
+        root: default folder, relative to ``DATA_ROOT``.
         img_dir, ann_dir: image and annotation folders under the root.
         split: split file under the root, or None to list the image folder.
         num_classes: classes scored.
-        bg_refine: whether the paper applies the background refinement.
+        bg_refine: whether the background refinement is on (the paper's choice).
+        title: column title in the summary table.
+        paper_miou: the paper's mIoU (Table 2), or None for a benchmark outside the paper.
+        vocabulary: class-name file (None: ``clip_dinoiser/data/vocab/<name>.txt``).
+        img_suffix, seg_map_suffix, reduce_zero_label: label handling (None: the dataset class's own).
     """
 
     name: str
@@ -48,47 +50,81 @@ class Benchmark:
     num_classes: int
     bg_refine: bool
     title: str
+    paper_miou: float | None = None
+    vocabulary: str | None = None
+    img_suffix: str | None = None
+    seg_map_suffix: str | None = None
+    reduce_zero_label: bool | None = None
 
     @property
     def vocabulary_file(self) -> str:
+        if self.vocabulary is not None:
+            return self.vocabulary
         return str(resources.files("clip_dinoiser.data") / "vocab" / f"{self.name}.txt")
 
 
+# The paper's benchmarks in its table order; mIoU from Wysoczanska et al., ECCV 2024, Table 2
+# (ViT-B/16, OpenCLIP laion2b_s34b_b88k).
 BENCHMARKS: dict[str, Benchmark] = {
     b.name: b
     for b in [
         Benchmark("voc", "PascalVOCDataset", "VOCdevkit/VOC2012", "JPEGImages", "SegmentationClass",
-                  "ImageSets/Segmentation/val.txt", 21, True, "VOC"),
-        Benchmark("voc20", "PascalVOC20Dataset", "VOCdevkit/VOC2012", "JPEGImages", "SegmentationClass",
-                  "ImageSets/Segmentation/val.txt", 20, False, "VOC20"),
+                  "ImageSets/Segmentation/val.txt", 21, True, "VOC", 62.1),
         Benchmark("context", "PascalContextDataset", "VOCdevkit/VOC2010", "JPEGImages", "SegmentationClassContext",
-                  "ImageSets/SegmentationContext/val.txt", 60, False, "Context"),
-        Benchmark("context59", "PascalContextDataset59", "VOCdevkit/VOC2010", "JPEGImages",
-                  "SegmentationClassContext", "ImageSets/SegmentationContext/val.txt", 59, False, "Context59"),
+                  "ImageSets/SegmentationContext/val.txt", 60, False, "Context", 32.4),
         Benchmark("coco_object", "COCOObjectDataset", "coco_stuff164k", "images/val2017", "annotations/val2017",
-                  None, 81, True, "Object"),
+                  None, 81, True, "Object", 34.8),
+        Benchmark("voc20", "PascalVOC20Dataset", "VOCdevkit/VOC2012", "JPEGImages", "SegmentationClass",
+                  "ImageSets/Segmentation/val.txt", 20, False, "VOC20", 80.9),
+        Benchmark("context59", "PascalContextDataset59", "VOCdevkit/VOC2010", "JPEGImages",
+                  "SegmentationClassContext", "ImageSets/SegmentationContext/val.txt", 59, False, "Context59", 35.9),
         Benchmark("coco_stuff", "COCOStuffDataset", "coco_stuff164k", "images/val2017", "annotations/val2017",
-                  None, 171, False, "Stuff"),
+                  None, 171, False, "Stuff", 24.6),
         Benchmark("cityscapes", "CityscapesDataset", "cityscapes", "leftImg8bit/val", "gtFine/val",
-                  None, 19, False, "City"),
+                  None, 19, False, "City", 31.7),
         Benchmark("ade20k", "ADE20KDataset", "ade/ADEChallengeData2016", "images/validation",
-                  "annotations/validation", None, 150, False, "ADE"),
+                  "annotations/validation", None, 150, False, "ADE", 20.0),
     ]
 }
+PAPER_ORDER = tuple(BENCHMARKS)
 
 
 def get_benchmark(name: str) -> Benchmark:
     if name not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark '{name}' (choose from {', '.join(PAPER_ORDER)} or all)")
+        raise ConfigError(f"data={name}: unknown benchmark (choose from {', '.join(PAPER_ORDER)}, all, or describe "
+                          "your own in data.benchmark)")
     return BENCHMARKS[name]
+
+
+def custom_benchmark(name: str, cfg: BenchmarkConfig) -> Benchmark:
+    """A benchmark of your own from its ``data.benchmark`` entry (mmseg's ``BaseSegDataset``)."""
+    if not os.path.isfile(cfg.classes):
+        raise FileNotFoundError(f"class-name file not found: {cfg.classes} (data.benchmark.classes)")
+    return Benchmark(name, "BaseSegDataset", name, cfg.img_dir, cfg.ann_dir, cfg.split,
+                     len(read_vocabulary_file(cfg.classes)), cfg.bg_refine, cfg.title or name, cfg.paper_miou,
+                     cfg.classes, cfg.img_suffix, cfg.seg_map_suffix, cfg.reduce_zero_label)
+
+
+def selected_benchmarks(cfg: DataConfig) -> list[tuple[Benchmark, str]]:
+    """(benchmark, its folder) pairs of the ``data`` config node."""
+    if cfg.benchmark is not None:
+        if cfg.root is None:
+            raise ConfigError("data.root is not set: give the folder of your benchmark")
+        return [(custom_benchmark(cfg.name, cfg.benchmark), cfg.root)]
+    if cfg.name == "all":
+        names = list(cfg.names or PAPER_ORDER)
+        return [(get_benchmark(n), os.path.join(cfg.root or DATA_ROOT, BENCHMARKS[n].root)) for n in names]
+    bench = get_benchmark(cfg.name)
+    return [(bench, cfg.root or os.path.join(DATA_ROOT, bench.root))]
 
 
 def _dataset_class(name: str):
     import mmseg.datasets as md
 
-    return {"PascalVOC20Dataset": PascalVOC20Dataset, "COCOObjectDataset": COCOObjectDataset}.get(name) or getattr(
-        md, name
-    )
+    ours = {"PascalVOC20Dataset": PascalVOC20Dataset, "COCOObjectDataset": COCOObjectDataset}
+    if name not in ours and not hasattr(md, name):
+        raise ConfigError(f"unknown mmseg dataset class '{name}'")
+    return ours.get(name) or getattr(md, name)
 
 
 class PackForEval:
@@ -105,7 +141,7 @@ class PackForEval:
             size = "x".join(map(str, gt.shape[::-1])) if gt.ndim == 2 else f"of shape {gt.shape}"
             if gt.ndim == 1:  # mmseg squeezes a one-row (or one-column) label map
                 size = f"{gt.shape[0]}x1 or 1x{gt.shape[0]}"
-            raise ValueError(f"annotation {results['seg_map_path']} is {size} but its image "
+            raise UserError(f"annotation {results['seg_map_path']} is {size} but its image "
                              f"{results['img_path']} is {w}x{h}")
         return {
             "bad_labels": bad_label_values(gt, self.num_classes),
@@ -157,9 +193,9 @@ class ReadOrFail:
             path = results[self.path_key]
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             reason = "missing, unreadable or truncated" if path in reason else reason  # mmcv repeats the path
-            raise ValueError(f"cannot read {self.what} {path}: {reason}") from e
+            raise UserError(f"cannot read {self.what} {path}: {reason}") from e
         if out is None:
-            raise ValueError(f"cannot read {self.what} {results[self.path_key]}")
+            raise UserError(f"cannot read {self.what} {results[self.path_key]}")
         return out
 
 
@@ -184,6 +220,11 @@ def build_dataset(bench: Benchmark, root: str, *, scale: tuple[int, int] = (2048
     """
     check_layout(bench, root)
     kwargs: dict[str, Any] = {} if bench.split is None else {"ann_file": bench.split}
+    for key in ("img_suffix", "seg_map_suffix", "reduce_zero_label"):
+        if getattr(bench, key) is not None:
+            kwargs[key] = getattr(bench, key)
+    if bench.dataset == "BaseSegDataset":  # a benchmark of your own: its classes from its class-name file
+        kwargs["metainfo"] = {"classes": tuple(s[0] for s in read_vocabulary_file(bench.vocabulary_file))}
     dataset = _dataset_class(bench.dataset)(
         data_root=root,
         data_prefix={"img_path": bench.img_dir, "seg_map_path": bench.ann_dir},
@@ -195,5 +236,5 @@ def build_dataset(bench: Benchmark, root: str, *, scale: tuple[int, int] = (2048
         raise FileNotFoundError(f"{bench.name}: no images found under {os.path.join(root, bench.img_dir)}")
     n_meta = len(dataset.metainfo["classes"])
     if n_meta != bench.num_classes:
-        raise RuntimeError(f"{bench.dataset} has {n_meta} classes, expected {bench.num_classes}")
+        raise UserError(f"{bench.dataset} has {n_meta} classes, expected {bench.num_classes}")
     return dataset

@@ -10,6 +10,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ..errors import UserError
+
 # COCO-Stuff 164k raw label PNGs hold (category id - 1) in 0..181 and 255 for unlabeled.
 # 11 of the 182 ids are unused: the 171 used ones map in order to train ids 0..170
 # (0..79 the COCO things, 80..170 the stuff classes).
@@ -32,7 +34,7 @@ def apply_lut(src: str, dst: str, lut: np.ndarray) -> None:
     """Map the label PNG ``src`` through ``lut`` and save it as ``dst``."""
     labels = np.asarray(Image.open(src))
     if labels.ndim != 2:
-        raise ValueError(f"{src} is not a single-channel label map")
+        raise UserError(f"{src} is not a single-channel label map")
     Image.fromarray(lut[labels]).save(dst)
 
 

@@ -9,7 +9,6 @@ from importlib import resources
 # mmseg prints "Could not import OneDL" on stdout when its optional OneDL loaders are absent.
 with contextlib.redirect_stdout(io.StringIO()):
     from mmseg.datasets import BaseSegDataset
-    from mmseg.registry import DATASETS
 
 _VOC20 = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
           "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
@@ -26,7 +25,6 @@ def _palette(n: int) -> list[list[int]]:
     return make_palette(n).tolist()
 
 
-@DATASETS.register_module(force=True)
 class PascalVOC20Dataset(BaseSegDataset):
     """PASCAL VOC 2012 without the background class: label 0 and the 255 borders are ignored
     (``reduce_zero_label``), 20 object classes are scored."""
@@ -38,7 +36,6 @@ class PascalVOC20Dataset(BaseSegDataset):
                          reduce_zero_label=True, **kwargs)
 
 
-@DATASETS.register_module(force=True)
 class COCOObjectDataset(BaseSegDataset):
     """COCO-Object: the 80 COCO thing classes of COCO-Stuff 164k plus background (label 0);
     annotations ``*_instanceTrainIds.png`` made by ``tools/convert_coco_object.py``."""

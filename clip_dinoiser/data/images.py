@@ -7,6 +7,8 @@ import os
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..errors import UserError
+
 
 def load_image(path: str) -> np.ndarray:
     """Read an image file as H x W x 3 uint8 RGB.
@@ -28,7 +30,7 @@ def load_image(path: str) -> np.ndarray:
             im.load()
             return to_rgb_uint8(im)
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ValueError(f"cannot read image {path}: {e}") from e
+        raise UserError(f"cannot read image {path}: {e}") from e
 
 
 def to_rgb_uint8(im: Image.Image) -> np.ndarray:

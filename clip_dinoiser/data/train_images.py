@@ -16,6 +16,8 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 from torchvision.transforms.v2 import functional as TF
 
+from ..errors import UserError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
@@ -78,7 +80,7 @@ class TrainImages(Dataset):
             with Image.open(self.files[index]) as im:
                 img = TF.to_dtype(TF.pil_to_tensor(im.convert("RGB")), torch.float32, scale=True)
         except (OSError, SyntaxError, ValueError) as e:  # passed the header check, but the data is broken
-            raise ValueError(f"cannot read training image {self.files[index]}: {e}") from e
+            raise UserError(f"cannot read training image {self.files[index]}: {e}") from e
         img = TF.resize(img, self.size, antialias=self.antialias)
         h, w = img.shape[-2:]
         top = int(torch.randint(0, h - self.size + 1, (1,), generator=g))

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from ..config import config_error
+from ..errors import UserError
+
 log = logging.getLogger(__name__)
 
-# Errors a user causes (bad path, bad value, permissions, a full disk); anything else is a bug
-# and keeps its traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError)
+# Errors a user causes: a setting, a file or a dataset we reject (UserError), the file system
+# (a missing file, permissions, a full disk). Anything else is a bug and keeps its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (OSError, UserError)
 
 
 def one_line(e: BaseException) -> str:
@@ -26,7 +30,7 @@ def one_line(e: BaseException) -> str:
         text = last.split(": ", 1)[1] if ": " in last else last
     if not text:
         return type(e).__name__
-    return f"missing key {text.splitlines()[0]}" if isinstance(e, KeyError) else text.splitlines()[0]
+    return text.splitlines()[0]
 
 
 def user_errors_as_one_line(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -38,10 +42,28 @@ def user_errors_as_one_line(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except (*USER_ERRORS, OmegaConfBaseException) as e:
+            if isinstance(e, OmegaConfBaseException):
+                e = config_error(e)
             print(f"error: {one_line(e)}", file=sys.stderr)
             sys.exit(2)
 
     return wrapper
+
+
+def launch(main: Callable[[], Any]) -> None:
+    """Run a ``hydra.main`` entry point. A command line that does not fit the typed configs (an
+    unknown key, a wrong type) is reported in one line naming the key, exit code 2."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # hydra raises its errors instead of printing them
+    try:
+        main()
+    except (HydraException, OmegaConfBaseException) as e:
+        cause = e if isinstance(e, OmegaConfBaseException) else e.__cause__
+        message = config_error(cause) if isinstance(cause, OmegaConfBaseException) else one_line(e)
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -53,7 +75,7 @@ def resolve_device(name: str) -> torch.device:
     except (RuntimeError, TypeError):
         device = None
     if device is None or device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device={name}: unknown device (auto, cpu, cuda or cuda:N)")
+        raise UserError(f"device={name}: unknown device (auto, cpu, cuda or cuda:N)")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device=cuda but no CUDA device is available (use device=cpu)")
+        raise UserError("device=cuda but no CUDA device is available (use device=cpu)")
     return device

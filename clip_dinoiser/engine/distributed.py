@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from datetime import timedelta
 
 import torch
@@ -22,6 +24,18 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=60))
     return dist.get_rank(), dist.get_world_size()
+
+
+@contextlib.contextmanager
+def process_group(device: torch.device) -> Iterator[tuple[int, int]]:
+    """``init_distributed`` for the block; the group is destroyed on exit only if this call
+    created it (a caller's own process group is left alone)."""
+    owned = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
+    try:
+        yield init_distributed(device)
+    finally:
+        if owned:
+            cleanup()
 
 
 def is_distributed() -> bool:

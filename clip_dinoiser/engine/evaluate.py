@@ -7,7 +7,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -17,10 +17,13 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
+from ..config import SlideConfig
 from ..data.benchmarks import Benchmark, build_dataset, eval_pipeline
-from ..models.text import read_vocabulary_file
+from ..errors import UserError
+from ..models.maskclip import Decoding
+from ..models.text import Classes, read_vocabulary_file
 from . import distributed as dist
-from .inference import SlideConfig, SlidingWindows
+from .inference import SlidingWindows
 
 log = logging.getLogger(__name__)
 
@@ -90,28 +93,35 @@ def metrics_from_stats(stats: Tensor, class_names: Sequence[str]) -> tuple[float
 
 
 def score_images(runner: SlidingWindows, batches: Iterable[list[tuple[Tensor, Tensor, tuple[int, int]]]],
-                 num_classes: int, device: torch.device) -> Tensor:
-    """Summed ``area_stats`` (4 x K int64 counts) of a stream of images.
+                 num_classes: Sequence[int], device: torch.device) -> list[Tensor]:
+    """Summed ``area_stats`` (4 x K int64 counts) of a stream of images, one per setting.
 
     Args:
-        runner: sliding-window inference (its queue carries images across batches).
+        runner: sliding-window inference whose model returns the settings' probabilities
+            concatenated on the channels (``num_classes[i]`` channels for setting i).
         batches: lists of (3 x H x W image at the test scale, H0 x W0 label, (H0, W0)), on ``device``.
     """
-    stats = torch.zeros(4, num_classes, dtype=torch.int64, device=device)
-    index: list[Tensor] = []
+    stats = [torch.zeros(4, k, dtype=torch.int64, device=device) for k in num_classes]
+    index: list[list[Tensor]] = [[] for _ in num_classes]
+    bounds = np.cumsum([0, *num_classes]).tolist()
 
     def score(done: list[tuple[Tensor, Tensor]]) -> None:
-        index.extend(confusion_index(probs.argmax(dim=0), gt, num_classes) for gt, probs in done)
+        for gt, probs in done:
+            for i, k in enumerate(num_classes):
+                index[i].append(confusion_index(probs[bounds[i]:bounds[i + 1]].argmax(dim=0), gt, k))
+
+    def count() -> None:  # one histogram per batch and setting
+        for i, k in enumerate(num_classes):
+            if index[i]:
+                stats[i] += stats_from_index(torch.cat(index[i]), k)
+                index[i].clear()
 
     for batch in batches:
         for image, gt, size in batch:
             score(runner.put(image, size, tag=gt))
-        if index:  # one histogram per batch
-            stats += stats_from_index(torch.cat(index), num_classes)
-            index.clear()
+        count()
     score(runner.flush())
-    if index:
-        stats += stats_from_index(torch.cat(index), num_classes)
+    count()
     return stats
 
 
@@ -140,9 +150,9 @@ class _Samples(Dataset):
     """Runs the test pipeline on items ``(num_classes, scale, data_info)``, the data info being a
     benchmark dataset's ``get_data_info(i)`` (paths and label options).
 
-    The items carry the dataset, so one loader serves every benchmark and every call of
-    ``evaluate_benchmark`` in a process: its worker processes start once (forking them takes
-    ~0.5 s next to a CUDA context, a fifth of a VOC evaluation on an H100).
+    The items carry the dataset, so one loader serves every benchmark and every evaluation of
+    an ``Evaluator``: its worker processes start once (forking them takes ~0.5 s next to a CUDA
+    context, a fifth of a VOC evaluation on an H100).
     """
 
     def __init__(self) -> None:
@@ -174,36 +184,6 @@ class _Items(Sampler):
         return len(self.items)
 
 
-_LOADER: tuple[tuple, DataLoader, _Items] | None = None  # (settings, loader, its sampler)
-
-
-def _loader(items: list, num_workers: int, batch_size: int) -> DataLoader:
-    """A loader over ``items``; with workers, one persistent loader per process (see ``_Samples``)."""
-    global _LOADER
-    if num_workers == 0:
-        return DataLoader(_Samples(), batch_size=batch_size, sampler=_Items(items), collate_fn=_collate)
-    settings = (num_workers, batch_size)
-    if _LOADER is None or _LOADER[0] != settings:
-        _LOADER = None  # stops the old workers
-        sampler = _Items([])
-        loader = DataLoader(_Samples(), batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                            collate_fn=_collate, persistent_workers=True, prefetch_factor=4,
-                            in_order=False)  # the metric is a sum: any order will do
-        with _single_threaded_cv2():  # the processes start here, inheriting one OpenCV thread each
-            iter(loader)
-        _LOADER = (settings, loader, sampler)
-    _LOADER[2].items = items
-    return _LOADER[1]
-
-
-def start_loader(num_workers: int, loader_batch: int = 8) -> None:
-    """Start the evaluation loader's processes now. Called before the model is built, they fork
-    from a process without a CUDA context or model (faster) and start while the model loads."""
-    if num_workers > 0:
-        eval_pipeline(1)  # import mmcv / mmseg here once: the forked processes inherit the modules
-        _loader([], num_workers, loader_batch)
-
-
 def _upload(data: Tensor, device: torch.device, stream: torch.cuda.Stream | None) -> Tensor:
     """Copy a CPU tensor to ``device``. On CUDA the copy runs on a side stream: a copy from
     pageable memory synchronises its stream, and on the compute stream that would stall the CPU
@@ -233,69 +213,142 @@ def _single_threaded_cv2() -> Iterator[None]:
         cv2.setNumThreads(threads)
 
 
-def evaluate_benchmark(
-    model: nn.Module,
-    bench: Benchmark,
-    root: str,
-    *,
-    slide: SlideConfig = SlideConfig(),
-    precision: str = "fp32",
-    vocabulary: str | None = None,
-    bg_refine: bool | None = None,
-    loader_batch: int = 8,
-    num_workers: int = 4,
-    limit: int | None = None,
-    progress: bool = True,
-) -> BenchmarkResult:
-    """Score ``model`` on one benchmark; with torchrun each rank takes every world-th image.
+@dataclass(frozen=True, eq=False)
+class Setting:
+    """One way to decode a model's features: its ``Decoding`` and its classes."""
 
-    Windows of consecutive images share model calls of ``slide.window_batch`` windows
-    (``SlidingWindows``); the GPU work is queued without synchronising, so loading, the
-    model and the metric overlap.
+    decoding: Decoding
+    classes: Classes
 
-    Args:
-        model: a MaskCLIP / CLIP-DINOiser model on its device.
-        bench: the benchmark.
-        root: its data folder (mmseg layout).
-        vocabulary: class-name file (default: the paper's names for ``bench``).
-        bg_refine: background refinement (default: the paper's choice for ``bench``).
-        loader_batch: images per loader item (one shared-memory transfer, one upload).
-        num_workers: loader processes (0: load in this process).
-        limit: evaluate the first ``limit`` images only (quick checks).
+
+class Decoded(nn.Module):
+    """``model`` under several settings: one ``features`` pass per window batch, each setting's
+    probabilities concatenated on the channels (the sliding windows average every channel
+    alone, so each slice equals a run with that setting alone)."""
+
+    def __init__(self, model: nn.Module, settings: Sequence[Setting]) -> None:
+        super().__init__()
+        self.model, self.settings = model, list(settings)
+        self.keys = any(s.decoding.ks_thresh > 0 for s in self.settings)
+
+    def forward(self, images: Tensor) -> Tensor:
+        feats = self.model.features(images, keys=self.keys)
+        return torch.cat([self.model.decode(feats, s.decoding, s.classes) for s in self.settings], dim=1)
+
+
+class Evaluator:
+    """Scores models on benchmarks. Owns the loader processes: started once (``start``, best
+    before a model is built: they fork from a process without a CUDA context, and start while
+    the model loads), reused by every benchmark and model, stopped by ``close``.
+
+    Evaluation leaves the model as it was: the benchmark's vocabulary and background rule are
+    applied to a ``Setting``, not set on the model.
+
+    Example::
+
+        with Evaluator(slide=SlideConfig(), num_workers=8) as evaluator:
+            result = evaluator.evaluate(model, get_benchmark("voc"), "data/VOCdevkit/VOC2012")
     """
-    device = next(model.parameters()).device
-    dataset = build_dataset(bench, root, scale=slide.scale)
-    vocab = read_vocabulary_file(vocabulary or bench.vocabulary_file)
-    if len(vocab) != bench.num_classes:
-        raise ValueError(f"{bench.name}: vocabulary has {len(vocab)} classes, the benchmark {bench.num_classes}")
-    model.set_vocabulary(vocab)
-    model.bg_refine = bench.bg_refine if bg_refine is None else bg_refine
 
-    n = len(dataset) if limit is None else min(limit, len(dataset))
-    rank, world = dist.rank(), dist.world_size()
-    k = bench.num_classes
-    items = loader_items(bench, dataset, slide.scale, range(rank, n, world))
-    runner = SlidingWindows(model, slide, precision)
-    bar = tqdm(total=n, desc=bench.name, unit="img", disable=not progress or rank != 0, dynamic_ncols=True)
-    copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+    def __init__(self, *, slide: SlideConfig = SlideConfig(), precision: str = "fp32", loader_batch: int = 8,
+                 num_workers: int = 4, limit: int | None = None, progress: bool = True) -> None:
+        self.slide, self.precision, self.limit, self.progress = slide, precision, limit, progress
+        self.loader_batch, self.num_workers = loader_batch, num_workers
+        self._sampler = _Items([])
+        self._loader: DataLoader | None = None
 
-    def batches() -> Iterator[list[tuple[Tensor, Tensor, tuple[int, int]]]]:
-        for batch in _loader(items, num_workers, loader_batch):
+    def start(self) -> Evaluator:
+        """Start the loader processes now (with ``num_workers`` > 0)."""
+        if self.num_workers > 0 and self._loader is None:
+            eval_pipeline(1)  # import mmcv / mmseg here once: the forked processes inherit the modules
+            self._loader = DataLoader(_Samples(), batch_size=self.loader_batch, sampler=self._sampler,
+                                      num_workers=self.num_workers, collate_fn=_collate, persistent_workers=True,
+                                      prefetch_factor=4, in_order=False)  # the metric is a sum: any order will do
+            with _single_threaded_cv2():  # the processes start here, inheriting one OpenCV thread each
+                iter(self._loader)
+        return self
+
+    def close(self) -> None:
+        """Stop the loader processes."""
+        iterator = getattr(self._loader, "_iterator", None)
+        if iterator is not None:
+            iterator._shutdown_workers()
+        self._loader = None
+
+    def __enter__(self) -> Evaluator:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def batches(self, items: list) -> Iterable[dict[str, Any]]:
+        """The collated loader batches of ``items``."""
+        if self.num_workers == 0:
+            return DataLoader(_Samples(), batch_size=self.loader_batch, sampler=_Items(items), collate_fn=_collate)
+        self.start()
+        self._sampler.items = items
+        return self._loader
+
+    def setting(self, model: nn.Module, bench: Benchmark, vocabulary: str | None = None,
+                bg_refine: bool | None = None, **decoding: Any) -> Setting:
+        """The model's decoding with the benchmark's background rule (``bg_refine`` None) and
+        class names (``vocabulary`` None), and any ``decoding`` field replaced."""
+        vocab = read_vocabulary_file(vocabulary or bench.vocabulary_file)
+        if len(vocab) != bench.num_classes:
+            raise UserError(f"{bench.name}: vocabulary has {len(vocab)} classes, the benchmark {bench.num_classes}")
+        refine = bench.bg_refine if bg_refine is None else bg_refine
+        return Setting(replace(model.decoding, bg_refine=refine, **decoding), model.text.classes(vocab))
+
+    def evaluate(self, model: nn.Module, bench: Benchmark, root: str, *, vocabulary: str | None = None,
+                 bg_refine: bool | None = None) -> BenchmarkResult:
+        """Score ``model`` on one benchmark (``vocabulary``: class-name file, default the
+        benchmark's; ``bg_refine``: default the benchmark's rule)."""
+        return self.evaluate_settings(model, bench, root, [self.setting(model, bench, vocabulary, bg_refine)])[0]
+
+    def evaluate_settings(self, model: nn.Module, bench: Benchmark, root: str,
+                          settings: Sequence[Setting]) -> list[BenchmarkResult]:
+        """Score ``model`` under each of ``settings`` from one pass of the network per window;
+        with torchrun each rank takes every world-th image. Results are in ``settings`` order."""
+        device = next(model.parameters()).device
+        dataset = build_dataset(bench, root, scale=self.slide.scale)
+        n = len(dataset) if self.limit is None else min(self.limit, len(dataset))
+        rank, world = dist.rank(), dist.world_size()
+        items = loader_items(bench, dataset, self.slide.scale, range(rank, n, world))
+        runner = SlidingWindows(Decoded(model, settings), self.slide, self.precision)
+        bar = tqdm(total=n, desc=bench.name, unit="img", disable=not self.progress or rank != 0, dynamic_ncols=True)
+        start = time.perf_counter()
+        try:
+            stats = score_images(runner, self._images(items, bench, device, bar, world),
+                                 [len(s.classes.vocabulary) for s in settings], device)
+        finally:
+            bar.close()  # also on an error: the bar's last refresh must not follow the error message
+        for s in stats:
+            dist.all_reduce_sum(s)
+        total_windows = int(dist.all_reduce_sum(torch.tensor([float(runner.windows)], device=device)).item())
+        seconds = time.perf_counter() - start
+        results = []
+        for setting, s in zip(settings, stats):
+            miou, class_iou = metrics_from_stats(s, setting.classes.names)
+            results.append(BenchmarkResult(bench.name, miou, class_iou, n, seconds, total_windows))
+        return results
+
+    def _images(self, items: list, bench: Benchmark, device: torch.device, bar: tqdm,
+                world: int) -> Iterator[list[tuple[Tensor, Tensor, tuple[int, int]]]]:
+        """Batches of (image, label, original size) on ``device``; a bad label value is an error."""
+        copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        for batch in self.batches(items):
             for path, bad in zip(batch["seg_map_path"], batch["bad_labels"]):
                 if bad:
-                    raise ValueError(f"{bench.name}: annotation {path} has labels {bad} outside 0..{k - 1} "
-                                     f"and {IGNORE_INDEX}")
+                    raise UserError(f"{bench.name}: annotation {path} has labels {bad} outside "
+                                    f"0..{bench.num_classes - 1} and {IGNORE_INDEX}")
             images, labels = _unpack(_upload(batch["data"], device, copy_stream), batch["shapes"])
             yield list(zip(images, labels, batch["ori_shape"]))
             bar.update(len(images) * world)
 
-    start = time.perf_counter()
-    try:
-        stats = score_images(runner, batches(), k, device)
-    finally:
-        bar.close()  # also on an error: the bar's last refresh must not follow the error message
-    dist.all_reduce_sum(stats)
-    total_windows = dist.all_reduce_sum(torch.tensor([float(runner.windows)], device=device))
-    seconds = time.perf_counter() - start
-    miou, class_iou = metrics_from_stats(stats, [s[0] for s in vocab])
-    return BenchmarkResult(bench.name, miou, class_iou, n, seconds, int(total_windows.item()))
+
+def evaluate_benchmark(model: nn.Module, bench: Benchmark, root: str, *, vocabulary: str | None = None,
+                       bg_refine: bool | None = None, **options: Any) -> BenchmarkResult:
+    """Score ``model`` on one benchmark with an ``Evaluator`` of its own (``options``: the
+    Evaluator's). To evaluate several benchmarks or models, keep one ``Evaluator``."""
+    with Evaluator(**options) as evaluator:
+        return evaluator.evaluate(model, bench, root, vocabulary=vocabulary, bg_refine=bg_refine)

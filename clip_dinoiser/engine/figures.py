@@ -12,8 +12,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 from torch import nn
 
+from ..config import SlideConfig
 from ..visualize import heat_map, make_palette, overlay, side_by_side, text_px
-from .inference import SlideConfig, query_correlations, segment, segment_panels
+from .inference import query_correlations, segment, segment_panels
 
 
 @dataclass

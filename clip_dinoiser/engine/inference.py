@@ -21,38 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..values import check_number, check_numbers
+from ..config import SlideConfig
+from ..errors import ConfigError, UserError
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass(frozen=True)
-class SlideConfig:
-    """Test-time geometry.
-
-    Attributes:
-        scale: (long, short) bounds of the keep-ratio resize, as mmseg's ``Resize``.
-        crop: window size (h, w).
-        stride: window stride (h, w).
-        window_batch: windows per model call.
-    """
-
-    scale: tuple[int, int] = (2048, 448)
-    crop: tuple[int, int] = (448, 448)
-    stride: tuple[int, int] = (224, 224)
-    window_batch: int = 32
-
-    @classmethod
-    def from_cfg(cls, cfg) -> SlideConfig:
-        """From a config node with ``scale``, ``crop``, ``stride``, ``window_batch`` (each checked:
-        two positive integers, or one for ``window_batch``; a ValueError names the key)."""
-        pairs = {}
-        for key in ("scale", "crop", "stride"):
-            pairs[key] = check_numbers(cfg[key], f"slide.{key}", minimum=1)
-            if len(pairs[key]) != 2:
-                raise ValueError(f"slide.{key}={list(cfg[key])}: expected two numbers (h, w)")
-        return cls(pairs["scale"], pairs["crop"], pairs["stride"],
-                   check_number(cfg["window_batch"], "slide.window_batch", minimum=1))
 
 
 def resize_keep_ratio(image: np.ndarray, scale: tuple[int, int] = (2048, 448)) -> np.ndarray:
@@ -76,9 +48,9 @@ def window_boxes(h: int, w: int, crop: tuple[int, int], stride: tuple[int, int])
 
 
 def check_precision(precision: str) -> None:
-    """Raise ValueError unless ``precision`` is one of ``PRECISIONS``."""
+    """Raise a ``ConfigError`` unless ``precision`` is one of ``PRECISIONS``."""
     if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision '{precision}' (choose from {sorted(PRECISIONS)})")
+        raise ConfigError(f"precision={precision}: unknown precision (choose from {', '.join(PRECISIONS)})")
 
 
 def autocast(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager:
@@ -297,10 +269,10 @@ def segment_panels(
 
 
 def check_point(point: Sequence[int], shape: Sequence[int]) -> None:
-    """Raise ValueError unless ``point`` = (x, y) is a pixel of an image of ``shape`` (H, W, ...)."""
+    """Raise a ``UserError`` unless ``point`` = (x, y) is a pixel of an image of ``shape`` (H, W, ...)."""
     x, y = point
     if not (0 <= x < shape[1] and 0 <= y < shape[0]):
-        raise ValueError(f"query=[{x},{y}] is outside the {shape[1]}x{shape[0]} image")
+        raise UserError(f"query=[{x},{y}] is outside the {shape[1]}x{shape[0]} image")
 
 
 @torch.no_grad()
@@ -322,11 +294,12 @@ def query_correlations(
     h, w = resized.shape[-2:]
     sources = {}
     if hasattr(model, "heads"):
-        sources["CLIP-DINOiser"] = (model.heads(model.backbone.forward_inter(resized))[0], model.backbone.patch_size)
+        inter = model.backbone(resized, with_inter=True, with_dense=False).inter
+        sources["CLIP-DINOiser"] = (model.heads(inter)[0], model.backbone.patch_size)
     if hasattr(model, "dino"):
-        sources["DINO"] = (model.dino.correlations(resized), model.dino.patch_size)
+        sources["DINO"] = (model.dino.correlations(resized), model.dino.vit.patch_size)
     if not sources:
-        raise ValueError(f"{type(model).__name__} has no correlations to query (model=clip_dinoiser or dino_maskclip)")
+        raise UserError(f"{type(model).__name__} has no correlations to query (model=clip_dinoiser or dino_maskclip)")
     maps = {}
     for name, (corrs, (ph, pw)) in sources.items():
         gh, gw = -(-h // ph), -(-w // pw)

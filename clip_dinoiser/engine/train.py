@@ -11,15 +11,16 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ..config import HEADS, TrainSettings, parse, plain
 from ..data.train_images import ResumableBatchSampler, TrainImages, list_images, seeded_order, unreadable_image
+from ..errors import ConfigError, UserError
 from ..files import check_output_dir, save_atomic
 from ..models import CLIPDINOiser, build_model, check_model_config, save_heads
-from ..teachers import DINOTeacher, FOUNDTeacher, build_teachers, check_teacher_files
+from ..teachers import Teacher, build_teachers, by_head, check_teacher_files
 from ..values import check_number, check_numbers
 from . import distributed as dist
 from .inference import autocast, check_precision
@@ -27,22 +28,19 @@ from .inference import autocast, check_precision
 log = logging.getLogger(__name__)
 
 
-def distillation_losses(
-    corr_logits: Tensor, obj_logits: Tensor, dino_target: Tensor, found_target: Tensor
-) -> tuple[Tensor, Tensor]:
-    """BCE-with-logits of the student's correlations (negatives clamped to 0) against DINO's
-    binarised correlations, and of the objectness logits against FOUND's mask (both means)."""
-    corr_loss = F.binary_cross_entropy_with_logits(corr_logits.float().clamp(min=0), dino_target)
-    obj_loss = F.binary_cross_entropy_with_logits(obj_logits.float(), found_target)
-    return corr_loss, obj_loss
+# train.<key> holding the learning rate of each head
+HEAD_LR = {"correlation": "corr_lr", "objectness": "found_lr"}
 
 
-def make_optimizer(heads: nn.Module, cfg: Mapping[str, Any]) -> tuple[torch.optim.Optimizer, Any]:
-    """AdamW with the paper's per-head learning rates and a step decay per iteration."""
-    optimizer = torch.optim.AdamW([
-        {"params": heads.obj_proj.parameters(), "lr": float(cfg["corr_lr"])},
-        {"params": heads.bkg_decoder.parameters(), "lr": float(cfg["found_lr"])},
-    ])
+def make_optimizer(heads: nn.Module, teachers: Mapping[str, Teacher],
+                   cfg: Mapping[str, Any]) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW over the heads that a teacher trains, each at its learning rate (``train.corr_lr``,
+    ``train.found_lr``), with a step decay per iteration. A head without a teacher is frozen."""
+    parts = heads.parts()
+    trained = [head for head in parts if any(t.head == head for t in teachers.values())]
+    for head, part in parts.items():
+        part.requires_grad_(head in trained)
+    optimizer = torch.optim.AdamW([{"params": parts[h].parameters(), "lr": float(cfg[HEAD_LR[h]])} for h in trained])
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg["milestones"]),
                                                      gamma=float(cfg["step_lr_gamma"]))
     return optimizer, scheduler
@@ -86,6 +84,7 @@ def check_run_inputs(cfg: Mapping[str, Any]) -> None:
     the run folder (resumable, or writable and not holding another run unless ``overwrite``),
     the image folder, the numbers of ``train``, CLIP's and the teachers' local weights."""
     tcfg = cfg["train"]
+    parse(TrainSettings, tcfg, "train")  # unknown keys and wrong types
     if tcfg.get("resume"):
         resume_checkpoint(tcfg["resume"])
     else:
@@ -100,40 +99,51 @@ def check_run_inputs(cfg: Mapping[str, Any]) -> None:
     check_precision(cfg.get("precision", "fp32"))
     if not os.path.isdir(str(tcfg["data"])):
         raise FileNotFoundError(f"training image folder not found: {tcfg['data']} (train.data)")
-    check_model_config({**cfg["model"], "name": "clip_dinoiser", "checkpoint": None})  # numbers and files
+    check_model_config({**cfg["model"], "name": "clip_dinoiser", "checkpoint": None})  # keys, numbers, files
     check_teacher_files(cfg["teachers"])
 
 
 class Distiller:
-    """Student (frozen CLIP + trainable heads) and the two frozen teachers, one training step at a time."""
+    """Student (frozen CLIP + trainable heads) and its frozen teachers, one step at a time.
 
-    def __init__(self, student: CLIPDINOiser, dino: DINOTeacher, found: FOUNDTeacher, *, gamma: float,
+    Args:
+        student: the CLIP-DINOiser whose heads learn.
+        teachers: name -> teacher, at most one per head (``Teacher.head``).
+        gamma: the correlation threshold of the targets (``model.gamma``).
+    """
+
+    def __init__(self, student: CLIPDINOiser, teachers: Mapping[str, Teacher], *, gamma: float,
                  precision: str = "fp32") -> None:
-        self.student, self.dino, self.found = student, dino, found
+        if not teachers:
+            raise ConfigError("teachers: no teacher to train the heads with")
+        for head in {t.head for t in teachers.values()}:
+            by_head(teachers, head)  # one teacher per head
+        self.student, self.teachers = student, dict(teachers)
         self.gamma, self.precision = gamma, precision
 
-    def losses(self, images: Tensor, heads: nn.Module | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """(corr loss, objectness loss, agreement of the student's positive correlations with DINO's)."""
+    def losses(self, images: Tensor, heads: nn.Module | None = None) -> dict[str, tuple[Tensor, Tensor]]:
+        """name -> (its loss, the agreement of the student's binarised head output with its target)."""
         heads = heads or self.student.heads
-        device = images.device
-        with autocast(device, self.precision):
+        with autocast(images.device, self.precision):
             with torch.no_grad():
-                inter = self.student.backbone.forward_inter(images)
-                dino_target = self.dino.target(images, self.gamma)
-                found_target = self.found.target(images, tuple(inter.shape[-2:]))
-            corr_logits, obj_logits = heads(inter)
-        corr_loss, obj_loss = distillation_losses(corr_logits, obj_logits, dino_target, found_target)
-        agreement = ((corr_logits.detach() > 0).float() == dino_target).float().mean()
-        return corr_loss, obj_loss, agreement
+                inter = self.student.backbone(images, with_inter=True, with_dense=False).inter
+                grid = tuple(inter.shape[-2:])
+                targets = {name: t.target(images, grid, self.gamma) for name, t in self.teachers.items()}
+            outputs = dict(zip(HEADS, heads(inter)))
+        losses = {}
+        for name, teacher in self.teachers.items():
+            logits, target = outputs[teacher.head], targets[name]
+            agreement = ((logits.detach() > 0).float() == target).float().mean()
+            losses[name] = (teacher.loss(logits, target), agreement)
+        return losses
 
 
 def build_distiller(cfg: Mapping[str, Any], device: torch.device) -> Distiller:
     model_cfg = {**cfg["model"], "checkpoint": None, "name": "clip_dinoiser"}
     torch.manual_seed(int(cfg["train"]["seed"]))  # the heads' initialisation
     student = build_model(model_cfg).to(device)
-    dino, found = build_teachers(cfg["teachers"])
-    return Distiller(student, dino.to(device), found.to(device), gamma=float(model_cfg.get("gamma", 0.2)),
-                     precision=cfg["precision"])
+    teachers = {name: t.to(device) for name, t in build_teachers(cfg["teachers"]).items()}
+    return Distiller(student, teachers, gamma=student.decoding.gamma, precision=cfg["precision"])
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -199,13 +209,13 @@ def training_images(tcfg: Mapping[str, Any]) -> list[str]:
             chosen.append(path)
             continue
         if not tcfg.get("skip_bad_images"):
-            raise ValueError(f"cannot read training image {path}: {reason} (remove it, or set "
+            raise UserError(f"cannot read training image {path}: {reason} (remove it, or set "
                              "train.skip_bad_images=true to skip unreadable images)")
         bad.append(path)
     if bad:
         log.warning("skipped %d unreadable images (train.skip_bad_images), e.g. %s", len(bad), bad[0])
     if not chosen:
-        raise ValueError(f"no readable images under {folder}")
+        raise UserError(f"no readable images under {folder}")
     return chosen
 
 
@@ -224,20 +234,26 @@ def restore(run_dir: str, heads: nn.Module, optimizer, scheduler) -> int:
             continue
         log.info("resuming %s from iteration %d (%s)", run_dir, int(ckpt["iteration"]), os.path.basename(path))
         return int(ckpt["iteration"])
-    raise ValueError(f"no readable checkpoint in {run_dir}/checkpoints ({len(files)} unreadable)")
+    raise UserError(f"no readable checkpoint in {run_dir}/checkpoints ({len(files)} unreadable)")
 
 
-def train(cfg: Mapping[str, Any], device: torch.device) -> str:
-    """Run (or resume) a distillation; returns the path of the final ``last.pt`` ("" when
-    ``train.stop_after`` ended it early).
+def train(cfg: Mapping[str, Any], device: torch.device) -> str | None:
+    """Run (or resume) a distillation; returns the path of the final ``last.pt``, or None when
+    ``train.stop_after`` ended it early.
 
     ``cfg`` holds ``model``, ``teachers``, ``train`` and ``precision`` as in ``configs/train.yaml``.
+    Under torchrun the process group is joined here (and left only if it was made here).
     Raises ``TrainingInterrupted`` after Ctrl-C, once the last finished iteration is saved.
     """
+    cfg = {**cfg, "train": plain(parse(TrainSettings, cfg["train"], "train"))}  # checked, with the defaults
+    with dist.process_group(device) as (rank, world):
+        if device.type == "cuda" and world > 1:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return _train(cfg, device, rank, world)
+
+
+def _train(cfg: Mapping[str, Any], device: torch.device, rank: int, world: int) -> str | None:
     tcfg = cfg["train"]
-    rank, world = dist.init_distributed(device)
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     check_run_inputs(cfg)
     run_dir = tcfg.get("resume") or tcfg["output"]
     if not tcfg.get("resume") and cfg.get("overwrite") and rank == 0:
@@ -245,44 +261,46 @@ def train(cfg: Mapping[str, Any], device: torch.device) -> str:
     files = training_images(tcfg)
     batch_size = int(tcfg["batch_size"])
     if batch_size % world or 0 < len(files) % batch_size < world:
-        raise ValueError(f"train.batch_size={batch_size} with {len(files)} images does not split evenly over "
-                         f"the {world} processes (every process needs images in every batch)")
-
+        raise ConfigError(f"train.batch_size={batch_size} with {len(files)} images does not split evenly over "
+                          f"the {world} processes (every process needs images in every batch)")
     distiller = build_distiller(cfg, device)
     heads = distiller.student.heads.train()
-    optimizer, scheduler = make_optimizer(heads, tcfg)
+    optimizer, scheduler = make_optimizer(heads, distiller.teachers, tcfg)
     start = restore(run_dir, heads, optimizer, scheduler) if tcfg.get("resume") else 0
     trainable: nn.Module = heads
     if world > 1:
         device_ids = [device.index] if device.type == "cuda" else None
         trainable = nn.parallel.DistributedDataParallel(heads, device_ids=device_ids)
-
     sampler = ResumableBatchSampler(len(files), batch_size, int(tcfg["epochs"]), int(tcfg["seed"]), start=start,
                                     rank=rank, world=world)
-    workers = int(tcfg["num_workers"])
-    dataset = TrainImages(files, int(tcfg["im_size"]), antialias=bool(tcfg.get("antialias", False)))
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
-                        pin_memory=device.type == "cuda", persistent_workers=False,
-                        prefetch_factor=4 if workers > 0 else None, worker_init_fn=ignore_sigint)
+    loader = training_loader(files, sampler, tcfg, device)
     if rank == 0:
         os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
 
     def save(iteration: int) -> None:
         if rank == 0:
-            _save_checkpoint(run_dir, iteration, heads, optimizer, scheduler, keep=int(tcfg.get("keep_checkpoints", 2)))
+            _save_checkpoint(run_dir, iteration, heads, optimizer, scheduler, keep=int(tcfg["keep_checkpoints"]))
 
     end = _loop(distiller, trainable, optimizer, scheduler, loader, device, start, sampler.total, tcfg, save,
                 run_dir, rank, world)
     if end < sampler.total:
-        dist.cleanup()
-        return ""
+        return None
     last = os.path.join(run_dir, "last.pt")
     if rank == 0:
         save_heads(heads, last, epoch=int(tcfg["epochs"]) - 1)
         log.info("done: %d iterations; heads in %s", sampler.total, last)
     dist.barrier()
-    dist.cleanup()
     return last
+
+
+def training_loader(files: list[str], sampler: ResumableBatchSampler, tcfg: Mapping[str, Any],
+                    device: torch.device) -> DataLoader:
+    """Augmented training crops in the batches of ``sampler``."""
+    workers = int(tcfg["num_workers"])
+    dataset = TrainImages(files, int(tcfg["im_size"]), antialias=bool(tcfg["antialias"]))
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
+                      persistent_workers=False, prefetch_factor=4 if workers > 0 else None,
+                      worker_init_fn=ignore_sigint)
 
 
 def _loop(distiller: Distiller, trainable: nn.Module, optimizer, scheduler, loader: DataLoader,
@@ -295,8 +313,8 @@ def _loop(distiller: Distiller, trainable: nn.Module, optimizer, scheduler, load
     with _StopRequest() as stop:
         for it, images in enumerate(loader, start):
             images = images.to(device, non_blocking=True)
-            corr_loss, obj_loss, agreement = distiller.losses(images, trainable)
-            loss = corr_loss + obj_loss
+            losses = distiller.losses(images, trainable)
+            loss = sum(value for value, _ in losses.values())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -304,8 +322,8 @@ def _loop(distiller: Distiller, trainable: nn.Module, optimizer, scheduler, load
             seen += images.shape[0] * world
             done = it + 1
             if rank == 0 and (done % 20 == 0 or done == total):
-                bar.set_postfix(loss=f"{loss.item():.4f}", corr=f"{corr_loss.item():.4f}",
-                                obj=f"{obj_loss.item():.4f}", agree=f"{agreement.item():.3f}",
+                bar.set_postfix(loss=f"{loss.item():.4f}", **{n: f"{v.item():.4f}" for n, (v, _) in losses.items()},
+                                **{f"{n}_agree": f"{a.item():.3f}" for n, (_, a) in losses.items()},
                                 img_s=f"{seen / (time.perf_counter() - t0):.1f}")
             bar.update(1)
             if done % save_every == 0 or done == total:
@@ -314,7 +332,6 @@ def _loop(distiller: Distiller, trainable: nn.Module, optimizer, scheduler, load
                 if done % save_every and done != total:
                     save(done)
                 bar.close()
-                dist.cleanup()
                 raise TrainingInterrupted(run_dir, done)
             if stop_after is not None and done >= int(stop_after) and done < total:
                 log.info("stopping after iteration %d (train.stop_after)", done)

@@ -1,16 +1,25 @@
-"""Models: CLIP backbone, MaskCLIP, CLIP-DINOiser heads and pooling."""
+"""Models: image towers, MaskCLIP, CLIP-DINOiser heads and pooling, built from a ModelConfig."""
 
-from .backbone import BackboneOutput, CLIPBackbone, interpolate_pos_embed, load_open_clip
-from .build import MODEL_BUILDERS, build_clip, build_model, check_model_config, check_model_files
+from .backbone import Backbone, BackboneOutput, CLIPBackbone, interpolate_pos_embed, load_open_clip
+from .build import (
+                    BACKBONES,
+                    MODEL_BUILDERS,
+                    POOLINGS,
+                    build_clip,
+                    build_model,
+                    check_model_config,
+                    check_model_files,
+                    model_config,
+)
 from .clip_dinoiser import CLIPDINOiser
 from .heads import DINOiserHeads, load_heads, load_heads_state, save_heads
-from .maskclip import MaskCLIP
+from .maskclip import Decoding, Features, MaskCLIP
 from .pooling import guided_pooling
-from .text import TextClassifier, parse_vocabulary, read_vocabulary_file
+from .text import Classes, TextClassifier, parse_vocabulary, read_vocabulary_file
 
 __all__ = [
-    "BackboneOutput", "CLIPBackbone", "CLIPDINOiser", "DINOiserHeads", "MaskCLIP", "MODEL_BUILDERS",
-    "TextClassifier", "build_clip", "build_model", "check_model_config", "check_model_files", "guided_pooling",
-    "interpolate_pos_embed", "load_heads", "load_heads_state", "load_open_clip", "parse_vocabulary",
-    "read_vocabulary_file", "save_heads",
+    "BACKBONES", "Backbone", "BackboneOutput", "CLIPBackbone", "CLIPDINOiser", "Classes", "DINOiserHeads", "Decoding",
+    "Features", "MODEL_BUILDERS", "MaskCLIP", "POOLINGS", "TextClassifier", "build_clip", "build_model",
+    "check_model_config", "check_model_files", "guided_pooling", "interpolate_pos_embed", "load_heads",
+    "load_heads_state", "load_open_clip", "model_config", "parse_vocabulary", "read_vocabulary_file", "save_heads",
 ]

@@ -19,13 +19,16 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..download import hub_offline_if_unreachable
+from ..errors import UserError
 from ..files import check_local_file
+from ..ops import pad_to_multiple
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,23 @@ class BackboneOutput:
     dense: Tensor | None
     inter: Tensor | None = None
     keys: Tensor | None = None
+
+
+class Backbone(Protocol):
+    """What a segmenter needs from its image tower (``model.clip.backbone`` names the factory).
+
+    Attributes:
+        patch_size: (h, w) pixels per patch; outputs are at the grid ceil(H / h) x ceil(W / w).
+        width: channels of ``inter`` (the heads' input).
+        out_dim: channels of ``dense`` (CLIP's joint space, as the text embeddings).
+    """
+
+    patch_size: tuple[int, int]
+    width: int
+    out_dim: int
+
+    def __call__(self, images: Tensor, *, with_inter: bool = True, with_keys: bool = False,
+                 with_dense: bool = True) -> BackboneOutput: ...
 
 
 def register_model_config(name: str) -> str:
@@ -75,7 +95,7 @@ def load_open_clip(name: str, pretrained: str | None) -> nn.Module:
 
     name = register_model_config(name)
     if name not in open_clip.list_models():
-        raise ValueError(f"unknown open_clip model '{name}' (see open_clip.list_models())")
+        raise UserError(f"unknown open_clip model '{name}' (see open_clip.list_models())")
     check_local_file(pretrained, "CLIP checkpoint", "model.clip.pretrained")
     if pretrained and os.path.isfile(pretrained):
         model = _open_clip_from_state_dict(name, pretrained)
@@ -90,7 +110,7 @@ def load_open_clip(name: str, pretrained: str | None) -> nn.Module:
                 download_pretrained(tag_cfg)  # fetched, or found in the cache, before the model is built
             model = open_clip.create_model(name, pretrained=pretrained or None)
     except (RuntimeError, OSError) as e:  # download failures (offline machine), unknown tags
-        raise ValueError(
+        raise UserError(
             f"cannot load CLIP weights '{pretrained}' for {name}: {str(e).splitlines()[0] if str(e) else e!r} "
             "(offline? pass a local checkpoint file as model.clip.pretrained)"
         ) from e
@@ -166,7 +186,7 @@ class CLIPBackbone(nn.Module):
         self,
         visual: nn.Module,
         *,
-        feats_idx: int = -3,
+        feats_idx: int,
         mean: tuple[float, float, float] = OPENAI_MEAN,
         std: tuple[float, float, float] = OPENAI_STD,
     ) -> None:
@@ -180,10 +200,10 @@ class CLIPBackbone(nn.Module):
         blocks = visual.transformer.resblocks
         n = len(blocks)
         if not -n <= feats_idx < n - 1 and feats_idx != -1:
-            raise ValueError(f"feats_idx={feats_idx} out of range for a {n}-block ViT")
+            raise UserError(f"feats_idx={feats_idx} out of range for a {n}-block ViT")
         self.feats_idx = feats_idx % n
         if self.feats_idx == n - 1:
-            raise ValueError("feats_idx must not be the last block (it is replaced by the value path)")
+            raise UserError("feats_idx must not be the last block (it is replaced by the value path)")
         self.patch_size = _pair(visual.conv1.kernel_size)
         self.width = visual.conv1.out_channels
         self.out_dim = visual.proj.shape[1] if visual.proj is not None else self.width
@@ -195,7 +215,7 @@ class CLIPBackbone(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     @classmethod
-    def from_open_clip(cls, model: nn.Module, *, feats_idx: int = -3) -> CLIPBackbone:
+    def from_open_clip(cls, model: nn.Module, *, feats_idx: int) -> CLIPBackbone:
         visual = model.visual
         mean = getattr(visual, "image_mean", None) or OPENAI_MEAN
         std = getattr(visual, "image_std", None) or OPENAI_STD
@@ -233,13 +253,6 @@ class CLIPBackbone(nn.Module):
                 self._pos_cache.clear()
             self._pos_cache[key] = interpolate_pos_embed(pos, grid, self.native_grid)
         return self._pos_cache[key]
-
-    def forward_inter(self, images: Tensor) -> Tensor:
-        """Only the heads' input: ``ln_2`` features of block ``feats_idx``, B x W x h x w.
-
-        Stops after that block (training needs nothing else from CLIP).
-        """
-        return self(images, with_inter=True, with_dense=False).inter
 
     def forward(
         self, images: Tensor, *, with_inter: bool = True, with_keys: bool = False, with_dense: bool = True
@@ -292,13 +305,6 @@ class CLIPBackbone(nn.Module):
         dense = _patch_map(val, (h, w))
         keys = k[:, 1:] if with_keys else None
         return BackboneOutput(dense=dense, inter=inter, keys=keys)
-
-
-def pad_to_multiple(images: Tensor, patch_size: tuple[int, int]) -> Tensor:
-    """Zero-pad B x C x H x W images right/bottom so that H, W are multiples of ``patch_size``."""
-    ph, pw = patch_size
-    h, w = images.shape[-2:]
-    return F.pad(images, (0, (pw - w % pw) % pw, 0, (ph - h % ph) % ph), value=0.0)
 
 
 def _patch_map(tokens: Tensor, grid: tuple[int, int]) -> Tensor:

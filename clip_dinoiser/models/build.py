@@ -1,4 +1,9 @@
-"""Build segmenters from plain configs: a dict of builders, no registry."""
+"""Build segmenters from a ``ModelConfig`` (or a dict of its keys): a dict of builders, no registry.
+
+Extension points, each a config key naming a built-in or the import path of your own callable:
+``model.clip.backbone`` (the image tower), ``model.pooling`` (the pooling),
+``model.teachers.<name>.type`` (DINO-MaskCLIP's correlation and objectness sources).
+"""
 
 from __future__ import annotations
 
@@ -8,129 +13,130 @@ from typing import Any
 
 from torch import nn
 
+from ..config import ModelConfig, parse
 from ..download import resolve_released
+from ..errors import ConfigError
 from ..files import check_local_file
-from ..values import check_number
-from .backbone import CLIPBackbone, load_open_clip, register_model_config
+from ..plugins import locate
+from .backbone import Backbone, CLIPBackbone, load_open_clip, register_model_config
 from .clip_dinoiser import CLIPDINOiser
 from .heads import DINOiserHeads, load_heads
-from .maskclip import MaskCLIP
-from .text import TextClassifier, split_towers
+from .maskclip import Decoding, MaskCLIP, Pooling
+from .pooling import guided_pooling
+from .text import TextClassifier, text_tower
 from .text_cache import TextEmbeddingCache, default_cache_dir, weights_identity
 
 log = logging.getLogger(__name__)
 
 
-def _get(cfg: Mapping[str, Any], key: str, default: Any = None) -> Any:
-    node: Any = cfg
-    for part in key.split("."):
-        if node is None or part not in node:
-            return default
-        node = node[part]
-    return node
+def open_clip_backbone(clip_model: nn.Module, cfg: ModelConfig) -> CLIPBackbone:
+    """The built-in image tower: open_clip's ViT with the MaskCLIP value path."""
+    return CLIPBackbone.from_open_clip(clip_model, feats_idx=cfg.feats_idx)
 
 
-def _num(cfg: Mapping[str, Any], key: str, default: float, kind: type) -> Any:
-    """A number from the model config, or a ValueError naming ``model.<key>`` (``model.gamma=abc``)."""
-    return check_number(_get(cfg, key, default), f"model.{key}", kind)
+# model.clip.backbone: factory(open_clip model, ModelConfig) -> Backbone
+BACKBONES: dict[str, Callable[[nn.Module, ModelConfig], Backbone]] = {"open_clip": open_clip_backbone}
+# model.pooling: (features, correlations, gamma) -> features
+POOLINGS: dict[str, Pooling] = {"guided": guided_pooling}
 
 
-def build_clip(cfg: Mapping[str, Any]) -> tuple[CLIPBackbone, TextClassifier]:
-    """The frozen CLIP image tower and text classifier shared by every model."""
+def build_clip(cfg: ModelConfig) -> tuple[Backbone, TextClassifier]:
+    """The frozen image tower (``model.clip.backbone``) and the open_clip text classifier."""
     import open_clip
 
-    name = register_model_config(_get(cfg, "clip.name", "ViT-B-16"))
-    model = load_open_clip(name, _get(cfg, "clip.pretrained"))
-    backbone = CLIPBackbone.from_open_clip(model, feats_idx=_num(cfg, "feats_idx", -3, int))
-    _, text_model = split_towers(model)
-    text = TextClassifier(text_model, open_clip.get_tokenizer(name),
-                          templates=_get(cfg, "maskclip.templates", "imagenet80"),
-                          disk_cache=text_cache(name, _get(cfg, "clip.pretrained"), _get(cfg, "text_cache", "auto")))
+    factory = locate(cfg.clip.backbone, BACKBONES, "model.clip.backbone")
+    name = register_model_config(cfg.clip.name)
+    model = load_open_clip(name, cfg.clip.pretrained)
+    backbone = factory(model, cfg)
+    text = TextClassifier(text_tower(model), open_clip.get_tokenizer(name), templates=cfg.maskclip.templates,
+                          disk_cache=text_cache(name, cfg.clip.pretrained, cfg.text_cache))
     return backbone, text
 
 
-def text_cache(name: str, pretrained: str | None, folder: str | bool | None) -> TextEmbeddingCache | None:
+def text_cache(name: str, pretrained: str | None, folder: str | None) -> TextEmbeddingCache | None:
     """The on-disk text cache of ``model.text_cache`` (``auto``: ``default_cache_dir()``; null /
     false: off); none for random weights."""
     identity = weights_identity(name, pretrained)
-    if not folder or identity is None:
+    if not folder or str(folder).lower() in ("false", "none", "off") or identity is None:
         return None
-    return TextEmbeddingCache(default_cache_dir() if folder in ("auto", True) else str(folder), identity)
+    return TextEmbeddingCache(default_cache_dir() if folder == "auto" else str(folder), identity)
 
 
-def _maskclip_kwargs(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "temperature": _num(cfg, "maskclip.temperature", 100.0, float),
-        "ks_thresh": _num(cfg, "maskclip.ks_thresh", 0.0, float),
-        "pd_thresh": _num(cfg, "maskclip.pd_thresh", 0.0, float),
-        "bg_refine": _get(cfg, "bg_refine"),
-        "delta": _num(cfg, "delta", 0.99, float),
-    }
-
-
-def build_maskclip(cfg: Mapping[str, Any]) -> MaskCLIP:
+def build_maskclip(cfg: ModelConfig) -> MaskCLIP:
     backbone, text = build_clip(cfg)
-    return MaskCLIP(backbone, text, **_maskclip_kwargs(cfg))
+    return MaskCLIP(backbone, text, Decoding.from_config(cfg))
 
 
-def build_clip_dinoiser(cfg: Mapping[str, Any]) -> CLIPDINOiser:
+def build_clip_dinoiser(cfg: ModelConfig) -> CLIPDINOiser:
     # "released": the authors' last.pt, downloaded once into the cache (before CLIP is loaded)
-    checkpoint = resolve_released(_get(cfg, "checkpoint"), "heads", _get(cfg, "checkpoint_url"))
+    checkpoint = resolve_released(cfg.checkpoint, "heads", cfg.checkpoint_url)
+    pooling = locate(cfg.pooling, POOLINGS, "model.pooling")
     backbone, text = build_clip(cfg)
-    heads = DINOiserHeads(
-        in_dim=backbone.width,
-        proj_dim=_num(cfg, "proj_dim", 256, int),
-        kernel_size=_num(cfg, "kernel_size", 3, int),
-    )
+    heads = DINOiserHeads(in_dim=backbone.width, proj_dim=cfg.proj_dim, kernel_size=cfg.kernel_size)
     if checkpoint:
         load_heads(heads, checkpoint)
     else:
         log.warning("model.checkpoint is not set: the CLIP-DINOiser heads are random")
-    return CLIPDINOiser(backbone, text, heads, gamma=_num(cfg, "gamma", 0.2, float), **_maskclip_kwargs(cfg))
+    return CLIPDINOiser(backbone, text, heads, Decoding.from_config(cfg), pooling)
 
 
-def build_dino_maskclip(cfg: Mapping[str, Any]) -> nn.Module:
-    from .dino_maskclip import build as build_dino  # needs the teachers (timm)
+def build_dino_maskclip(cfg: ModelConfig) -> nn.Module:
+    from ..teachers import build_teachers, by_head  # needs timm
+    from .dino_maskclip import DINOMaskCLIP
 
+    pooling = locate(cfg.pooling, POOLINGS, "model.pooling")
+    teachers = build_teachers(model_teachers(cfg), "model.teachers")
+    dino, found = by_head(teachers, "correlation"), by_head(teachers, "objectness")
+    if dino is None:
+        raise ConfigError("model.teachers: dino_maskclip needs a correlation teacher (type: dino)")
     backbone, text = build_clip(cfg)
-    return build_dino(cfg, backbone, text, **_maskclip_kwargs(cfg))
+    return DINOMaskCLIP(backbone, text, dino, found, Decoding.from_config(cfg), pooling)
 
 
-MODEL_BUILDERS: dict[str, Callable[[Mapping[str, Any]], nn.Module]] = {
+def model_teachers(cfg: ModelConfig) -> Mapping[str, Any]:
+    """``model.teachers``, or the paper's teachers where it is null."""
+    from ..config import paper_teachers
+
+    return cfg.teachers if cfg.teachers is not None else paper_teachers()
+
+
+MODEL_BUILDERS: dict[str, Callable[[ModelConfig], nn.Module]] = {
     "maskclip": build_maskclip,
     "clip_dinoiser": build_clip_dinoiser,
     "dino_maskclip": build_dino_maskclip,
 }
 
 
-MODEL_NUMBERS = {"feats_idx": int, "gamma": float, "delta": float, "proj_dim": int, "kernel_size": int,
-                 "maskclip.temperature": float, "maskclip.ks_thresh": float, "maskclip.pd_thresh": float}
-
-
-def check_model_files(cfg: Mapping[str, Any]) -> None:
+def check_model_files(cfg: ModelConfig) -> None:
     """Fail on a missing local file that ``cfg`` names, before any weights are loaded."""
-    check_local_file(_get(cfg, "clip.pretrained"), "CLIP checkpoint", "model.clip.pretrained")
-    name = _get(cfg, "name", "clip_dinoiser")
-    if name == "clip_dinoiser":
-        check_local_file(_get(cfg, "checkpoint"), "heads checkpoint", "model.checkpoint")
-    if name == "dino_maskclip":
-        for teacher in ("dino", "found"):
-            key = f"teachers.{teacher}.pretrained"
-            check_local_file(_get(cfg, key), "teacher weights", f"model.{key}")
+    check_local_file(cfg.clip.pretrained, "CLIP checkpoint", "model.clip.pretrained")
+    if cfg.name == "clip_dinoiser":
+        check_local_file(cfg.checkpoint, "heads checkpoint", "model.checkpoint")
+    if cfg.name == "dino_maskclip":
+        from ..teachers import check_teacher_files
+
+        check_teacher_files(model_teachers(cfg), "model.teachers")
 
 
-def build_model(cfg: Mapping[str, Any]) -> MaskCLIP:
-    """Build the model named ``cfg["name"]`` (``clip_dinoiser``, ``maskclip``, ``dino_maskclip``)."""
-    check_model_config(cfg)
-    return MODEL_BUILDERS[_get(cfg, "name", "clip_dinoiser")](cfg).eval()
+def model_config(cfg: ModelConfig | Mapping[str, Any]) -> ModelConfig:
+    """``cfg`` as a checked ``ModelConfig``: an unknown key or a wrong type is a ``ConfigError``
+    naming it, as are the model name and the extension points (which are imported here)."""
+    cfg = parse(ModelConfig, cfg, "model")
+    if cfg.name not in MODEL_BUILDERS:
+        raise ConfigError(f"model.name={cfg.name}: unknown model (choose from {', '.join(sorted(MODEL_BUILDERS))})")
+    locate(cfg.clip.backbone, BACKBONES, "model.clip.backbone")
+    locate(cfg.pooling, POOLINGS, "model.pooling")
+    return cfg
 
 
-def check_model_config(cfg: Mapping[str, Any]) -> None:
-    """The model name, its numbers (``model.gamma=abc`` fails naming the key) and its local files,
-    checked before any weights are loaded."""
-    name = _get(cfg, "name", "clip_dinoiser")
-    if name not in MODEL_BUILDERS:
-        raise ValueError(f"unknown model '{name}' (choose from {sorted(MODEL_BUILDERS)})")
-    for key, kind in MODEL_NUMBERS.items():
-        _num(cfg, key, 0, kind)
+def check_model_config(cfg: ModelConfig | Mapping[str, Any]) -> ModelConfig:
+    """``model_config`` and its local files, checked before any weights are loaded."""
+    cfg = model_config(cfg)
     check_model_files(cfg)
+    return cfg
+
+
+def build_model(cfg: ModelConfig | Mapping[str, Any]) -> MaskCLIP:
+    """Build the model ``cfg.name`` (``clip_dinoiser``, ``maskclip``, ``dino_maskclip``) in eval mode."""
+    cfg = check_model_config(cfg)
+    return MODEL_BUILDERS[cfg.name](cfg).eval()

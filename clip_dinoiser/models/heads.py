@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import UserError
 from ..files import save_atomic
 
 
@@ -23,12 +24,16 @@ class DINOiserHeads(nn.Module):
         kernel_size: spatial size of the ``obj_proj`` convolution (replicate padding).
     """
 
-    def __init__(self, *, in_dim: int = 768, proj_dim: int = 256, kernel_size: int = 3) -> None:
+    def __init__(self, *, in_dim: int, proj_dim: int, kernel_size: int) -> None:
         super().__init__()
         self.obj_proj = nn.Conv2d(
             in_dim, proj_dim, kernel_size, padding=kernel_size // 2, padding_mode="replicate"
         )
         self.bkg_decoder = nn.Conv2d(in_dim, 1, 1)
+
+    def parts(self) -> dict[str, nn.Module]:
+        """Each head (``config.HEADS``) and the module a teacher trains for it."""
+        return {"correlation": self.obj_proj, "objectness": self.bkg_decoder}
 
     def correlations(self, inter: Tensor) -> Tensor:
         """Cosine correlations of the projected patches: B x W x h x w -> B x N x N."""
@@ -40,6 +45,7 @@ class DINOiserHeads(nn.Module):
         return self.bkg_decoder(F.normalize(inter, dim=1))
 
     def forward(self, inter: Tensor) -> tuple[Tensor, Tensor]:
+        """(correlation logits B x N x N, objectness logits B x 1 x h x w), in ``HEADS`` order."""
         return self.correlations(inter), self.objectness_logits(inter)
 
 
@@ -55,10 +61,10 @@ def load_heads_state(path: str) -> dict[str, Tensor]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors, truncated files, ...
-        raise ValueError(f"cannot read heads checkpoint {path}: {e}") from e
+        raise UserError(f"cannot read heads checkpoint {path}: {e}") from e
     state = ckpt.get("model_state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"{path} is not a heads checkpoint ({{'model_state_dict': {{name: tensor}}}})")
+        raise UserError(f"{path} is not a heads checkpoint ({{'model_state_dict': {{name: tensor}}}})")
     return state
 
 
@@ -76,7 +82,7 @@ def load_heads(heads: nn.Module, path: str) -> None:
     if missing or unexpected or shapes:
         parts = [f"missing keys {missing}" if missing else "", f"unexpected keys {unexpected}" if unexpected else "",
                  f"shape mismatch {shapes}" if shapes else ""]
-        raise ValueError(f"heads checkpoint {path} does not fit the model: " + "; ".join(p for p in parts if p))
+        raise UserError(f"heads checkpoint {path} does not fit the model: " + "; ".join(p for p in parts if p))
     heads.load_state_dict(state)
 
 

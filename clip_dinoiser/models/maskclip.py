@@ -1,56 +1,98 @@
-"""MaskCLIP: dense zero-shot segmentation from CLIP's value path (Zhou et al., ECCV 2022)."""
+"""MaskCLIP: dense zero-shot segmentation from CLIP's value path (Zhou et al., ECCV 2022).
+
+Every segmenter here works in two steps: ``features`` (the network passes: CLIP, the heads or
+the teachers) and ``decode`` (pooling, classifier and refinements under a ``Decoding``). One
+``features`` call can be decoded under many settings (inference sweeps).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from .backbone import CLIPBackbone
+from ..errors import ConfigError
+from .backbone import Backbone
 from .refinement import background_refinement, key_smoothing, prompt_denoising
-from .text import TextClassifier
+from .text import Classes, TextClassifier
+
+Pooling = Callable[[Tensor, Tensor, float], Tensor]  # (B x D x h x w, B x N x N, gamma) -> B x D x h x w
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """The settings applied after the network passes (``ModelConfig`` holds their defaults).
+
+    Attributes:
+        gamma: correlation threshold of the pooling.
+        delta: confidence threshold of the background refinement.
+        bg_refine: True, False, or None to refine whenever the vocabulary has 'background'.
+        ks_thresh: key-smoothing threshold (0 = off).
+        pd_thresh: prompt-denoising threshold (0 = off).
+        temperature: softmax temperature on cosine similarities.
+    """
+
+    gamma: float
+    delta: float
+    bg_refine: bool | None
+    ks_thresh: float
+    pd_thresh: float
+    temperature: float
+
+    @classmethod
+    def from_config(cls, cfg) -> Decoding:
+        """From a ``ModelConfig``."""
+        m = cfg.maskclip
+        return cls(cfg.gamma, cfg.delta, cfg.bg_refine, m.ks_thresh, m.pd_thresh, m.temperature)
+
+
+@dataclass
+class Features:
+    """What the network passes give for a batch of images.
+
+    Attributes:
+        dense: B x D x h x w features in CLIP's joint space.
+        keys: last-layer attention keys B x (h*w) x W (key smoothing), or None.
+        corrs: B x N x N patch correlations for the pooling, or None (no pooling).
+        objectness: B x 1 x h x w foreground logits for the background refinement, or None.
+    """
+
+    dense: Tensor
+    keys: Tensor | None = None
+    corrs: Tensor | None = None
+    objectness: Tensor | None = None
+
+
+def refines_background(bg_refine: bool | None, classes: Classes) -> bool:
+    """Whether the background refinement applies (``bg_refine`` None: iff there is a background class)."""
+    if bg_refine is False:
+        return False
+    if classes.bg_index is None:
+        if bg_refine:
+            raise ConfigError("background refinement is on but the vocabulary has no 'background' class")
+        return False
+    return True
 
 
 class MaskCLIP(nn.Module):
-    """CLIP backbone + text classifier, with MaskCLIP's optional refinements.
-
-    Also the base of the CLIP-DINOiser models: ``classify`` turns dense features into class
-    probabilities and applies PD, KS and background refinement.
+    """CLIP backbone + text classifier, with MaskCLIP's optional refinements; the base of the
+    CLIP-DINOiser models, which add correlations (pooling) and objectness in ``features``.
 
     Args:
-        backbone: frozen CLIP image tower.
+        backbone: frozen image tower (``Backbone``).
         text: text classifier holding the vocabulary.
-        temperature: softmax temperature on cosine similarities (100 in CLIP).
-        ks_thresh: key-smoothing confidence threshold (0 = off).
-        pd_thresh: prompt-denoising threshold (0 = off).
-        bg_refine: background refinement: True, False, or None to apply it whenever the
-            vocabulary has a class named ``background`` (needs an objectness source).
-        delta: confidence threshold of the background refinement.
+        decoding: settings of ``decode`` (``model.decoding = dataclasses.replace(...)`` changes them).
+        pooling: ``(features, correlations, gamma) -> features`` for models with correlations.
     """
 
-    def __init__(
-        self,
-        backbone: CLIPBackbone,
-        text: TextClassifier,
-        *,
-        temperature: float = 100.0,
-        ks_thresh: float = 0.0,
-        pd_thresh: float = 0.0,
-        bg_refine: bool | None = None,
-        delta: float = 0.99,
-    ) -> None:
+    def __init__(self, backbone: Backbone, text: TextClassifier, decoding: Decoding,
+                 pooling: Pooling | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.text = text
-        self.temperature = temperature
-        self.ks_thresh = ks_thresh
-        self.pd_thresh = pd_thresh
-        self.bg_refine = bg_refine
-        self.delta = delta
-
-    @property
-    def patch_size(self) -> tuple[int, int]:
-        return self.backbone.patch_size
+        self.decoding = decoding
+        self.pooling = pooling
 
     @property
     def class_names(self) -> list[str]:
@@ -60,44 +102,35 @@ class MaskCLIP(nn.Module):
         """Set the classes to segment (comma-separated synonyms allowed in a name)."""
         self.text.set_vocabulary(names)
 
-    @property
-    def bg_index(self) -> int | None:
-        """Index of the class named ``background`` (any synonym), or None."""
-        for i, synonyms in enumerate(self.text.vocabulary):
-            if any(s.lower() == "background" for s in synonyms):
-                return i
-        return None
+    def features(self, images: Tensor, *, keys: bool = False) -> Features:
+        """B x 3 x H x W RGB in [0, 1] -> MaskCLIP features (and the last-layer keys)."""
+        out = self.backbone(images, with_inter=False, with_keys=keys)
+        return Features(out.dense, out.keys)
 
-    def uses_bg_refinement(self) -> bool:
-        if self.bg_refine is False:
-            return False
-        if self.bg_index is None:
-            if self.bg_refine:
-                raise ValueError("background refinement is on but the vocabulary has no 'background' class")
-            return False
-        return True
-
-    def classify(self, feats: Tensor, keys: Tensor | None = None, objectness: Tensor | None = None) -> Tensor:
-        """Dense features -> class probabilities, B x K x h x w (fp32).
+    def decode(self, feats: Features, decoding: Decoding | None = None, classes: Classes | None = None) -> Tensor:
+        """Features -> class probabilities, B x K x h x w (fp32): pooling (when there are
+        correlations), classifier, prompt denoising, key smoothing, background refinement.
 
         Args:
-            feats: B x D x h x w features in CLIP's joint space.
-            keys: last-layer keys, needed when key smoothing is on.
-            objectness: B x 1 x h x w foreground logits for the background refinement.
+            decoding: the settings (default: ``self.decoding``).
+            classes: the vocabulary (default: the current one).
         """
-        logits = self.text(feats, self.temperature)
+        d, classes = decoding or self.decoding, classes or self.text.current
+        dense = feats.dense
+        if feats.corrs is not None:
+            dense = self.pooling(dense, feats.corrs, d.gamma)
+        logits = self.text(dense, d.temperature, classes)
         probs = logits.softmax(dim=1)
-        if self.pd_thresh > 0:
-            probs = prompt_denoising(logits, probs, self.pd_thresh).softmax(dim=1)
-        if self.ks_thresh > 0:
-            if keys is None:
-                raise ValueError("key smoothing needs the last-layer keys")
-            probs = key_smoothing(probs, keys, self.ks_thresh)
-        if objectness is not None and self.uses_bg_refinement():
-            probs = background_refinement(probs, objectness, self.bg_index, self.delta)
+        if d.pd_thresh > 0:
+            probs = prompt_denoising(logits, probs, d.pd_thresh).softmax(dim=1)
+        if d.ks_thresh > 0:
+            if feats.keys is None:
+                raise ValueError("key smoothing needs the last-layer keys: features(images, keys=True)")
+            probs = key_smoothing(probs, feats.keys, d.ks_thresh)
+        if feats.objectness is not None and refines_background(d.bg_refine, classes):
+            probs = background_refinement(probs, feats.objectness, classes.bg_index, d.delta)
         return probs
 
     def forward(self, images: Tensor) -> Tensor:
         """B x 3 x H x W RGB in [0, 1] -> B x K x h x w class probabilities at the patch grid."""
-        out = self.backbone(images, with_inter=False, with_keys=self.ks_thresh > 0)
-        return self.classify(out.dense, out.keys)
+        return self.decode(self.features(images, keys=self.decoding.ks_thresh > 0))

@@ -12,7 +12,7 @@ def threshold_correlations(corrs: Tensor, gamma: float | None) -> Tensor:
     return corrs.masked_fill(corrs < gamma, 0.0)
 
 
-def guided_pooling(feats: Tensor, corrs: Tensor, gamma: float | None = 0.2, eps: float = 1e-6) -> Tensor:
+def guided_pooling(feats: Tensor, corrs: Tensor, gamma: float | None, eps: float = 1e-6) -> Tensor:
     """Refine every patch feature as the correlation-weighted mean of all patch features.
 
     ``out[:, n] = sum_m C[n, m] f[:, m] / (sum_m C[n, m] + eps)`` with C thresholded at ``gamma``.

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import UserError
+from ..vocabulary import Vocabulary, parse_vocabulary, read_vocabulary_file
 from .text_cache import TextEmbeddingCache
 
+__all__ = ["Classes", "TextClassifier", "Vocabulary", "parse_vocabulary", "read_vocabulary_file", "text_tower"]
+
 log = logging.getLogger(__name__)
-
-Vocabulary = tuple[tuple[str, ...], ...]
-
 
 def imagenet_templates() -> list[str]:
     """The 80 CLIP ImageNet prompt templates (Radford et al., 2021), as format strings."""
@@ -29,40 +32,6 @@ TEMPLATE_SETS: dict[str, Callable[[], list[str]]] = {
     "imagenet80": imagenet_templates,
     "none": lambda: ["{}"],
 }
-
-
-def parse_vocabulary(names: Sequence[str]) -> Vocabulary:
-    """Turn class names into a vocabulary: one tuple of synonyms per class.
-
-    A name may hold comma-separated synonyms (``"tv, tvmonitor, television"``) whose text
-    embeddings are averaged.
-
-    Raises:
-        ValueError: on an empty list, an empty name or a class listed twice.
-    """
-    if isinstance(names, str):
-        names = [names]
-    vocab = []
-    for raw in names:
-        synonyms = tuple(s.strip() for s in str(raw).split(",") if s.strip())
-        if not synonyms:
-            raise ValueError(f"empty class name in prompts {list(names)}")
-        vocab.append(synonyms)
-    if not vocab:
-        raise ValueError("the prompt list is empty: give at least one class name")
-    seen = set()
-    for synonyms in vocab:
-        if synonyms[0].lower() in seen:
-            raise ValueError(f"class '{synonyms[0]}' is listed twice in the prompts")
-        seen.add(synonyms[0].lower())
-    return tuple(vocab)
-
-
-def read_vocabulary_file(path: str) -> Vocabulary:
-    """One class per line (synonyms comma-separated); blank lines and ``#`` comments skipped."""
-    with open(path, encoding="utf-8") as f:
-        lines = [ln.split("#", 1)[0].strip() for ln in f]
-    return parse_vocabulary([ln for ln in lines if ln])
 
 
 def causal_text_tower(clip_model: nn.Module) -> bool:
@@ -183,7 +152,7 @@ class TextClassifier(nn.Module):
             self._encode_text = self.clip.encode_text
         if isinstance(templates, str):
             if templates not in TEMPLATE_SETS:
-                raise ValueError(f"unknown template set '{templates}' (choose from {sorted(TEMPLATE_SETS)})")
+                raise UserError(f"unknown template set '{templates}' (choose from {sorted(TEMPLATE_SETS)})")
             templates = TEMPLATE_SETS[templates]()
         self.templates = list(templates)
         self.cache_size = cache_size
@@ -199,16 +168,28 @@ class TextClassifier(nn.Module):
     def class_names(self) -> list[str]:
         return [synonyms[0] for synonyms in self.vocabulary]
 
-    def set_vocabulary(self, names: Sequence[str] | Vocabulary) -> None:
-        """Encode (or fetch from the cache) the class embeddings of ``names``."""
+    def classes(self, names: Sequence[str] | Vocabulary) -> Classes:
+        """The class embeddings of ``names`` (encoded once per vocabulary, then from the cache),
+        without changing the current vocabulary."""
         vocab = names if _is_vocabulary(names) else parse_vocabulary(names)
         if vocab not in self._cache:
             self._cache[vocab] = combine_synonyms(vocab, self._name_embeddings(vocab))
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
         self._cache.move_to_end(vocab)
-        self.vocabulary = vocab
-        self.embeddings = self._cache[vocab].to(self.embeddings.device)
+        return Classes(vocab, self._cache[vocab].to(self.embeddings.device))
+
+    def set_vocabulary(self, names: Sequence[str] | Vocabulary) -> None:
+        """Make ``names`` the current vocabulary (see ``classes``)."""
+        classes = self.classes(names)
+        self.vocabulary = classes.vocabulary
+        self.embeddings = classes.embeddings
+
+    @property
+    def current(self) -> Classes:
+        if not self.vocabulary:
+            raise RuntimeError("no vocabulary set: call set_vocabulary(class_names) first")
+        return Classes(self.vocabulary, self.embeddings)
 
     def _name_embeddings(self, vocab: Vocabulary) -> dict[str, Tensor]:
         """Template means of every synonym in ``vocab`` (CPU), from the disk cache where present."""
@@ -226,23 +207,43 @@ class TextClassifier(nn.Module):
         log.debug("text embeddings: %d from the disk cache, %d encoded", len(names) - len(missing), len(missing))
         return found
 
-    def forward(self, feats: Tensor, temperature: float = 100.0) -> Tensor:
-        """Cosine logits times ``temperature``: B x D x h x w -> B x K x h x w (fp32)."""
-        if not self.vocabulary:
-            raise RuntimeError("no vocabulary set: call set_vocabulary(class_names) first")
+    def forward(self, feats: Tensor, temperature: float, classes: Classes | None = None) -> Tensor:
+        """Cosine logits times ``temperature``: B x D x h x w -> B x K x h x w (fp32), against
+        ``classes`` (default: the current vocabulary)."""
+        embeddings = (classes or self.current).embeddings
         feats = F.normalize(feats.float(), dim=1)
-        return temperature * torch.einsum("bdhw,kd->bkhw", feats, self.embeddings)
+        return temperature * torch.einsum("bdhw,kd->bkhw", feats, embeddings.to(feats.device))
+
+
+@dataclass(frozen=True, eq=False)
+class Classes:
+    """A vocabulary and its K x D class embeddings (L2-normalised)."""
+
+    vocabulary: Vocabulary
+    embeddings: Tensor
+
+    @property
+    def names(self) -> list[str]:
+        return [synonyms[0] for synonyms in self.vocabulary]
+
+    @property
+    def bg_index(self) -> int | None:
+        """Index of the class named ``background`` (any synonym), or None."""
+        for i, synonyms in enumerate(self.vocabulary):
+            if any(s.lower() == "background" for s in synonyms):
+                return i
+        return None
 
 
 def _is_vocabulary(names) -> bool:
     return isinstance(names, tuple) and all(isinstance(n, tuple) for n in names)
 
 
-def split_towers(clip_model: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """Detach the image tower from an open_clip model: (visual, model-with-text-tower-only).
+def text_tower(clip_model: nn.Module) -> nn.Module:
+    """The open_clip model without its image tower (a shallow copy; ``clip_model`` is unchanged).
 
-    Both parts share no parameters, so each is registered once in the segmenter.
-    """
-    visual = clip_model.visual
-    clip_model.visual = nn.Identity()
-    return visual, clip_model
+    The segmenter registers the image tower (in its backbone) and this text model apart, so
+    they share no parameters and each is held once."""
+    text = copy.copy(clip_model)
+    text._modules = {**clip_model._modules, "visual": nn.Identity()}
+    return text

@@ -1,55 +1,93 @@
-"""Frozen teachers for distillation: DINO correlations and FOUND objectness."""
+"""Frozen teachers for distillation (DINO correlations, FOUND objectness, or your own), built
+from the ``teachers`` config node: name -> ``TeacherConfig``."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from ..config import HEADS, TeacherConfig, parse
 from ..download import RELEASED_NAME, resolve_released
+from ..errors import ConfigError
 from ..files import check_local_file
+from ..plugins import locate
+from .base import Teacher
 from .dino import DINOTeacher
 from .found import FOUNDTeacher, load_found_decoder
 from .vit import FrozenViT, dino_pos_embed, load_timm_vit
 
-__all__ = ["DINOTeacher", "FOUNDTeacher", "FrozenViT", "build_teachers", "check_teacher_files", "dino_pos_embed",
-           "load_found_decoder", "load_timm_vit"]
+__all__ = ["HEADS", "DINOTeacher", "FOUNDTeacher", "FrozenViT", "TEACHER_TYPES", "Teacher", "build_teachers",
+           "by_head", "check_teacher_files", "dino_pos_embed", "frozen_vit", "load_found_decoder", "load_timm_vit"]
 
 
-def _frozen_vit(cfg: Mapping[str, Any], teacher: str) -> FrozenViT:
-    kwargs = dict(cfg.get("kwargs") or {})
-    return FrozenViT(load_timm_vit(cfg["arch"], cfg.get("pretrained"), f"teachers.{teacher}.pretrained", **kwargs))
+def frozen_vit(cfg: TeacherConfig, key: str) -> FrozenViT:
+    """The teacher's frozen timm ViT (``arch``, ``pretrained``, ``kwargs``)."""
+    return FrozenViT(load_timm_vit(cfg.arch, cfg.pretrained, f"{key}.pretrained", **dict(cfg.kwargs)))
 
 
-def build_dino_teacher(cfg: Mapping[str, Any]) -> DINOTeacher:
-    return DINOTeacher(_frozen_vit(cfg, "dino"))
+def build_dino_teacher(cfg: TeacherConfig, key: str = "teachers.dino") -> DINOTeacher:
+    return DINOTeacher(frozen_vit(cfg, key))
 
 
-def build_found_teacher(cfg: Mapping[str, Any]) -> FOUNDTeacher:
-    check_found_files(cfg)
+def build_found_teacher(cfg: TeacherConfig, key: str = "teachers.found") -> FOUNDTeacher:
+    check_found_files(cfg, key)
     # "released": FOUND's decoder_weights.pt, downloaded once into the cache
-    decoder = resolve_released(cfg["decoder"], "found_decoder", cfg.get("decoder_url"))
-    vit = _frozen_vit(cfg, "found")
-    return FOUNDTeacher(vit, load_found_decoder(decoder, vit.dim), antialias=bool(cfg.get("antialias", False)))
+    decoder = resolve_released(cfg.decoder, "found_decoder", cfg.decoder_url)
+    vit = frozen_vit(cfg, key)
+    return FOUNDTeacher(vit, load_found_decoder(decoder, vit.dim), antialias=cfg.antialias)
 
 
-def check_found_files(cfg: Mapping[str, Any]) -> None:
-    """FOUND's decoder is set (a file that exists, or ``released``); a local backbone file, if named, exists."""
-    decoder_path = cfg.get("decoder")
-    if not decoder_path:
-        raise ValueError("teachers.found.decoder is not set: give FOUND's decoder_weights.pt or 'released'")
-    if decoder_path != RELEASED_NAME and not os.path.isfile(decoder_path):
-        raise FileNotFoundError(f"FOUND decoder weights not found: {decoder_path} (teachers.found.decoder)")
-    check_local_file(cfg.get("pretrained"), "teacher weights", "teachers.found.pretrained")
+# teachers.<name>.type: factory(TeacherConfig, key) -> Teacher
+TEACHER_TYPES: dict[str, Callable[..., Teacher]] = {"dino": build_dino_teacher, "found": build_found_teacher}
 
 
-def check_teacher_files(cfg: Mapping[str, Any]) -> None:
-    """Fail on a missing teacher file before any model is loaded (``teachers`` config node)."""
-    check_local_file(cfg["dino"].get("pretrained"), "teacher weights", "teachers.dino.pretrained")
-    check_found_files(cfg["found"])
+def check_found_files(cfg: TeacherConfig, key: str) -> None:
+    """FOUND's decoder is set (a file that exists, or ``released``)."""
+    if not cfg.decoder:
+        raise ConfigError(f"{key}.decoder is not set: give FOUND's decoder_weights.pt or 'released'")
+    if cfg.decoder != RELEASED_NAME and not os.path.isfile(cfg.decoder):
+        raise FileNotFoundError(f"FOUND decoder weights not found: {cfg.decoder} ({key}.decoder)")
 
 
-def build_teachers(cfg: Mapping[str, Any]) -> tuple[DINOTeacher, FOUNDTeacher]:
-    """Both teachers from the ``teachers`` config node (``dino`` and ``found`` entries)."""
-    check_teacher_files(cfg)
-    return build_dino_teacher(cfg["dino"]), build_found_teacher(cfg["found"])
+def teacher_configs(cfg: Mapping[str, Any], prefix: str = "teachers") -> dict[str, TeacherConfig]:
+    """Each entry of the ``teachers`` node as a checked ``TeacherConfig`` (unknown keys, wrong
+    types and unknown types fail naming the key)."""
+    configs = {}
+    for name, entry in (cfg or {}).items():
+        if name in TEACHER_TYPES and isinstance(entry, Mapping) and "type" not in entry:
+            entry = {**entry, "type": name}  # 'found: {...}' is a FOUND teacher
+        configs[name] = parse(TeacherConfig, entry, f"{prefix}.{name}")
+    for name, c in configs.items():
+        locate(c.type, TEACHER_TYPES, f"{prefix}.{name}.type")
+    return configs
+
+
+def check_teacher_files(cfg: Mapping[str, Any], prefix: str = "teachers") -> None:
+    """Fail on a missing teacher file before any model is loaded."""
+    for name, c in teacher_configs(cfg, prefix).items():
+        check_local_file(c.pretrained, "teacher weights", f"{prefix}.{name}.pretrained")
+        if c.type == "found":
+            check_found_files(c, f"{prefix}.{name}")
+
+
+def build_teachers(cfg: Mapping[str, Any], prefix: str = "teachers") -> dict[str, Teacher]:
+    """name -> frozen teacher, from the ``teachers`` node; each teacher's ``head`` is checked."""
+    check_teacher_files(cfg, prefix)
+    teachers = {}
+    for name, c in teacher_configs(cfg, prefix).items():
+        factory = locate(c.type, TEACHER_TYPES, f"{prefix}.{name}.type")
+        teacher = factory(c, f"{prefix}.{name}") if c.type in TEACHER_TYPES else factory(c)
+        if getattr(teacher, "head", None) not in HEADS:
+            raise ConfigError(f"{prefix}.{name}: the teacher's head is {getattr(teacher, 'head', None)!r} "
+                              f"(expected one of {', '.join(HEADS)})")
+        teachers[name] = teacher
+    return teachers
+
+
+def by_head(teachers: Mapping[str, Teacher], head: str) -> Teacher | None:
+    """The teacher of ``head`` (None if none); two teachers of one head are a ``ConfigError``."""
+    found = [name for name, t in teachers.items() if t.head == head]
+    if len(found) > 1:
+        raise ConfigError(f"teachers {', '.join(found)} all train the {head} head: keep one")
+    return teachers[found[0]] if found else None

@@ -4,25 +4,26 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+from ..errors import UserError
+from .base import Teacher
 from .vit import FrozenViT
 
 
-class DINOTeacher(nn.Module):
-    """Correlations ``F^T F`` of per-patch L2-normalised DINO value features.
+class DINOTeacher(Teacher):
+    """Correlations ``F^T F`` of per-patch L2-normalised value features of a frozen ViT (DINO
+    ViT-B/16 in the paper; any timm ViT, with register tokens too), for the correlation head.
 
     Args:
-        vit: frozen DINO ViT (ViT-B/16 in the paper).
+        vit: the frozen ViT.
     """
+
+    head = "correlation"
 
     def __init__(self, vit: FrozenViT) -> None:
         super().__init__()
         self.vit = vit
-
-    @property
-    def patch_size(self) -> tuple[int, int]:
-        return self.vit.patch_size
 
     @torch.no_grad()
     def correlations(self, images: Tensor) -> Tensor:
@@ -32,9 +33,16 @@ class DINOTeacher(nn.Module):
         return v @ v.transpose(1, 2)
 
     @torch.no_grad()
-    def target(self, images: Tensor, gamma: float) -> Tensor:
+    def target(self, images: Tensor, grid: tuple[int, int], gamma: float) -> Tensor:
         """Binary distillation target: correlation >= gamma (and > 0), B x N x N float."""
+        if self.vit.grid(images) != tuple(grid):
+            raise UserError(f"the DINO grid {self.vit.grid(images)} differs from the student's {tuple(grid)} "
+                             "(give both ViTs the same patch size)")
         corrs = self.correlations(images)
         if gamma:
             corrs = corrs.masked_fill(corrs < gamma, 0.0)
         return (corrs > 0).float()
+
+    def loss(self, logits: Tensor, target: Tensor) -> Tensor:
+        """BCE-with-logits of the student's correlations, negatives clamped to 0 (as the reference)."""
+        return super().loss(logits.float().clamp(min=0), target)

@@ -8,6 +8,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.transforms.v2 import functional as TF
 
+from ..errors import UserError
+from .base import Teacher
 from .vit import FrozenViT
 
 
@@ -17,17 +19,17 @@ def load_found_decoder(path: str, in_dim: int) -> nn.Conv2d:
         raise FileNotFoundError(f"FOUND decoder weights not found: {path}")
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or "decoder" not in state:
-        raise ValueError(f"{path} is not a FOUND decoder file ({{'decoder': {{'weight', 'bias'}}}})")
+        raise UserError(f"{path} is not a FOUND decoder file ({{'decoder': {{'weight', 'bias'}}}})")
     decoder = nn.Conv2d(in_dim, 1, 1)
     weight = state["decoder"].get("weight")
     if weight is None or tuple(weight.shape) != (1, in_dim, 1, 1):
         shape = None if weight is None else tuple(weight.shape)
-        raise ValueError(f"FOUND decoder {path}: weight of shape {shape}, expected (1, {in_dim}, 1, 1)")
+        raise UserError(f"FOUND decoder {path}: weight of shape {shape}, expected (1, {in_dim}, 1, 1)")
     decoder.load_state_dict(state["decoder"])
     return decoder.eval().requires_grad_(False)
 
 
-class FOUNDTeacher(nn.Module):
+class FOUNDTeacher(Teacher):
     """Foreground probability per DINO ViT-S/8 patch, resized to a target grid.
 
     Args:
@@ -39,14 +41,13 @@ class FOUNDTeacher(nn.Module):
             the binary targets at 448 x 448.
     """
 
-    def __init__(self, vit: FrozenViT, decoder: nn.Conv2d, *, antialias: bool = False) -> None:
+    head = "objectness"
+
+    def __init__(self, vit: FrozenViT, decoder: nn.Conv2d, *, antialias: bool) -> None:
         super().__init__()
         self.vit = vit
         self.decoder = decoder.eval().requires_grad_(False)
         self.antialias = antialias
-
-    def train(self, mode: bool = True) -> FOUNDTeacher:
-        return super().train(False)
 
     @torch.no_grad()
     def probabilities(self, images: Tensor, size: tuple[int, int] | None = None) -> Tensor:
@@ -63,6 +64,6 @@ class FOUNDTeacher(nn.Module):
         return probs
 
     @torch.no_grad()
-    def target(self, images: Tensor, size: tuple[int, int]) -> Tensor:
-        """Binary objectness target at ``size``: probability > 0.5, B x 1 x h x w float."""
-        return (self.probabilities(images, size) > 0.5).float()
+    def target(self, images: Tensor, grid: tuple[int, int], gamma: float) -> Tensor:
+        """Binary objectness target at ``grid``: probability > 0.5, B x 1 x h x w float."""
+        return (self.probabilities(images, grid) > 0.5).float()

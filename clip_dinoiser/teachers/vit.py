@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..download import hub_offline_if_unreachable
+from ..errors import UserError
 from ..files import check_local_file
-from ..models.backbone import pad_to_multiple
+from ..ops import pad_to_multiple
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -39,43 +40,46 @@ def load_timm_vit(arch: str, pretrained: str | None, key: str = "pretrained", **
         state = {k: v for k, v in state.items() if not k.startswith("head")}
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise ValueError(f"teacher weights {pretrained} do not fit {arch}: missing {missing[:5]}, "
+            raise UserError(f"teacher weights {pretrained} do not fit {arch}: missing {missing[:5]}, "
                              f"unexpected {unexpected[:5]}")
     elif pretrained:
         try:
             with hub_offline_if_unreachable():
                 model = timm.create_model(pretrained, pretrained=True, num_classes=0, **kwargs)
         except Exception as e:  # offline machine, unknown tag
-            raise ValueError(f"cannot load teacher '{pretrained}' from timm: {str(e).splitlines()[0]} "
+            raise UserError(f"cannot load teacher '{pretrained}' from timm: {str(e).splitlines()[0]} "
                              "(offline? pass a local weights file)") from e
     else:
         model = timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
     return model.eval().requires_grad_(False)
 
 
-def dino_pos_embed(pos_embed: Tensor, grid: tuple[int, int]) -> Tensor:
+def dino_pos_embed(pos_embed: Tensor, grid: tuple[int, int], num_prefix: int = 1) -> Tensor:
     """DINO's ``interpolate_pos_encoding``: bicubic with scale factors (g + 0.1) / sqrt(N).
 
     The +0.1 offset (DINO, facebookresearch/dino#8) makes the output size round correctly;
-    unchanged at the native square grid. ``pos_embed`` is 1 x (1 + N) x C.
+    unchanged at the native square grid. ``pos_embed`` is 1 x (num_prefix + N) x C, its first
+    ``num_prefix`` entries (class / register tokens) kept as they are.
     """
-    n = pos_embed.shape[1] - 1
+    n = pos_embed.shape[1] - num_prefix
     side = int(math.sqrt(n))
     if grid[0] * grid[1] == n and grid[0] == grid[1]:
         return pos_embed
-    patch = pos_embed[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    patch = pos_embed[:, num_prefix:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
     patch = F.interpolate(patch.float(), scale_factor=((grid[0] + 0.1) / side, (grid[1] + 0.1) / side),
                           mode="bicubic")
     if patch.shape[-2:] != grid:
         raise RuntimeError(f"positional embedding resized to {tuple(patch.shape[-2:])}, expected {grid}")
     patch = patch.to(pos_embed.dtype).permute(0, 2, 3, 1).reshape(1, -1, pos_embed.shape[-1])
-    return torch.cat([pos_embed[:, :1], patch], dim=1)
+    return torch.cat([pos_embed[:, :num_prefix], patch], dim=1)
 
 
 class FrozenViT(nn.Module):
     """A frozen timm ViT returning the last attention layer's q, k, v for every patch.
 
     Input: B x 3 x H x W RGB in [0, 1]; zero-padded to the patch size, then ImageNet-normalised.
+    Prefix tokens (class and register tokens, timm's ``num_prefix_tokens``) are dropped from
+    the outputs.
     """
 
     def __init__(self, vit: nn.Module) -> None:
@@ -84,7 +88,7 @@ class FrozenViT(nn.Module):
         ps = vit.patch_embed.patch_size
         self.patch_size = (ps, ps) if isinstance(ps, int) else tuple(ps)
         self.dim = vit.embed_dim
-        self.num_heads = vit.blocks[-1].attn.num_heads
+        self.num_prefix = int(getattr(vit, "num_prefix_tokens", 1))
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -95,20 +99,33 @@ class FrozenViT(nn.Module):
         ph, pw = self.patch_size
         return -(-images.shape[-2] // ph), -(-images.shape[-1] // pw)
 
-    @torch.no_grad()
-    def last_qkv(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(q, k, v) of the last block's attention, each B x N x C (class token dropped)."""
+    def tokens(self, images: Tensor) -> Tensor:
+        """The input of the first block: B x (prefix + N) x C, as timm's ``_pos_embed`` builds
+        it (class and register tokens, ``no_embed_class``), with DINO's resize of the positional
+        embedding to the image's grid."""
         v = self.vit
         x = pad_to_multiple(images, self.patch_size)
         x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
         x = v.patch_embed.proj(x.to(v.patch_embed.proj.weight.dtype))
-        b, c, gh, gw = x.shape
-        x = x.flatten(2).transpose(1, 2)
-        x = torch.cat([v.cls_token.expand(b, -1, -1).to(x.dtype), x], dim=1)
-        x = x + dino_pos_embed(v.pos_embed, (gh, gw)).to(x.dtype)
-        x = v.norm_pre(v.pos_drop(x))
-        for block in v.blocks[:-1]:
+        b, _, gh, gw = x.shape
+        x = v.patch_embed.norm(x.flatten(2).transpose(1, 2))
+        prefix = [t.expand(b, -1, -1).to(x.dtype) for t in (v.cls_token, getattr(v, "reg_token", None))
+                  if t is not None]
+        no_embed_class = bool(getattr(v, "no_embed_class", False))
+        pos = dino_pos_embed(v.pos_embed, (gh, gw), 0 if no_embed_class else self.num_prefix).to(x.dtype)
+        if no_embed_class:  # the prefix tokens get no positional embedding
+            x = torch.cat([*prefix, x + pos], dim=1)
+        else:
+            x = torch.cat([*prefix, x], dim=1) + pos
+        return v.norm_pre(v.patch_drop(v.pos_drop(x)))
+
+    @torch.no_grad()
+    def last_qkv(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(q, k, v) of the last block's attention, each B x N x C (prefix tokens dropped)."""
+        x = self.tokens(images)
+        for block in self.vit.blocks[:-1]:
             x = block(x)
-        last = v.blocks[-1]
+        last = self.vit.blocks[-1]
         q, k, val = last.attn.qkv(last.norm1(x)).chunk(3, dim=-1)
-        return q[:, 1:], k[:, 1:], val[:, 1:]
+        p = self.num_prefix
+        return q[:, p:], k[:, p:], val[:, p:]

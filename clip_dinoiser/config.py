@@ -1,0 +1,267 @@
+"""Typed settings: one dataclass per component, every default written once, here.
+
+The YAML files in ``configs/`` hold only what differs from these defaults; hydra composes them
+on top of the dataclasses (``register_configs``), so a typo in a key or a wrong type fails at
+the command line. The Python API goes through the same classes (``parse``): an unknown key
+or a wrong type is a ``ConfigError`` naming the key::
+
+    parse(ModelConfig, {"name": "clip_dinoiser", "gama": 0.3}, "model")
+    # ConfigError: model.gama: unknown key (ModelConfig has: name, clip, ...)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from .errors import ConfigError
+from .values import check_number, check_numbers
+
+T = TypeVar("T")
+
+
+@dataclass
+class CLIPConfig:
+    """The frozen CLIP: open_clip text tower, and the image tower the ``backbone`` factory builds."""
+
+    name: str = "ViT-B-16"  # open_clip architecture, or an open_clip model-config JSON file
+    pretrained: str | None = "laion2b_s34b_b88k"  # pretrained tag, a local checkpoint file, or null (random)
+    backbone: str = "open_clip"  # image tower: 'open_clip' or 'package.module.factory' (see README, Extending)
+
+
+@dataclass
+class MaskCLIPConfig:
+    """MaskCLIP's classifier and refinements."""
+
+    ks_thresh: float = 0.0  # key smoothing (0 = off)
+    pd_thresh: float = 0.0  # prompt denoising (0 = off)
+    temperature: float = 100.0  # softmax temperature on cosine similarities
+    templates: str = "imagenet80"  # imagenet80 (80 CLIP templates) or none
+
+
+# The student's heads, named by the teachers that train them (``Teacher.head``):
+# correlation: B x N x N logits (N = h * w patches); objectness: B x 1 x h x w logits.
+HEADS = ("correlation", "objectness")
+
+
+@dataclass
+class TeacherConfig:
+    """One frozen teacher. ``type``: 'dino' (correlations), 'found' (objectness) or
+    'package.module.factory' (a teacher of your own, called with this config)."""
+
+    type: str = "dino"
+    arch: str = "vit_base_patch16_224"  # timm architecture
+    pretrained: str | None = "vit_base_patch16_224.dino"  # timm name.tag, a local weights file, or null
+    kwargs: dict[str, Any] = field(default_factory=dict)  # timm overrides (tests build tiny models)
+    decoder: str | None = None  # FOUND: decoder_weights.pt, or 'released' (downloaded once)
+    decoder_url: str | None = None  # download address for 'released' (default: FOUND's repository)
+    antialias: bool = False  # FOUND: antialiased resize to the CLIP grid (the reference: no)
+    options: dict[str, Any] = field(default_factory=dict)  # settings of a teacher of your own
+
+
+def paper_teachers() -> dict[str, TeacherConfig]:
+    """The paper's teachers: DINO ViT-B/16 correlations, FOUND (DINO ViT-S/8 + decoder) objectness."""
+    return {
+        "dino": TeacherConfig(),
+        "found": TeacherConfig(type="found", arch="vit_small_patch8_224", pretrained="vit_small_patch8_224.dino",
+                               decoder="checkpoints/decoder_weights.pt"),
+    }
+
+
+@dataclass
+class ModelConfig:
+    """A segmenter: ``clip_dinoiser`` (the paper), ``maskclip`` or ``dino_maskclip``."""
+
+    name: str = "clip_dinoiser"
+    clip: CLIPConfig = field(default_factory=CLIPConfig)
+    text_cache: str | None = "auto"  # class-name embeddings on disk: auto, a folder, or null (off)
+    checkpoint: str | None = "checkpoints/last.pt"  # heads (released last.pt format); 'released': downloaded
+    checkpoint_url: str | None = None  # download address for 'released' (default: the authors' repository)
+    feats_idx: int = -3  # block whose ln_2 output feeds the heads
+    gamma: float = 0.2  # correlation threshold of the guided pooling (and of the training target)
+    delta: float = 0.99  # confidence threshold of the background refinement
+    proj_dim: int = 256  # channels of the correlation head
+    kernel_size: int = 3  # kernel of the correlation head
+    bg_refine: bool | None = None  # true / false / null = when the vocabulary has 'background'
+    pooling: str = "guided"  # 'guided' (paper Eq. 1) or 'package.module.function'
+    maskclip: MaskCLIPConfig = field(default_factory=MaskCLIPConfig)
+    teachers: dict[str, Any] | None = None  # dino_maskclip: its teachers (null: the paper's)
+
+
+@dataclass
+class SlideConfig:
+    """Test-time geometry (mmseg's slide inference)."""
+
+    scale: tuple[int, int] = (2048, 448)  # (long, short) bounds of the keep-ratio resize
+    crop: tuple[int, int] = (448, 448)  # window size (h, w)
+    stride: tuple[int, int] = (224, 224)  # window stride (h, w)
+    window_batch: int = 64  # windows per model call
+
+    def __post_init__(self) -> None:
+        """Checked (two positive integers each, a ``ConfigError`` naming the key), as tuples."""
+        for key in ("scale", "crop", "stride"):
+            pair = check_numbers(getattr(self, key), f"slide.{key}", minimum=1)
+            if len(pair) != 2:
+                raise ConfigError(f"slide.{key}={list(pair)}: expected two numbers (h, w)")
+            setattr(self, key, pair)
+        self.window_batch = check_number(self.window_batch, "slide.window_batch", minimum=1)
+
+
+@dataclass
+class BenchmarkConfig:
+    """A benchmark of your own, in the mmseg layout: ``root/img_dir/*img_suffix`` with labels
+    ``root/ann_dir/*seg_map_suffix`` (pixel value = class index, 255 = ignored)."""
+
+    classes: str = MISSING  # class-name file, one class per line (the prompts and the label order)
+    img_dir: str = "images"
+    ann_dir: str = "annotations"
+    split: str | None = None  # file of image names (without suffix) under root; null: every image
+    img_suffix: str = ".jpg"
+    seg_map_suffix: str = ".png"
+    reduce_zero_label: bool = False  # label 0 is ignored and every other label shifts down by one
+    bg_refine: bool = False  # background refinement (needs a class named 'background')
+    paper_miou: float | None = None  # a reference mIoU to print next to yours
+    title: str | None = None  # column title in the summary table (default: the name)
+
+
+@dataclass
+class DataConfig:
+    """What ``tools/eval.py`` scores: one of the paper's benchmarks, ``all``, or your own."""
+
+    name: str = "voc"
+    root: str | None = None  # its folder (null: data/<the benchmark's mmseg folder>; data/ for 'all')
+    names: list[str] | None = None  # data=all: the benchmarks (null: the paper's eight)
+    vocabulary: str | None = None  # class-name file (null: the benchmark's own names)
+    bg_refine: bool | None = None  # null: the paper's choice per benchmark
+    benchmark: BenchmarkConfig | None = None  # your own benchmark (then 'name' is its name)
+
+
+@dataclass
+class EvalConfig:
+    model: ModelConfig = MISSING
+    data: DataConfig = MISSING
+    device: str = "auto"  # auto / cpu / cuda (torchrun: one GPU per rank)
+    precision: str = "fp32"  # fp32 / bf16 / fp16 (autocast)
+    loader_batch: int = 8  # images per loader item (windows of consecutive images share model calls)
+    num_workers: int = 8  # data-loading processes per rank
+    limit: int | None = None  # evaluate only the first N images of each benchmark
+    progress: bool = True
+    output: str = "outputs/eval/${now:%Y-%m-%d_%H-%M-%S}"  # run folder: config, results.json, results.csv
+    overwrite: bool = False  # replace the results of an earlier run in the same output folder
+    slide: SlideConfig = field(default_factory=SlideConfig)
+
+
+@dataclass
+class DemoConfig:
+    model: ModelConfig = MISSING
+    image: str = MISSING  # an image file, a folder of images, or a glob ('photos/*.jpg')
+    prompts: Any | None = None  # class names '[cat,sofa,background]'; 'a,b' in one name = synonyms
+    prompts_file: str | None = None  # or a UTF-8 text file, one class per line
+    output: str = "outputs/demo"  # folder for <name>_mask.png, <name>_labels.png, <name>_figure.png
+    device: str = "auto"
+    precision: str = "fp32"
+    alpha: float = 0.5  # overlay opacity
+    figure: bool = True  # also write <name>_figure.png: input | MaskCLIP | CLIP-DINOiser | objectness
+    query: list[int] | None = None  # [x, y]: add the correlation map of the patch under this pixel
+    progress: bool = True
+    slide: SlideConfig = field(default_factory=SlideConfig)
+
+
+@dataclass
+class AppConfig:
+    model: ModelConfig = MISSING
+    host: str = "127.0.0.1"  # 0.0.0.0 to serve other machines
+    port: int = 7860
+    examples: list[str] = field(default_factory=list)  # image files offered as examples on the page
+    device: str = "auto"
+    precision: str = "fp32"
+    alpha: float = 0.5
+    slide: SlideConfig = field(default_factory=SlideConfig)
+
+
+@dataclass
+class TrainSettings:
+    data: str = MISSING  # image folder (any nesting; e.g. ImageNet's train/)
+    output: str = "outputs/train/${now:%Y-%m-%d_%H-%M-%S}"  # run folder
+    resume: str | None = None  # a run folder: continue from its newest checkpoint
+    ds_size: int | None = 1000  # images sampled from the folder with the seed (null: all)
+    skip_bad_images: bool = False  # true: unreadable images are logged and replaced (else the run stops)
+    batch_size: int = 16  # global batch (split over torchrun processes)
+    epochs: int = 100
+    corr_lr: float = 5.0e-5  # the correlation head (obj_proj)
+    found_lr: float = 1.0e-2  # the objectness head (bkg_decoder)
+    milestones: list[int] = field(default_factory=lambda: [5000])  # iterations of the x step_lr_gamma decays
+    step_lr_gamma: float = 0.1
+    im_size: int = 448
+    antialias: bool = False  # image resize without antialiasing, as the reference (torchvision 0.13.1)
+    num_workers: int = 8
+    seed: int = 0
+    save_every: int = 500  # iterations between checkpoints
+    keep_checkpoints: int = 2
+    stop_after: int | None = None  # stop after this many iterations (smoke tests, benchmarks)
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = MISSING
+    teachers: dict[str, Any] = MISSING  # name -> TeacherConfig (configs: teachers=paper)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    device: str = "auto"
+    overwrite: bool = False  # a new run may replace the checkpoints and heads of an earlier run in train.output
+    precision: str = "fp32"  # fp32 (the paper) / bf16
+
+
+def register_configs() -> None:
+    """Register the dataclasses with hydra's ConfigStore (the entry points in ``tools/`` call this
+    before ``hydra.main``): ``<group>/schema`` under the YAML files, ``teachers/paper``."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(group="model", name="schema", node=ModelConfig)
+    cs.store(group="data", name="schema", node=DataConfig)
+    cs.store(group="teachers", name="paper", node=paper_teachers())
+    for name, node in (("eval_schema", EvalConfig), ("demo_schema", DemoConfig), ("app_schema", AppConfig),
+                       ("train_schema", TrainConfig)):
+        cs.store(name=name, node=node)
+
+
+def parse(cls: type[T], cfg: Any, prefix: str) -> T:
+    """``cfg`` (a dict, a DictConfig or a ``cls`` instance) over ``cls``'s defaults, as a ``cls``
+    instance. An unknown key, a wrong type or a missing value is a one-line ``ConfigError``
+    naming the key (``prefix.key``)."""
+    if isinstance(cfg, cls):
+        return cfg
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(cls), cfg if cfg is not None else {})
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        raise config_error(e, prefix) from None
+
+
+def config_error(e: OmegaConfBaseException, prefix: str = "") -> ConfigError:
+    """A one-line ``ConfigError`` from an OmegaConf error, naming the full key."""
+    key = ".".join(p for p in (prefix, str(getattr(e, "full_key", "") or "")) if p)
+    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+    owner = getattr(e, "object_type", None)
+    if isinstance(e, ConfigKeyError) and dataclasses.is_dataclass(owner) and "not in" in first:
+        return ConfigError(f"{key}: unknown key ({owner.__name__} has: {', '.join(known_keys(owner))})")
+    if isinstance(e, ValidationError):
+        return ConfigError(f"{key}: {first}")
+    return ConfigError(f"{key}: {first}" if key else first)
+
+
+def known_keys(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def plain(cfg: Any) -> Any:
+    """A DictConfig / dataclass as plain dicts and lists (resolved), anything else unchanged."""
+    if isinstance(cfg, DictConfig) or OmegaConf.is_config(cfg):
+        return OmegaConf.to_container(cfg, resolve=True)
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    return cfg
