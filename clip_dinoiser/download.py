@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from tqdm import tqdm
 
@@ -40,7 +41,7 @@ class ReleasedFile:
     git_blob: str
 
 
-RELEASED = {
+RELEASED = MappingProxyType({
     # CLIP-DINOiser heads (Wysoczanska et al., ECCV 2024): checkpoints/last.pt of wysoczanska/clip_dinoiser.
     "heads": ReleasedFile("clip_dinoiser_last.pt",
                           "https://github.com/wysoczanska/clip_dinoiser/raw/HEAD/checkpoints/last.pt",
@@ -49,7 +50,7 @@ RELEASED = {
     "found_decoder": ReleasedFile("found_decoder_weights.pt",
                                   "https://github.com/valeoai/FOUND/raw/HEAD/data/weights/decoder_weights.pt",
                                   "c1bd70fa400b55f7d0ec12a9c61b7c26aa2bb71f"),
-}
+})
 
 
 def git_blob_id(path: str) -> str:

@@ -289,7 +289,7 @@ def main(argv=None) -> int:
     p.add_argument("what", choices=["eval", "train", "startup", "all"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--images", type=int, default=1449, help="synthetic VOC images (VOC 2012 val has 1449)")
-    p.add_argument("--window-batch", type=int, default=64)
+    p.add_argument("--window-batch", type=int, default=SlideConfig.window_batch)
     p.add_argument("--iters", type=int, default=20, help="timed training iterations")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--workers", type=int, default=min(12, os.cpu_count() or 1))

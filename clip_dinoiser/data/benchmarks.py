@@ -8,14 +8,16 @@ prompts come from one file per benchmark in ``vocab/`` (the names the paper eval
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
+from types import MappingProxyType
 from typing import Any
 
 import cv2
 import numpy as np
 
-from ..config import BenchmarkConfig, DataConfig
+from ..config import BenchmarkConfig, DataConfig, SlideConfig
 from ..errors import ConfigError, UserError
 from ..vocabulary import read_vocabulary_file
 from .datasets import COCOObjectDataset, PascalVOC20Dataset
@@ -65,7 +67,7 @@ class Benchmark:
 
 # The paper's benchmarks in its table order; mIoU from Wysoczanska et al., ECCV 2024, Table 2
 # (ViT-B/16, OpenCLIP laion2b_s34b_b88k).
-BENCHMARKS: dict[str, Benchmark] = {
+BENCHMARKS: Mapping[str, Benchmark] = MappingProxyType({
     b.name: b
     for b in [
         Benchmark("voc", "PascalVOCDataset", "VOCdevkit/VOC2012", "JPEGImages", "SegmentationClass",
@@ -85,7 +87,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         Benchmark("ade20k", "ADE20KDataset", "ade/ADEChallengeData2016", "images/validation",
                   "annotations/validation", None, 150, False, "ADE", 20.0),
     ]
-}
+})
 PAPER_ORDER = tuple(BENCHMARKS)
 
 
@@ -199,7 +201,7 @@ class ReadOrFail:
         return out
 
 
-def eval_pipeline(num_classes: int, scale: tuple[int, int] = (2048, 448)) -> list:
+def eval_pipeline(num_classes: int, scale: tuple[int, int] = SlideConfig.scale) -> list:
     """The paper's test-time transforms, applied to one of the dataset's data infos (a dict of
     paths and label options, ``dataset.get_data_info(i)``)."""
     from mmcv.transforms import LoadImageFromFile, Resize
@@ -209,7 +211,7 @@ def eval_pipeline(num_classes: int, scale: tuple[int, int] = (2048, 448)) -> lis
             ReadOrFail(LoadAnnotations(), "seg_map_path", "annotation"), PackForEval(num_classes)]
 
 
-def build_dataset(bench: Benchmark, root: str, *, scale: tuple[int, int] = (2048, 448)):
+def build_dataset(bench: Benchmark, root: str, *, scale: tuple[int, int] = SlideConfig.scale):
     """The mmseg dataset of ``bench`` under ``root`` with the paper's test pipeline.
 
     Pipeline: load (cv2, as mmseg) -> resize keeping the ratio to ``scale`` -> load the

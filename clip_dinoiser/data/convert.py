@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
+from types import MappingProxyType
 
 import numpy as np
 from PIL import Image
@@ -21,13 +22,15 @@ COCO_STUFF_LUT[[i for i in range(182) if i not in COCO_UNUSED_IDS]] = np.arange(
 
 # COCO-Object (GroupViT / TCL / CLIP-DINOiser): things -> 1..80, stuff and unlabeled -> 0 (background).
 COCO_OBJECT_LUT = np.where(COCO_STUFF_LUT < 80, COCO_STUFF_LUT + 1, 0).astype(np.uint8)
+COCO_STUFF_LUT.flags.writeable = COCO_OBJECT_LUT.flags.writeable = False  # constant tables
 
 # Cityscapes label ids -> the 19 train ids (cityscapesScripts' labels.py), others 255.
-CITYSCAPES_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11,
-                        25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+CITYSCAPES_TRAIN_IDS = MappingProxyType({7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10,
+                                         24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18})
 CITYSCAPES_LUT = np.full(256, 255, np.uint8)
 for _id, _train in CITYSCAPES_TRAIN_IDS.items():
     CITYSCAPES_LUT[_id] = _train
+CITYSCAPES_LUT.flags.writeable = False
 
 
 def apply_lut(src: str, dst: str, lut: np.ndarray) -> None:

@@ -16,6 +16,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 from torchvision.transforms.v2 import functional as TF
 
+from ..config import TrainSettings
 from ..errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -65,7 +66,8 @@ class TrainImages(Dataset):
     under torchvision 0.13.1: bilinear without antialiasing unless ``antialias``.
     """
 
-    def __init__(self, files: list[str], size: int = 448, *, antialias: bool = False) -> None:
+    def __init__(self, files: list[str], size: int = TrainSettings.im_size, *,
+                 antialias: bool = TrainSettings.antialias) -> None:
         self.files = files
         self.size = size
         self.antialias = antialias

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from ..config import SlideConfig
+from ..config import EvalConfig, SlideConfig
 from ..data.benchmarks import Benchmark, build_dataset, eval_pipeline
 from ..errors import UserError
 from ..models.maskclip import Decoding
@@ -250,8 +250,9 @@ class Evaluator:
             result = evaluator.evaluate(model, get_benchmark("voc"), "data/VOCdevkit/VOC2012")
     """
 
-    def __init__(self, *, slide: SlideConfig = SlideConfig(), precision: str = "fp32", loader_batch: int = 8,
-                 num_workers: int = 4, limit: int | None = None, progress: bool = True) -> None:
+    def __init__(self, *, slide: SlideConfig = SlideConfig(), precision: str = EvalConfig.precision,
+                 loader_batch: int = EvalConfig.loader_batch, num_workers: int = EvalConfig.num_workers,
+                 limit: int | None = None, progress: bool = EvalConfig.progress) -> None:
         self.slide, self.precision, self.limit, self.progress = slide, precision, limit, progress
         self.loader_batch, self.num_workers = loader_batch, num_workers
         self._sampler = _Items([])

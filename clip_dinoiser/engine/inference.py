@@ -11,9 +11,9 @@ Windows are batched through the model in calls of a fixed size, across images (`
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -24,10 +24,10 @@ from torch import Tensor, nn
 from ..config import SlideConfig
 from ..errors import ConfigError, UserError
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = MappingProxyType({"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16})
 
 
-def resize_keep_ratio(image: np.ndarray, scale: tuple[int, int] = (2048, 448)) -> np.ndarray:
+def resize_keep_ratio(image: np.ndarray, scale: tuple[int, int] = SlideConfig.scale) -> np.ndarray:
     """mmseg's test-time ``Resize(scale, keep_ratio=True)``: cv2 bilinear, via mmcv.imrescale."""
     import mmcv
 
@@ -93,6 +93,7 @@ class SlidingWindows:
         self.precision = precision
         self.windows = 0  # windows run through the model so far
         self._queues: dict[tuple[int, int], list[tuple[_Image, tuple[int, int, int, int]]]] = {}
+        self._counts: dict[tuple[int, int, str], Tensor] = {}  # window counts per image size
 
     @torch.no_grad()
     def put(self, image: Tensor, out_size: tuple[int, int] | None = None, tag: Any = None) -> list[tuple[Any, Tensor]]:
@@ -155,7 +156,10 @@ class SlidingWindows:
 
     def _finish(self, job: _Image) -> Tensor:
         h, w = job.image.shape[-2:]
-        probs = job.canvas / _window_counts(h, w, self.cfg.crop, self.cfg.stride, str(job.canvas.device))
+        key = (h, w, str(job.canvas.device))
+        if key not in self._counts:  # per image size
+            self._counts[key] = _window_counts(h, w, self.cfg.crop, self.cfg.stride, key[2])
+        probs = job.canvas / self._counts[key]
         if job.out_size != (h, w):
             probs = F.interpolate(probs[None], size=job.out_size, mode="bilinear", align_corners=False)[0]
         return probs
@@ -200,9 +204,8 @@ def slide_inference(
     return [outputs[i] for i in range(len(images))]
 
 
-@functools.lru_cache(maxsize=64)
 def _window_counts(h: int, w: int, crop: tuple[int, int], stride: tuple[int, int], device: str) -> Tensor:
-    """How many windows cover each pixel, H x W (cached per image size)."""
+    """How many windows cover each pixel, H x W."""
     count = torch.zeros(h, w)
     for y1, y2, x1, x2 in window_boxes(h, w, crop, stride):
         count[y1:y2, x1:x2] += 1
@@ -277,7 +280,7 @@ def check_point(point: Sequence[int], shape: Sequence[int]) -> None:
 
 @torch.no_grad()
 def query_correlations(
-    model: nn.Module, image: np.ndarray, point: tuple[int, int], *, scale: tuple[int, int] = (2048, 448)
+    model: nn.Module, image: np.ndarray, point: tuple[int, int], *, scale: tuple[int, int] = SlideConfig.scale
 ) -> dict[str, tuple[np.ndarray, Tensor]]:
     """The correlations of the patch under pixel ``point`` = (x, y) with every patch, for each
     correlation source of ``model``: ``"CLIP-DINOiser"`` (its correlation head) and ``"DINO"``

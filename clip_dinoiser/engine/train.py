@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 # train.<key> holding the learning rate of each head
-HEAD_LR = {"correlation": "corr_lr", "objectness": "found_lr"}
+HEAD_LR = MappingProxyType({"correlation": "corr_lr", "objectness": "found_lr"})
 
 
 def make_optimizer(heads: nn.Module, teachers: Mapping[str, Teacher],
@@ -62,9 +63,10 @@ def resume_checkpoint(run_dir: str) -> str:
 
 
 # train.<key>: (type, minimum); None values are allowed for ds_size and stop_after
-TRAIN_NUMBERS = {"ds_size": (int, 1), "batch_size": (int, 1), "epochs": (int, 1), "corr_lr": (float, 0),
+TRAIN_NUMBERS = MappingProxyType({"ds_size": (int, 1), "batch_size": (int, 1), "epochs": (int, 1),
+                                  "corr_lr": (float, 0),
                  "found_lr": (float, 0), "step_lr_gamma": (float, 0), "im_size": (int, 16), "num_workers": (int, 0),
-                 "seed": (int, 0), "save_every": (int, 1), "keep_checkpoints": (int, 1), "stop_after": (int, 1)}
+                 "seed": (int, 0), "save_every": (int, 1), "keep_checkpoints": (int, 1), "stop_after": (int, 1)})
 
 
 def holds_run(folder: str) -> bool:

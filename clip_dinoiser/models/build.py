@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from torch import nn
@@ -35,9 +36,10 @@ def open_clip_backbone(clip_model: nn.Module, cfg: ModelConfig) -> CLIPBackbone:
 
 
 # model.clip.backbone: factory(open_clip model, ModelConfig) -> Backbone
-BACKBONES: dict[str, Callable[[nn.Module, ModelConfig], Backbone]] = {"open_clip": open_clip_backbone}
+BACKBONES: Mapping[str, Callable[[nn.Module, ModelConfig], Backbone]] = MappingProxyType(
+    {"open_clip": open_clip_backbone})
 # model.pooling: (features, correlations, gamma) -> features
-POOLINGS: dict[str, Pooling] = {"guided": guided_pooling}
+POOLINGS: Mapping[str, Pooling] = MappingProxyType({"guided": guided_pooling})
 
 
 def build_clip(cfg: ModelConfig) -> tuple[Backbone, TextClassifier]:
@@ -100,11 +102,11 @@ def model_teachers(cfg: ModelConfig) -> Mapping[str, Any]:
     return cfg.teachers if cfg.teachers is not None else paper_teachers()
 
 
-MODEL_BUILDERS: dict[str, Callable[[ModelConfig], nn.Module]] = {
+MODEL_BUILDERS: Mapping[str, Callable[[ModelConfig], nn.Module]] = MappingProxyType({
     "maskclip": build_maskclip,
     "clip_dinoiser": build_clip_dinoiser,
     "dino_maskclip": build_dino_maskclip,
-}
+})
 
 
 def check_model_files(cfg: ModelConfig) -> None:

@@ -6,13 +6,15 @@ import copy
 import functools
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import MaskCLIPConfig
 from ..errors import UserError
 from ..vocabulary import Vocabulary, parse_vocabulary, read_vocabulary_file
 from .text_cache import TextEmbeddingCache
@@ -28,10 +30,10 @@ def imagenet_templates() -> list[str]:
     return [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]
 
 
-TEMPLATE_SETS: dict[str, Callable[[], list[str]]] = {
+TEMPLATE_SETS: Mapping[str, Callable[[], list[str]]] = MappingProxyType({
     "imagenet80": imagenet_templates,
     "none": lambda: ["{}"],
-}
+})
 
 
 def causal_text_tower(clip_model: nn.Module) -> bool:
@@ -137,7 +139,7 @@ class TextClassifier(nn.Module):
         clip_model: nn.Module,
         tokenizer: Callable[[list[str]], Tensor],
         *,
-        templates: str | Sequence[str] = "imagenet80",
+        templates: str | Sequence[str] = MaskCLIPConfig.templates,
         cache_size: int = 16,
         disk_cache: TextEmbeddingCache | None = None,
     ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from ..config import HEADS, TeacherConfig, parse
@@ -39,7 +40,8 @@ def build_found_teacher(cfg: TeacherConfig, key: str = "teachers.found") -> FOUN
 
 
 # teachers.<name>.type: factory(TeacherConfig, key) -> Teacher
-TEACHER_TYPES: dict[str, Callable[..., Teacher]] = {"dino": build_dino_teacher, "found": build_found_teacher}
+TEACHER_TYPES: Mapping[str, Callable[..., Teacher]] = MappingProxyType(
+    {"dino": build_dino_teacher, "found": build_found_teacher})
 
 
 def check_found_files(cfg: TeacherConfig, key: str) -> None:
