@@ -153,6 +153,9 @@ class EvalConfig:
     output: str = "outputs/eval/${now:%Y-%m-%d_%H-%M-%S}"  # run folder: config, results.json, results.csv
     overwrite: bool = False  # replace the results of an earlier run in the same output folder
     slide: SlideConfig = field(default_factory=SlideConfig)
+    sweep: Any = None  # {model.gamma:[0.1,0.2],...}: inference settings scored in one pass (engine/sweep.py)
+    save_predictions: bool = False  # the scored label maps: <output>/predictions/<benchmark>/*.png
+    save_examples: int = 0  # N figures image | ground truth | prediction per benchmark: <output>/examples/
 
 
 @dataclass
@@ -206,10 +209,23 @@ class TrainSettings:
 
 
 @dataclass
+class TrainEvalConfig:
+    """Evaluation of a training run's ``last.pt`` at its end (results.json in the run folder)."""
+
+    enabled: bool = False
+    data: DataConfig = field(default_factory=DataConfig)
+    slide: SlideConfig = field(default_factory=SlideConfig)
+    precision: str = "fp32"
+    num_workers: int = 4
+    limit: int | None = None
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = MISSING
     teachers: dict[str, Any] = MISSING  # name -> TeacherConfig (configs: teachers=paper)
     train: TrainSettings = field(default_factory=TrainSettings)
+    eval: TrainEvalConfig = field(default_factory=TrainEvalConfig)  # off by default
     device: str = "auto"
     overwrite: bool = False  # a new run may replace the checkpoints and heads of an earlier run in train.output
     precision: str = "fp32"  # fp32 (the paper) / bf16

@@ -138,9 +138,21 @@ def test_window_boxes_cover_the_image_like_mmseg():
 
 def test_segment_api_returns_labels_and_probabilities(model_cfg):
     model = build_model(model_cfg)
-    labels, probs = segment(model, random_image(120, 90), ["sky", "tree"], cfg=SlideConfig(scale=(256, 64)))
+    image = random_image(120, 90)
+    cfg = SlideConfig(scale=(256, 64))
+    labels, probs = segment(model, image, ["sky", "tree"], cfg=cfg)
     assert labels.shape == (120, 90) and probs.shape == (2, 120, 90)
     assert np.array_equal(labels, probs.argmax(0).numpy())
+    torch.testing.assert_close(probs.sum(0), torch.ones(120, 90))
+    # the test-time pipeline by hand: cv2 keep-ratio resize to (256, 64), sliding windows, back to 120 x 90
+    import cv2
+
+    from clip_dinoiser.engine.inference import slide_inference, to_tensor
+
+    s = min(256 / 120, 64 / 90)
+    resized = cv2.resize(image, (int(90 * s + 0.5), int(120 * s + 0.5)), interpolation=cv2.INTER_LINEAR)
+    (expected,) = slide_inference(model, [to_tensor(resized)], cfg=cfg, out_sizes=[(120, 90)])
+    torch.testing.assert_close(probs, expected)
 
 
 def test_figure_panels_come_from_one_backbone_pass_and_equal_each_model(model_cfg, tiny_clip_file):

@@ -127,7 +127,7 @@ def _bench_eval(evaluator: Evaluator, device: torch.device, n_images: int, windo
         count = sum(len(b["shapes"]) // 2 for b in evaluator.batches(items))
         out["loader_only_images_per_s"] = count / (time.perf_counter() - t)
         # Everything after loading, on GPU-resident images: the ceiling of the pipeline.
-        resident = [[(img.to(device), gt.to(device), size)
+        resident = [[(img.to(device), gt.to(device), size, None)
                      for img, gt, size in zip(*_unpack(b["data"], b["shapes"]), b["ori_shape"])]
                     for b in evaluator.batches(items)]
         for precision in ("fp32", "bf16"):
@@ -236,6 +236,35 @@ def bench_train(device: torch.device, iters: int, batch: int, workers: int, n_im
     return out
 
 
+def bench_sweep(device: torch.device, n_images: int, workers: int, clip: str, gammas: int = 5) -> dict:
+    """Wall time of an inference sweep of ``gammas`` values of ``model.gamma`` (one network pass
+    per window, ``Evaluator.evaluate_settings``) against one evaluation at one setting, on the
+    same synthetic VOC set in one run; and whether each setting's result equals its own run."""
+    values = [round(0.1 * (i + 1), 2) for i in range(gammas)]
+    with Evaluator(num_workers=workers, progress=False) as evaluator, tempfile.TemporaryDirectory() as tmp:
+        model = build_dinoiser(device, clip)
+        root, bench = write_voc_like(tmp, n_images), BENCHMARKS["voc"]
+        evaluator.limit = 2
+        evaluator.evaluate(model, bench, root)  # warm-up (loader processes, first calls)
+        evaluator.limit = None
+        t = time.perf_counter()
+        single = evaluator.evaluate(model, bench, root)
+        sync(device)
+        single_s = time.perf_counter() - t
+        settings = [evaluator.setting(model, bench, gamma=g) for g in values]
+        t = time.perf_counter()
+        swept = evaluator.evaluate_settings(model, bench, root, settings)
+        sync(device)
+        sweep_s = time.perf_counter() - t
+    default = values.index(model.decoding.gamma) if model.decoding.gamma in values else None
+    return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "threads": torch.get_num_threads(), "images": n_images, "gammas": values, "single_s": single_s,
+            "sweep_s": sweep_s, "sweep_over_single": sweep_s / single_s, "single_over_five_runs": sweep_s / (
+                gammas * single_s), "default_gamma_equal_to_single_run": None if default is None else (
+                swept[default].miou == single.miou and swept[default].class_iou == single.class_iou),
+            "miou_per_gamma": [r.miou for r in swept]}
+
+
 STARTUP_PROMPTS = ["cat", "sofa", "television monitor", "potted plant", "background"]
 
 
@@ -286,7 +315,7 @@ def bench_startup(clip: str, repeat: int) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["eval", "train", "startup", "all"])
+    p.add_argument("what", choices=["eval", "train", "startup", "sweep", "all"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--images", type=int, default=1449, help="synthetic VOC images (VOC 2012 val has 1449)")
     p.add_argument("--window-batch", type=int, default=SlideConfig.window_batch)
@@ -307,6 +336,9 @@ def main(argv=None) -> int:
     if args.what in ("train", "all"):
         results["train"] = bench_train(device, args.iters, args.batch, args.workers, 64)
         print(json.dumps({"train": results["train"]}, indent=1), flush=True)
+    if args.what in ("sweep", "all"):
+        results["sweep"] = bench_sweep(device, args.images, args.workers, args.clip)
+        print(json.dumps({"sweep": results["sweep"]}, indent=1), flush=True)
     if args.what in ("startup", "all"):
         results["startup"] = bench_startup(args.clip, args.repeat)
         print(json.dumps({"startup": results["startup"]}, indent=1), flush=True)

@@ -2,6 +2,7 @@
 
     python tools/train.py train.data=/path/to/imagenet/train teachers.found.decoder=decoder_weights.pt
     python tools/train.py train.resume=outputs/train/2024-01-01_00-00-00
+    python tools/train.py -m model.feats_idx=-2,-3 train.data=... eval.enabled=true eval.data.name=voc
     torchrun --nproc_per_node=4 tools/train.py train.data=... precision=bf16
 
 The run folder gets config.yaml, train.log, checkpoints/ and last.pt (released format).
@@ -18,10 +19,14 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from clip_dinoiser.config import register_configs
+from clip_dinoiser.config import TrainEvalConfig, parse, register_configs
+from clip_dinoiser.data.benchmarks import build_dataset, selected_benchmarks
 from clip_dinoiser.engine.cli import launch, resolve_device, user_errors_as_one_line
+from clip_dinoiser.engine.results import evaluate_checkpoint, summary_table
+from clip_dinoiser.engine.summary import write_summary
 from clip_dinoiser.engine.train import TrainingInterrupted, check_run_inputs, train
 from clip_dinoiser.errors import UserError
 
@@ -71,22 +76,54 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[dict, list[str
 
 
 @user_errors_as_one_line
-def run(cfg: DictConfig) -> str:
+def run(cfg: DictConfig) -> str | None:
+    """Train (or resume) one run; with ``eval.enabled``, score its ``last.pt`` at the end. In a
+    multirun (``-m``) each job's run folder is ``hydra.sweep.dir/<job number>`` and the sweep's
+    summary is rewritten after every job."""
     resuming = bool(cfg.train.resume)
     config, changes = (resume_config(cfg, list(HydraConfig.get().overrides.task)) if resuming
                        else (OmegaConf.to_container(cfg, resolve=True), []))
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    if multirun and not resuming:
+        config["train"]["output"] = HydraConfig.get().runtime.output_dir  # no collisions between jobs
     device = resolve_device(config["device"])
     check_run_inputs(config)  # before any folder is made or model loaded
+    evaluation = parse(TrainEvalConfig, config.get("eval"), "eval")
+    if evaluation.enabled:  # its datasets exist, before the training
+        for bench, root in selected_benchmarks(evaluation.data):
+            build_dataset(bench, root, scale=evaluation.slide.scale)
     run_dir = config["train"]["resume"] or config["train"]["output"]
-    if os.environ.get("RANK", "0") == "0":
-        os.makedirs(run_dir, exist_ok=True)
-        if not resuming:
-            OmegaConf.save(config, os.path.join(run_dir, "config.yaml"))
-        handler = logging.FileHandler(os.path.join(run_dir, "train.log"))  # appends on resume
-        handler.setFormatter(logging.Formatter("[%(asctime)s %(name)s] %(message)s"))
-        logging.getLogger().addHandler(handler)
-        if resuming:
-            log.info("resume of %s%s", run_dir, f" with {'; '.join(changes)}" if changes else "")
+    handler = _start_run_folder(config, run_dir, resuming, changes)
+    try:
+        last = _train(config, device)
+        if last and evaluation.enabled and handler is not None:
+            results = evaluate_checkpoint(config["model"], last, evaluation, device, run_dir)
+            log.info("%s\n%s", run_dir, summary_table(results))
+            if multirun:
+                log.info("sweep so far:\n%s", write_summary([HydraConfig.get().sweep.dir], HydraConfig.get().sweep.dir))
+        return last
+    finally:
+        if handler is not None:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+
+
+def _start_run_folder(config: dict, run_dir: str, resuming: bool, changes: list[str]) -> logging.Handler | None:
+    """Rank 0: the run folder, its config.yaml (a new run) and train.log (appended on resume)."""
+    if os.environ.get("RANK", "0") != "0":
+        return None
+    os.makedirs(run_dir, exist_ok=True)
+    if not resuming:
+        OmegaConf.save(config, os.path.join(run_dir, "config.yaml"))
+    handler = logging.FileHandler(os.path.join(run_dir, "train.log"))
+    handler.setFormatter(logging.Formatter("[%(asctime)s %(name)s] %(message)s"))
+    logging.getLogger().addHandler(handler)
+    if resuming:
+        log.info("resume of %s%s", run_dir, f" with {'; '.join(changes)}" if changes else "")
+    return handler
+
+
+def _train(config: dict, device) -> str | None:
     try:
         return train(config, device)
     except TrainingInterrupted as e:

@@ -152,6 +152,7 @@ class PackForEval:
             "ori_shape": tuple(results["ori_shape"]),
             "img_path": results["img_path"],
             "seg_map_path": results["seg_map_path"],
+            "reduce_zero_label": bool(results.get("reduce_zero_label", False)),
         }
 
 

@@ -6,7 +6,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -28,6 +28,7 @@ from .inference import SlidingWindows
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = 255
+Writer = Callable[[Tensor, Tensor, Any], None]  # (prediction, label, meta) of one image
 
 
 @dataclass
@@ -92,23 +93,29 @@ def metrics_from_stats(stats: Tensor, class_names: Sequence[str]) -> tuple[float
     return miou, {name: float(v) * 100 for name, v in zip(class_names, iou)}
 
 
-def score_images(runner: SlidingWindows, batches: Iterable[list[tuple[Tensor, Tensor, tuple[int, int]]]],
-                 num_classes: Sequence[int], device: torch.device) -> list[Tensor]:
+def score_images(runner: SlidingWindows, batches: Iterable[list[tuple[Tensor, Tensor, tuple[int, int], Any]]],
+                 num_classes: Sequence[int], device: torch.device,
+                 on_prediction: Callable[[int, Tensor, Tensor, Any], None] | None = None) -> list[Tensor]:
     """Summed ``area_stats`` (4 x K int64 counts) of a stream of images, one per setting.
 
     Args:
         runner: sliding-window inference whose model returns the settings' probabilities
             concatenated on the channels (``num_classes[i]`` channels for setting i).
-        batches: lists of (3 x H x W image at the test scale, H0 x W0 label, (H0, W0)), on ``device``.
+        batches: lists of (3 x H x W image at the test scale, H0 x W0 label, (H0, W0), meta), on
+            ``device``; ``meta`` is handed to ``on_prediction``.
+        on_prediction: called with (setting index, H0 x W0 prediction, label, meta) per image.
     """
     stats = [torch.zeros(4, k, dtype=torch.int64, device=device) for k in num_classes]
     index: list[list[Tensor]] = [[] for _ in num_classes]
     bounds = np.cumsum([0, *num_classes]).tolist()
 
-    def score(done: list[tuple[Tensor, Tensor]]) -> None:
-        for gt, probs in done:
+    def score(done: list[tuple[tuple[Tensor, Any], Tensor]]) -> None:
+        for (gt, meta), probs in done:
             for i, k in enumerate(num_classes):
-                index[i].append(confusion_index(probs[bounds[i]:bounds[i + 1]].argmax(dim=0), gt, k))
+                pred = probs[bounds[i]:bounds[i + 1]].argmax(dim=0)
+                index[i].append(confusion_index(pred, gt, k))
+                if on_prediction is not None:
+                    on_prediction(i, pred, gt, meta)
 
     def count() -> None:  # one histogram per batch and setting
         for i, k in enumerate(num_classes):
@@ -117,8 +124,8 @@ def score_images(runner: SlidingWindows, batches: Iterable[list[tuple[Tensor, Te
                 index[i].clear()
 
     for batch in batches:
-        for image, gt, size in batch:
-            score(runner.put(image, size, tag=gt))
+        for image, gt, size, meta in batch:
+            score(runner.put(image, size, tag=(gt, meta)))
         count()
     score(runner.flush())
     count()
@@ -135,6 +142,8 @@ def _collate(batch: list[dict]) -> dict[str, Any]:
         "shapes": [a.shape for a in arrays],
         "ori_shape": [s["ori_shape"][:2] for s in batch],
         "seg_map_path": [s["seg_map_path"] for s in batch],
+        "img_path": [s["img_path"] for s in batch],
+        "reduce_zero_label": [s["reduce_zero_label"] for s in batch],
         "bad_labels": [s["bad_labels"] for s in batch],
     }
 
@@ -306,10 +315,15 @@ class Evaluator:
         benchmark's; ``bg_refine``: default the benchmark's rule)."""
         return self.evaluate_settings(model, bench, root, [self.setting(model, bench, vocabulary, bg_refine)])[0]
 
-    def evaluate_settings(self, model: nn.Module, bench: Benchmark, root: str,
-                          settings: Sequence[Setting]) -> list[BenchmarkResult]:
+    def evaluate_settings(self, model: nn.Module, bench: Benchmark, root: str, settings: Sequence[Setting],
+                          writers: Sequence[Writer | None] = ()) -> list[BenchmarkResult]:
         """Score ``model`` under each of ``settings`` from one pass of the network per window;
-        with torchrun each rank takes every world-th image. Results are in ``settings`` order."""
+        with torchrun each rank takes every world-th image. Results are in ``settings`` order.
+
+        Args:
+            writers: per setting, None or a callable given each image's (prediction, label, meta),
+                e.g. a ``PredictionWriter``.
+        """
         device = next(model.parameters()).device
         dataset = build_dataset(bench, root, scale=self.slide.scale)
         n = len(dataset) if self.limit is None else min(self.limit, len(dataset))
@@ -319,8 +333,13 @@ class Evaluator:
         bar = tqdm(total=n, desc=bench.name, unit="img", disable=not self.progress or rank != 0, dynamic_ncols=True)
         start = time.perf_counter()
         try:
+            on_prediction = None
+            if any(w is not None for w in writers):
+                def on_prediction(i: int, pred: Tensor, gt: Tensor, meta: Any) -> None:
+                    if writers[i] is not None:
+                        writers[i](pred, gt, meta)
             stats = score_images(runner, self._images(items, bench, device, bar, world),
-                                 [len(s.classes.vocabulary) for s in settings], device)
+                                 [len(s.classes.vocabulary) for s in settings], device, on_prediction)
         finally:
             bar.close()  # also on an error: the bar's last refresh must not follow the error message
         for s in stats:
@@ -334,8 +353,8 @@ class Evaluator:
         return results
 
     def _images(self, items: list, bench: Benchmark, device: torch.device, bar: tqdm,
-                world: int) -> Iterator[list[tuple[Tensor, Tensor, tuple[int, int]]]]:
-        """Batches of (image, label, original size) on ``device``; a bad label value is an error."""
+                world: int) -> Iterator[list[tuple[Tensor, Tensor, tuple[int, int], dict[str, Any]]]]:
+        """Batches of (image, label, original size, paths) on ``device``; a bad label value is an error."""
         copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         for batch in self.batches(items):
             for path, bad in zip(batch["seg_map_path"], batch["bad_labels"]):
@@ -343,7 +362,9 @@ class Evaluator:
                     raise UserError(f"{bench.name}: annotation {path} has labels {bad} outside "
                                     f"0..{bench.num_classes - 1} and {IGNORE_INDEX}")
             images, labels = _unpack(_upload(batch["data"], device, copy_stream), batch["shapes"])
-            yield list(zip(images, labels, batch["ori_shape"]))
+            metas = [{"img_path": i, "seg_map_path": s, "reduce_zero_label": r} for i, s, r in
+                     zip(batch["img_path"], batch["seg_map_path"], batch["reduce_zero_label"])]
+            yield list(zip(images, labels, batch["ori_shape"], metas))
             bar.update(len(images) * world)
 
 

@@ -1,0 +1,72 @@
+"""Results of an evaluation on disk: results.json, results.csv (and the run's config.yaml), and
+the table printed at the end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from ..config import TrainEvalConfig
+from ..data.benchmarks import Benchmark, selected_benchmarks
+from .evaluate import BenchmarkResult, Evaluator
+
+
+def summary_table(results: list[tuple[Benchmark, BenchmarkResult]]) -> str:
+    """The results in the order given, with the paper's numbers ('-' where it has none) and the average."""
+    heads = [b.title for b, _ in results] + (["Avg"] if len(results) > 1 else [])
+    ours = [r.miou for _, r in results]
+    paper = [b.paper_miou for b, _ in results]
+    if len(results) > 1:
+        ours.append(sum(ours) / len(ours))
+        paper.append(None if None in paper else sum(paper) / len(paper))
+    width = max(len(h) for h in heads) + 2
+
+    def row(title: str, values: list[float | None]) -> str:
+        return f"{title:<8}" + "".join(f"{'-' if v is None else f'{v:.1f}':>{width}}" for v in values)
+
+    return "\n".join([f"{'':<8}" + "".join(f"{h:>{width}}" for h in heads), row("mIoU", ours), row("paper", paper)])
+
+
+def _json_number(x: float | None) -> float | None:
+    """NaN (a class absent from the images and never predicted) -> null: results.json stays valid JSON."""
+    return None if x is None or math.isnan(x) else x
+
+
+def write_results(results: list[tuple[Benchmark, BenchmarkResult]], cfg: Any, folder: str) -> None:
+    """``results.json`` and ``results.csv`` in ``folder``, and ``cfg`` as ``config.yaml`` (None: kept)."""
+    os.makedirs(folder, exist_ok=True)
+    if cfg is not None:
+        OmegaConf.save(cfg, os.path.join(folder, "config.yaml"), resolve=True)
+    payload = {r.name: {"mIoU": _json_number(r.miou), "paper_mIoU": b.paper_miou, "images": r.num_images,
+                        "windows": r.windows, "seconds": r.seconds, "images_per_s": r.images_per_s,
+                        "class_IoU": {k: _json_number(v) for k, v in r.class_iou.items()}} for b, r in results}
+    if len(results) > 1:
+        payload["average_mIoU"] = _json_number(sum(r.miou for _, r in results) / len(results))
+    with open(os.path.join(folder, "results.json"), "w") as f:
+        json.dump(payload, f, indent=2, allow_nan=False)
+    with open(os.path.join(folder, "results.csv"), "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["benchmark", "mIoU", "paper_mIoU", "images", "images_per_s"])
+        for b, r in results:
+            writer.writerow([r.name, f"{r.miou:.2f}", "" if b.paper_miou is None else b.paper_miou, r.num_images,
+                             f"{r.images_per_s:.2f}"])
+
+
+def evaluate_checkpoint(model_cfg: dict[str, Any], checkpoint: str, cfg: TrainEvalConfig, device,
+                        folder: str) -> list[tuple[Benchmark, BenchmarkResult]]:
+    """Score the CLIP-DINOiser with ``checkpoint`` (a run's ``last.pt``) on ``cfg.data`` and write
+    ``results.json`` / ``results.csv`` into ``folder`` (its ``config.yaml`` is left as it is)."""
+    from ..models import build_model
+
+    benchmarks = selected_benchmarks(cfg.data)
+    model = build_model({**model_cfg, "name": "clip_dinoiser", "checkpoint": checkpoint}).to(device)
+    with Evaluator(slide=cfg.slide, precision=cfg.precision, num_workers=cfg.num_workers, limit=cfg.limit) as ev:
+        results = [(b, ev.evaluate(model, b, root, vocabulary=cfg.data.vocabulary, bg_refine=cfg.data.bg_refine))
+                   for b, root in benchmarks]
+    write_results(results, None, folder)
+    return results
