@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from types import MappingProxyType
 
 import pytest
 import torch
@@ -92,7 +93,8 @@ def test_released_heads_by_name(server, tmp_path, model_cfg, monkeypatch, tiny_h
     url, files = server
     files.files["/last.pt"] = open(tiny_heads_file, "rb").read()
     official = RELEASED["heads"]
-    monkeypatch.setitem(RELEASED, "heads", ReleasedFile(official.filename, official.url, git_blob_id(tiny_heads_file)))
+    patched = ReleasedFile(official.filename, official.url, git_blob_id(tiny_heads_file))
+    monkeypatch.setattr(download, "RELEASED", MappingProxyType({**RELEASED, "heads": patched}))
     model = build_model({**model_cfg, "checkpoint": "released", "checkpoint_url": url + "/last.pt"})
     expected = load_heads_state(tiny_heads_file)
     assert torch.equal(model.heads.obj_proj.weight, expected["obj_proj.weight"])

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from clip_dinoiser.config import SlideConfig
+from clip_dinoiser.config import CLIPConfig, SlideConfig
 from clip_dinoiser.data.benchmarks import BENCHMARKS, build_dataset
 from clip_dinoiser.engine.evaluate import Decoded, Evaluator, _unpack, loader_items, score_images
 from clip_dinoiser.engine.inference import SlidingWindows, autocast
@@ -50,7 +50,7 @@ def timed(fn: Callable[[], object], device: torch.device, *, warmup: int, repeat
     return float(np.median(times))
 
 
-def build_dinoiser(device: torch.device, clip: str = "ViT-B-16") -> CLIPDINOiser:
+def build_dinoiser(device: torch.device, clip: str = CLIPConfig.name) -> CLIPDINOiser:
     """CLIP-DINOiser with random weights; ``clip`` is an open_clip model name or config JSON."""
     model = build_model({"name": "clip_dinoiser", "clip": {"name": clip, "pretrained": None}, "checkpoint": None,
                          "text_cache": None}).to(device)
@@ -322,7 +322,7 @@ def main(argv=None) -> int:
     p.add_argument("--iters", type=int, default=20, help="timed training iterations")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--workers", type=int, default=min(12, os.cpu_count() or 1))
-    p.add_argument("--clip", default="ViT-B-16", help="open_clip model name or config JSON (eval; smoke runs)")
+    p.add_argument("--clip", default=CLIPConfig.name, help="open_clip model name or config JSON (eval; smoke runs)")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--repeat", type=int, default=10, help="timed calls per figure (1 for a smoke run)")
     args = p.parse_args(argv)
