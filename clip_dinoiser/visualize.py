@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -42,9 +41,9 @@ def text_px(image_height: int) -> int:
     return max(14, round(0.045 * image_height))
 
 
-@functools.lru_cache(maxsize=32)
 def load_font(size: int) -> ImageFont.ImageFont:
-    """DejaVu Sans (shipped with matplotlib) at ``size`` pixels; PIL's own font if none is found."""
+    """DejaVu Sans (shipped with matplotlib; its font manager caches the lookup) at ``size``
+    pixels; PIL's own font if none is found."""
     try:
         from matplotlib import font_manager
 

@@ -33,6 +33,8 @@ def test_no_module_level_mutable_state():
         for node in ast.walk(tree):
             if isinstance(node, ast.Global):
                 found.append(f"{path.name}: global {node.names}")
+            if isinstance(node, ast.FunctionDef) and any("cache" in ast.unparse(d) for d in node.decorator_list):
+                found.append(f"{path.name}: {node.name} memoises at module level")
         for node in tree.body:
             value = getattr(node, "value", None)
             target = node.targets[0] if isinstance(node, ast.Assign) else getattr(node, "target", None)
@@ -58,3 +60,42 @@ def test_imports_flow_one_way():
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tools"):
                 upward.append(f"{path.relative_to(PACKAGE)} imports {node.module}")
     assert not upward
+
+
+def test_unknown_keys_and_wrong_types_fail_in_the_python_api_naming_the_key():
+    import pytest
+
+    from clip_dinoiser.errors import ConfigError
+    from clip_dinoiser.models import build_model
+
+    with pytest.raises(ConfigError, match=r"^model\.gama: unknown key \(ModelConfig has: name, clip, "):
+        build_model({"name": "clip_dinoiser", "gama": 0.3})
+    with pytest.raises(ConfigError, match=r"^model\.maskclip\.ks_tresh: unknown key \(MaskCLIPConfig has"):
+        build_model({"maskclip": {"ks_tresh": 0.5}})
+    with pytest.raises(ConfigError, match=r"^model\.gamma: Value 'abc' of type 'str' could not be converted"):
+        build_model({"gamma": "abc"})
+    with pytest.raises(ConfigError, match=r"^model\.name=clip: unknown model"):
+        build_model({"name": "clip"})
+
+
+def test_user_errors_are_one_line_but_bugs_keep_their_traceback(capsys):
+    import pytest
+
+    from clip_dinoiser.engine.cli import user_errors_as_one_line
+    from clip_dinoiser.errors import UserError
+
+    @user_errors_as_one_line
+    def user():
+        raise UserError("data.root=nowhere: not found\nsecond line")
+
+    @user_errors_as_one_line
+    def bug():
+        raise ValueError("an internal invariant broke")  # a plain ValueError from our code is a bug
+
+    with pytest.raises(SystemExit) as stopped:
+        user()
+    assert stopped.value.code == 2 and capsys.readouterr().err == "error: data.root=nowhere: not found\n"
+    with pytest.raises(ValueError, match="internal invariant"):
+        bug()
+    with pytest.raises(KeyError):
+        user_errors_as_one_line(lambda: {}["missing"])()
