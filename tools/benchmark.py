@@ -13,6 +13,7 @@ same process, so the ratios compare like with like.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -82,10 +83,10 @@ def write_voc_like(folder: str, n: int, seed: int = 0) -> str:
 def bench_eval(device: torch.device, n_images: int, window_batch: int, workers: int, clip: str, repeat: int) -> dict:
     slide = SlideConfig(window_batch=window_batch)
     with Evaluator(slide=slide, num_workers=workers, progress=False) as evaluator:  # before CUDA and the model
-        return _bench_eval(evaluator, device, n_images, window_batch, workers, clip, repeat)
+        return _bench_eval(evaluator, device, n_images, window_batch, clip, repeat)
 
 
-def _bench_eval(evaluator: Evaluator, device: torch.device, n_images: int, window_batch: int, workers: int, clip: str,
+def _bench_eval(evaluator: Evaluator, device: torch.device, n_images: int, window_batch: int, clip: str,
                 repeat: int) -> dict:
     model = build_dinoiser(device, clip)
     slide = evaluator.slide
@@ -152,20 +153,6 @@ def _bench_eval(evaluator: Evaluator, device: torch.device, n_images: int, windo
     return out
 
 
-def distiller_steps(distiller, optimizer, scheduler=None) -> Callable[[torch.Tensor], None]:
-    """One training step on a batch of images."""
-
-    def step(images: torch.Tensor) -> None:
-        loss = sum(value for value, _ in distiller.losses(images).values())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-
-    return step
-
-
 def bench_train(device: torch.device, iters: int, batch: int, workers: int, n_images: int) -> dict:
     from clip_dinoiser.config import TrainSettings, paper_teachers, plain
     from clip_dinoiser.engine.train import Distiller, make_optimizer
@@ -181,8 +168,8 @@ def bench_train(device: torch.device, iters: int, batch: int, workers: int, n_im
     images = torch.rand(batch, 3, 448, 448, device=device)
     out: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "batch": batch}
     for precision in ("fp32", "bf16"):
-        step = distiller_steps(Distiller(model, teachers, gamma=model.decoding.gamma, precision=precision),
-                               optimizer, scheduler)
+        distiller = Distiller(model, teachers, gamma=model.decoding.gamma, precision=precision)
+        step = functools.partial(distiller.step, optimizer=optimizer, scheduler=scheduler)
         # CLIP, DINO ViT-B/16, ViT-S/8 at 448
         sec = timed(lambda step=step: step(images), device, warmup=3, repeat=iters)
         out[f"step_iters_per_s_{precision}"] = 1 / sec
@@ -221,7 +208,8 @@ def bench_train(device: torch.device, iters: int, batch: int, workers: int, n_im
         out["loader_only_iters_per_s"] = 3 * iters / (time.perf_counter() - t)
         del it
         loader = make_loader()
-        step = distiller_steps(Distiller(model, teachers, gamma=model.decoding.gamma, precision="bf16"), optimizer)
+        step = functools.partial(Distiller(model, teachers, gamma=model.decoding.gamma, precision="bf16").step,
+                                 optimizer=optimizer)
         it = iter(loader)
         for _ in range(5):
             next(it)

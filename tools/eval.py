@@ -18,7 +18,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from clip_dinoiser.config import DataConfig, SlideConfig, parse, register_configs
-from clip_dinoiser.data.benchmarks import Benchmark, build_dataset, selected_benchmarks
+from clip_dinoiser.data.benchmarks import Benchmark, checked_benchmarks
 from clip_dinoiser.engine import distributed as dist
 from clip_dinoiser.engine.cli import launch, resolve_device, user_errors_as_one_line
 from clip_dinoiser.engine.evaluate import BenchmarkResult, Evaluator
@@ -50,9 +50,7 @@ def check_settings(cfg: DictConfig) -> tuple[list[tuple[Benchmark, str]], SlideC
     check_precision(cfg.precision)
     resolve_device(cfg.device)
     slide = parse(SlideConfig, cfg.slide, "slide")
-    benchmarks = selected_benchmarks(parse(DataConfig, cfg.data, "data"))
-    for bench, root in benchmarks:  # a missing dataset or an empty split fails before any model loads
-        build_dataset(bench, root, scale=slide.scale)
+    benchmarks = checked_benchmarks(parse(DataConfig, cfg.data, "data"), slide.scale)
     check_model_config(cfg.model)
     check_number(cfg.save_examples, "save_examples", minimum=0)
     points = sweep_points(OmegaConf.to_container(cfg.sweep) if cfg.sweep is not None else None)

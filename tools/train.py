@@ -23,7 +23,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from clip_dinoiser.config import TrainEvalConfig, parse, register_configs
-from clip_dinoiser.data.benchmarks import build_dataset, selected_benchmarks
+from clip_dinoiser.data.benchmarks import checked_benchmarks
 from clip_dinoiser.engine.cli import launch, resolve_device, user_errors_as_one_line
 from clip_dinoiser.engine.results import evaluate_checkpoint, summary_table
 from clip_dinoiser.engine.summary import write_summary
@@ -90,8 +90,7 @@ def run(cfg: DictConfig) -> str | None:
     check_run_inputs(config)  # before any folder is made or model loaded
     evaluation = parse(TrainEvalConfig, config.get("eval"), "eval")
     if evaluation.enabled:  # its datasets exist, before the training
-        for bench, root in selected_benchmarks(evaluation.data):
-            build_dataset(bench, root, scale=evaluation.slide.scale)
+        checked_benchmarks(evaluation.data, evaluation.slide.scale)
     run_dir = config["train"]["resume"] or config["train"]["output"]
     handler = _start_run_folder(config, run_dir, resuming, changes)
     try:

@@ -241,3 +241,12 @@ def build_dataset(bench: Benchmark, root: str, *, scale: tuple[int, int] = Slide
     if n_meta != bench.num_classes:
         raise UserError(f"{bench.dataset} has {n_meta} classes, expected {bench.num_classes}")
     return dataset
+
+
+def checked_benchmarks(cfg: DataConfig, scale: tuple[int, int]) -> list[tuple[Benchmark, str]]:
+    """``selected_benchmarks``, each dataset built once to check it (folders, split file, at least
+    one image) before any model loads."""
+    benchmarks = selected_benchmarks(cfg)
+    for bench, root in benchmarks:
+        build_dataset(bench, root, scale=scale)
+    return benchmarks

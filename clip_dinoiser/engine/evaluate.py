@@ -95,15 +95,15 @@ def metrics_from_stats(stats: Tensor, class_names: Sequence[str]) -> tuple[float
 
 def score_images(runner: SlidingWindows, batches: Iterable[list[tuple[Tensor, Tensor, tuple[int, int], Any]]],
                  num_classes: Sequence[int], device: torch.device,
-                 on_prediction: Callable[[int, Tensor, Tensor, Any], None] | None = None) -> list[Tensor]:
+                 writers: Sequence[Writer | None] = ()) -> list[Tensor]:
     """Summed ``area_stats`` (4 x K int64 counts) of a stream of images, one per setting.
 
     Args:
         runner: sliding-window inference whose model returns the settings' probabilities
             concatenated on the channels (``num_classes[i]`` channels for setting i).
         batches: lists of (3 x H x W image at the test scale, H0 x W0 label, (H0, W0), meta), on
-            ``device``; ``meta`` is handed to ``on_prediction``.
-        on_prediction: called with (setting index, H0 x W0 prediction, label, meta) per image.
+            ``device``; ``meta`` is handed to the writers.
+        writers: per setting, None or a callable given each image's (H0 x W0 prediction, label, meta).
     """
     stats = [torch.zeros(4, k, dtype=torch.int64, device=device) for k in num_classes]
     index: list[list[Tensor]] = [[] for _ in num_classes]
@@ -114,8 +114,8 @@ def score_images(runner: SlidingWindows, batches: Iterable[list[tuple[Tensor, Te
             for i, k in enumerate(num_classes):
                 pred = probs[bounds[i]:bounds[i + 1]].argmax(dim=0)
                 index[i].append(confusion_index(pred, gt, k))
-                if on_prediction is not None:
-                    on_prediction(i, pred, gt, meta)
+                if i < len(writers) and writers[i] is not None:
+                    writers[i](pred, gt, meta)
 
     def count() -> None:  # one histogram per batch and setting
         for i, k in enumerate(num_classes):
@@ -333,13 +333,8 @@ class Evaluator:
         bar = tqdm(total=n, desc=bench.name, unit="img", disable=not self.progress or rank != 0, dynamic_ncols=True)
         start = time.perf_counter()
         try:
-            on_prediction = None
-            if any(w is not None for w in writers):
-                def on_prediction(i: int, pred: Tensor, gt: Tensor, meta: Any) -> None:
-                    if writers[i] is not None:
-                        writers[i](pred, gt, meta)
             stats = score_images(runner, self._images(items, bench, device, bar, world),
-                                 [len(s.classes.vocabulary) for s in settings], device, on_prediction)
+                                 [len(s.classes.vocabulary) for s in settings], device, writers)
         finally:
             bar.close()  # also on an error: the bar's last refresh must not follow the error message
         for s in stats:

@@ -139,6 +139,19 @@ class Distiller:
             losses[name] = (teacher.loss(logits, target), agreement)
         return losses
 
+    def step(self, images: Tensor, optimizer: torch.optim.Optimizer, scheduler: Any = None,
+             heads: nn.Module | None = None) -> tuple[Tensor, dict[str, tuple[Tensor, Tensor]]]:
+        """One optimisation step on ``images`` (the teachers' losses summed; the scheduler, if
+        given, steps too); returns (the summed loss, ``losses``)."""
+        losses = self.losses(images, heads)
+        loss = sum(value for value, _ in losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        return loss, losses
+
 
 def build_distiller(cfg: Mapping[str, Any], device: torch.device) -> Distiller:
     model_cfg = {**cfg["model"], "checkpoint": None, "name": "clip_dinoiser"}
@@ -315,12 +328,7 @@ def _loop(distiller: Distiller, trainable: nn.Module, optimizer, scheduler, load
     with _StopRequest() as stop:
         for it, images in enumerate(loader, start):
             images = images.to(device, non_blocking=True)
-            losses = distiller.losses(images, trainable)
-            loss = sum(value for value, _ in losses.values())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
+            loss, losses = distiller.step(images, optimizer, scheduler, trainable)
             seen += images.shape[0] * world
             done = it + 1
             if rank == 0 and (done % 20 == 0 or done == total):

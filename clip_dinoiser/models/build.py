@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from ..config import ModelConfig, parse
+from ..config import ModelConfig, paper_teachers, parse
 from ..download import resolve_released
 from ..errors import ConfigError
 from ..files import check_local_file
@@ -97,8 +97,6 @@ def build_dino_maskclip(cfg: ModelConfig) -> nn.Module:
 
 def model_teachers(cfg: ModelConfig) -> Mapping[str, Any]:
     """``model.teachers``, or the paper's teachers where it is null."""
-    from ..config import paper_teachers
-
     return cfg.teachers if cfg.teachers is not None else paper_teachers()
 
 
