@@ -19,7 +19,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from .errors import ConfigError
-from .values import check_number, check_numbers
+from .values import COUNT, FRACTION, INTEGER, NON_NEGATIVE_INT, ODD_SIZE, PORT, POSITIVE, Kind, kind, validate
 
 T = TypeVar("T")
 
@@ -37,9 +37,9 @@ class CLIPConfig:
 class MaskCLIPConfig:
     """MaskCLIP's classifier and refinements."""
 
-    ks_thresh: float = 0.0  # key smoothing (0 = off)
-    pd_thresh: float = 0.0  # prompt denoising (0 = off)
-    temperature: float = 100.0  # softmax temperature on cosine similarities
+    ks_thresh: float = kind(FRACTION, default=0.0)  # key smoothing (0 = off)
+    pd_thresh: float = kind(FRACTION, default=0.0)  # prompt denoising (0 = off)
+    temperature: float = kind(POSITIVE, default=100.0)  # softmax temperature on cosine similarities
     templates: str = "imagenet80"  # imagenet80 (80 CLIP templates) or none
 
 
@@ -81,11 +81,11 @@ class ModelConfig:
     text_cache: str | None = "auto"  # class-name embeddings on disk: auto, a folder, or null (off)
     checkpoint: str | None = "checkpoints/last.pt"  # heads (released last.pt format); 'released': downloaded
     checkpoint_url: str | None = None  # download address for 'released' (default: the authors' repository)
-    feats_idx: int = -3  # block whose ln_2 output feeds the heads
-    gamma: float = 0.2  # correlation threshold of the guided pooling (and of the training target)
-    delta: float = 0.99  # confidence threshold of the background refinement
-    proj_dim: int = 256  # channels of the correlation head
-    kernel_size: int = 3  # kernel of the correlation head
+    feats_idx: int = kind(INTEGER, default=-3)  # block whose ln_2 output feeds the heads
+    gamma: float = kind(FRACTION, default=0.2)  # correlation threshold of the guided pooling (and training target)
+    delta: float = kind(FRACTION, default=0.99)  # confidence threshold of the background refinement
+    proj_dim: int = kind(COUNT, default=256)  # channels of the correlation head
+    kernel_size: int = kind(ODD_SIZE, default=3)  # kernel of the correlation head (odd: keeps the patch grid)
     bg_refine: bool | None = None  # true / false / null = when the vocabulary has 'background'
     pooling: str = "guided"  # 'guided' (paper Eq. 1) or 'package.module.function'
     maskclip: MaskCLIPConfig = field(default_factory=MaskCLIPConfig)
@@ -96,19 +96,10 @@ class ModelConfig:
 class SlideConfig:
     """Test-time geometry (mmseg's slide inference)."""
 
-    scale: tuple[int, int] = (2048, 448)  # (long, short) bounds of the keep-ratio resize
-    crop: tuple[int, int] = (448, 448)  # window size (h, w)
-    stride: tuple[int, int] = (224, 224)  # window stride (h, w)
-    window_batch: int = 64  # windows per model call
-
-    def __post_init__(self) -> None:
-        """Checked (two positive integers each, a ``ConfigError`` naming the key), as tuples."""
-        for key in ("scale", "crop", "stride"):
-            pair = check_numbers(getattr(self, key), f"slide.{key}", minimum=1)
-            if len(pair) != 2:
-                raise ConfigError(f"slide.{key}={list(pair)}: expected two numbers (h, w)")
-            setattr(self, key, pair)
-        self.window_batch = check_number(self.window_batch, "slide.window_batch", minimum=1)
+    scale: tuple[int, int] = kind(COUNT, length=2, default=(2048, 448))  # (long, short) bounds of the resize
+    crop: tuple[int, int] = kind(COUNT, length=2, default=(448, 448))  # window size (h, w)
+    stride: tuple[int, int] = kind(COUNT, length=2, default=(224, 224))  # window stride (h, w)
+    window_batch: int = kind(COUNT, default=64)  # windows per model call
 
 
 @dataclass
@@ -146,16 +137,16 @@ class EvalConfig:
     data: DataConfig = MISSING
     device: str = "auto"  # auto / cpu / cuda (torchrun: one GPU per rank)
     precision: str = "fp32"  # fp32 / bf16 / fp16 (autocast)
-    loader_batch: int = 8  # images per loader item (windows of consecutive images share model calls)
-    num_workers: int = 8  # data-loading processes per rank
-    limit: int | None = None  # evaluate only the first N images of each benchmark
+    loader_batch: int = kind(COUNT, default=8)  # images per loader item (consecutive images share model calls)
+    num_workers: int = kind(NON_NEGATIVE_INT, default=8)  # data-loading processes per rank
+    limit: int | None = kind(COUNT, default=None)  # evaluate only the first N images of each benchmark
     progress: bool = True
     output: str = "outputs/eval/${now:%Y-%m-%d_%H-%M-%S}"  # run folder: config, results.json, results.csv
     overwrite: bool = False  # replace the results of an earlier run in the same output folder
     slide: SlideConfig = field(default_factory=SlideConfig)
     sweep: Any = None  # {model.gamma:[0.1,0.2],...}: inference settings scored in one pass (engine/sweep.py)
     save_predictions: bool = False  # the scored label maps: <output>/predictions/<benchmark>/*.png
-    save_examples: int = 0  # N figures image | ground truth | prediction per benchmark: <output>/examples/
+    save_examples: int = kind(NON_NEGATIVE_INT, default=0)  # N figures image | truth | prediction per benchmark
 
 
 @dataclass
@@ -167,10 +158,11 @@ class DemoConfig:
     output: str = "outputs/demo"  # folder for <name>_mask.png, <name>_labels.png, <name>_figure.png
     device: str = "auto"
     precision: str = "fp32"
-    alpha: float = 0.5  # overlay opacity
+    alpha: float = kind(FRACTION, default=0.5)  # overlay opacity
     figure: bool = True  # also write <name>_figure.png: input | MaskCLIP | CLIP-DINOiser | objectness
-    query: list[int] | None = None  # [x, y]: add the correlation map of the patch under this pixel
+    query: list[int] | None = kind(NON_NEGATIVE_INT, length=2, default=None)  # [x, y]: correlations of this pixel
     progress: bool = True
+    overwrite: bool = False  # replace the outputs of an earlier run with the same image names
     slide: SlideConfig = field(default_factory=SlideConfig)
 
 
@@ -178,11 +170,11 @@ class DemoConfig:
 class AppConfig:
     model: ModelConfig = MISSING
     host: str = "127.0.0.1"  # 0.0.0.0 to serve other machines
-    port: int = 7860
+    port: int = kind(PORT, default=7860)
     examples: list[str] = field(default_factory=list)  # image files offered as examples on the page
     device: str = "auto"
     precision: str = "fp32"
-    alpha: float = 0.5
+    alpha: float = kind(FRACTION, default=0.5)
     slide: SlideConfig = field(default_factory=SlideConfig)
 
 
@@ -191,21 +183,22 @@ class TrainSettings:
     data: str = MISSING  # image folder (any nesting; e.g. ImageNet's train/)
     output: str = "outputs/train/${now:%Y-%m-%d_%H-%M-%S}"  # run folder
     resume: str | None = None  # a run folder: continue from its newest checkpoint
-    ds_size: int | None = 1000  # images sampled from the folder with the seed (null: all)
+    init: str | None = None  # heads to start from (fine-tuning): 'released' or a heads file; null: random
+    ds_size: int | None = kind(COUNT, default=1000)  # images sampled from the folder with the seed (null: all)
     skip_bad_images: bool = False  # true: unreadable images are logged and replaced (else the run stops)
-    batch_size: int = 16  # global batch (split over torchrun processes)
-    epochs: int = 100
-    corr_lr: float = 5.0e-5  # the correlation head (obj_proj)
-    found_lr: float = 1.0e-2  # the objectness head (bkg_decoder)
-    milestones: list[int] = field(default_factory=lambda: [5000])  # iterations of the x step_lr_gamma decays
-    step_lr_gamma: float = 0.1
-    im_size: int = 448
+    batch_size: int = kind(COUNT, default=16)  # global batch (split over torchrun processes)
+    epochs: int = kind(COUNT, default=100)
+    corr_lr: float = kind(POSITIVE, default=5.0e-5)  # the correlation head (obj_proj)
+    found_lr: float = kind(POSITIVE, default=1.0e-2)  # the objectness head (bkg_decoder)
+    milestones: list[int] = kind(NON_NEGATIVE_INT, default_factory=lambda: [5000])  # iterations of the decays
+    step_lr_gamma: float = kind(POSITIVE, default=0.1)  # learning-rate factor at each milestone
+    im_size: int = kind(Kind(integer=True, low=16), default=448)  # training crop size
     antialias: bool = False  # image resize without antialiasing, as the reference (torchvision 0.13.1)
-    num_workers: int = 8
-    seed: int = 0
-    save_every: int = 500  # iterations between checkpoints
-    keep_checkpoints: int = 2
-    stop_after: int | None = None  # stop after this many iterations (smoke tests, benchmarks)
+    num_workers: int = kind(NON_NEGATIVE_INT, default=8)
+    seed: int = kind(NON_NEGATIVE_INT, default=0)
+    save_every: int = kind(COUNT, default=500)  # iterations between checkpoints
+    keep_checkpoints: int = kind(COUNT, default=2)
+    stop_after: int | None = kind(COUNT, default=None)  # stop (and save) after this many iterations in this call
 
 
 @dataclass
@@ -216,8 +209,8 @@ class TrainEvalConfig:
     data: DataConfig = field(default_factory=DataConfig)
     slide: SlideConfig = field(default_factory=SlideConfig)
     precision: str = "fp32"
-    num_workers: int = 4
-    limit: int | None = None
+    num_workers: int = kind(NON_NEGATIVE_INT, default=4)
+    limit: int | None = kind(COUNT, default=None)
 
 
 @dataclass
@@ -250,12 +243,13 @@ def parse(cls: type[T], cfg: Any, prefix: str) -> T:
     instance. An unknown key, a wrong type or a missing value is a one-line ``ConfigError``
     naming the key (``prefix.key``)."""
     if isinstance(cfg, cls):
-        return cfg
+        return validate(cfg, prefix)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(cls), cfg if cfg is not None else {})
-        return OmegaConf.to_object(merged)
+        obj = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         raise config_error(e, prefix) from None
+    return validate(obj, prefix)
 
 
 def config_error(e: OmegaConfBaseException, prefix: str = "") -> ConfigError:
@@ -268,6 +262,15 @@ def config_error(e: OmegaConfBaseException, prefix: str = "") -> ConfigError:
     if isinstance(e, ValidationError):
         return ConfigError(f"{key}: {first}")
     return ConfigError(f"{key}: {first}" if key else first)
+
+
+def field_kind(cls: type, dotted: str) -> Kind:
+    """The kind of number of the field ``dotted`` (``maskclip.ks_thresh``) of the dataclass ``cls``."""
+    head, _, rest = dotted.partition(".")
+    f = {f.name: f for f in dataclasses.fields(cls)}[head]
+    if rest:
+        return field_kind(f.default_factory if f.default_factory is not dataclasses.MISSING else type(f.default), rest)
+    return f.metadata["kind"]
 
 
 def known_keys(cls: type) -> list[str]:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Any
+from collections.abc import Callable
+from typing import IO, Any
 
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 
@@ -49,16 +50,24 @@ def check_output_dir(path: str, key: str) -> None:
         raise PermissionError(f"{key}={path}: folder {probe} is not writable")
 
 
-def save_atomic(obj: Any, path: str) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename: an interrupted write
-    (Ctrl-C, kill, full disk) never leaves a half-written ``path`` behind."""
-    import torch
-
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+def write_atomic(path: str, write: Callable[[IO], Any], binary: bool = False) -> str:
+    """``write(file)`` into a temporary file beside ``path``, then rename it to ``path``: an
+    interrupted write (Ctrl-C, kill, full disk) never leaves a half-written ``path``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+            write(f)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+    return path
+
+
+def save_atomic(obj: Any, path: str) -> None:
+    """``torch.save`` through ``write_atomic``."""
+    import torch
+
+    write_atomic(path, lambda f: torch.save(obj, f), binary=True)

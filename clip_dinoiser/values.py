@@ -1,35 +1,128 @@
-"""Checks on config values: a wrong type or range fails with the key in the message."""
+"""One validator per kind of number in a config: finite, of the right type, in its range.
+
+Every numeric field of the dataclasses in ``config.py`` names its kind (``field(metadata=...)``);
+``validate`` checks a whole config tree against them, so a NaN, an infinity or a value out of
+range fails once, at the boundary, with the key in the message::
+
+    ConfigError: model.gamma=nan: must be a finite number in [0, 1]
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError
 
 
-def check_number(value: Any, key: str, kind: type = int, *, minimum: float | None = None) -> Any:
-    """``value`` as ``kind`` (int or float), or a ``ConfigError`` naming ``key``."""
-    try:
-        number = kind(value)
-        if isinstance(value, bool) or (kind is int and float(value) != number):
-            raise ValueError
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key}={value!r}: expected {'an integer' if kind is int else 'a number'}") from None
-    if minimum is not None and number < minimum:
-        raise ConfigError(f"{key}={value!r}: must be at least {minimum}")
-    return number
+@dataclass(frozen=True)
+class Kind:
+    """A kind of number: integer or real, always finite, within [low, high] (or open ends)."""
+
+    integer: bool = False
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    odd: bool = False
+
+    def describe(self) -> str:
+        what = "an integer" if self.integer else "a finite number"
+        if self.low is not None and self.high is not None:
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            what += f" in {left}{_fmt(self.low)}, {_fmt(self.high)}{right}"
+        elif self.low is not None:
+            what += f" {'>' if self.low_open else '>='} {_fmt(self.low)}"
+        elif self.high is not None:
+            what += f" {'<' if self.high_open else '<='} {_fmt(self.high)}"
+        return what + (" (odd)" if self.odd else "")
+
+    def check(self, value: Any, key: str) -> int | float:
+        """``value`` as an int or float of this kind, or a one-line ``ConfigError`` naming ``key``."""
+        try:
+            if isinstance(value, bool) or value is None:
+                raise ValueError
+            number = float(value)
+            if self.integer:
+                if not math.isfinite(number) or number != int(number):
+                    raise ValueError
+                number = int(number)
+        except (TypeError, ValueError, OverflowError):
+            raise ConfigError(f"{key}={value!r}: must be {self.describe()}") from None
+        bad = (not math.isfinite(number)
+               or (self.low is not None and (number <= self.low if self.low_open else number < self.low))
+               or (self.high is not None and (number >= self.high if self.high_open else number > self.high))
+               or (self.odd and number % 2 != 1))
+        if bad:
+            raise ConfigError(f"{key}={value!r}: must be {self.describe()}")
+        return number
 
 
-def check_numbers(values: Sequence[Any], key: str, kind: type = int, *, minimum: float | None = None) -> tuple:
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+# The kinds of number our configs hold.
+FRACTION = Kind(low=0, high=1)  # thresholds and probabilities
+POSITIVE = Kind(low=0, low_open=True)  # temperatures, learning rates, decay factors
+COUNT = Kind(integer=True, low=1)  # sizes, batches, iterations
+NON_NEGATIVE_INT = Kind(integer=True, low=0)  # worker counts, seeds, indices, pixels
+INTEGER = Kind(integer=True)  # block indices (negative counts from the end)
+ODD_SIZE = Kind(integer=True, low=1, odd=True)  # convolution kernels that keep the grid
+PORT = Kind(integer=True, low=1, high=65535)
+SEVERITY = Kind(integer=True, low=1, high=5)
+
+
+def kind(k: Kind, *, length: int | None = None, **field_kwargs) -> Any:
+    """A dataclass field whose value is of kind ``k``: a number, or a list of ``length`` numbers
+    (any length when None); None passes where the field's type allows it."""
+    return dataclasses.field(metadata={"kind": k, "length": length}, **field_kwargs)
+
+
+def check_value(value: Any, k: Kind, key: str, length: int | None = None) -> Any:
+    """``value`` (a number, a list of numbers, or None) checked against ``k``; lists come back as tuples."""
+    if value is None:
+        return None
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        if length is not None and len(value) != length:
+            raise ConfigError(f"{key}={list(value)}: expected {length} numbers")
+        return tuple(k.check(v, f"{key}[{i}]") for i, v in enumerate(value))
+    if length is not None:
+        raise ConfigError(f"{key}={value!r}: expected a list of {length} numbers")
+    return k.check(value, key)
+
+
+def validate(obj: Any, prefix: str = "") -> Any:
+    """Check every field of the dataclass ``obj`` (and of the dataclasses inside it) that names
+    a kind; returns ``obj`` with the values converted (``"3"`` -> 3)."""
+    if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
+        return obj
+    for f in dataclasses.fields(obj):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        value = getattr(obj, f.name)
+        if "kind" in f.metadata:
+            checked = check_value(value, f.metadata["kind"], key, f.metadata.get("length"))
+            as_list = isinstance(checked, tuple) and not str(f.type).startswith("tuple")
+            setattr(obj, f.name, list(checked) if as_list else checked)
+        elif dataclasses.is_dataclass(value):
+            validate(value, key)
+    return obj
+
+
+def check_number(value: Any, key: str, kind_: type = int, *, minimum: float | None = None) -> Any:
+    """``value`` as ``kind_`` (int or float), finite and at least ``minimum``: a ``ConfigError`` naming ``key``."""
+    return Kind(integer=kind_ is int, low=minimum).check(value, key)
+
+
+def check_numbers(values: Sequence[Any], key: str, kind_: type = int, *, minimum: float | None = None) -> tuple:
     """``check_number`` for each entry of a list value (``slide.stride=[224,224]``)."""
     if isinstance(values, str | bytes) or not isinstance(values, Sequence):
         try:
             values = list(values)
         except TypeError:
             raise ConfigError(f"{key}={values!r}: expected a list of numbers") from None
-    try:
-        return tuple(check_number(v, key, kind, minimum=minimum) for v in values)
-    except ValueError:
-        raise ConfigError(f"{key}={list(values)!r}: expected numbers"
-                         + ("" if minimum is None else f" of at least {minimum}")) from None
+    k = Kind(integer=kind_ is int, low=minimum)
+    return tuple(k.check(v, key) for v in values)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .errors import UserError
+from .readers import read_text
 
 Vocabulary = tuple[tuple[str, ...], ...]
 
@@ -36,8 +37,10 @@ def parse_vocabulary(names: Sequence[str]) -> Vocabulary:
     return tuple(vocab)
 
 
-def read_vocabulary_file(path: str) -> Vocabulary:
-    """One class per line (synonyms comma-separated); blank lines and ``#`` comments skipped."""
-    with open(path, encoding="utf-8") as f:
-        lines = [ln.split("#", 1)[0].strip() for ln in f]
+def read_vocabulary_file(path: str, key: str | None = None) -> Vocabulary:
+    """One class per line (synonyms comma-separated); blank lines and ``#`` comments skipped.
+    A missing or non-UTF-8 file is a one-line error naming it (and ``key``)."""
+    lines = [ln.split("#", 1)[0].strip() for ln in read_text(path, "class-name file", key).splitlines()]
+    if not any(lines):
+        raise UserError(f"class-name file {path}{f' ({key})' if key else ''} names no class")
     return parse_vocabulary([ln for ln in lines if ln])

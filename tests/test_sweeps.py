@@ -42,8 +42,14 @@ def test_sweep_points_grid_and_checks():
     assert sweep_points(None) == [{}]
     with pytest.raises(ConfigError, match="model.feats_idx cannot be swept in one pass"):
         sweep_points({"model.feats_idx": [-2, -3]})
-    with pytest.raises(ConfigError, match="sweep model.gamma='x': expected a number"):
+    with pytest.raises(ConfigError, match=r"sweep model.gamma='x': must be a finite number in \[0, 1\]"):
         sweep_points({"model.gamma": ["x"]})
+    with pytest.raises(ConfigError, match=r"sweep model.gamma=nan: must be a finite number"):
+        sweep_points({"model.gamma": [float("nan")]})
+    with pytest.raises(ConfigError, match=r"sweep model.maskclip.temperature=0: must be a finite number > 0"):
+        sweep_points({"model.maskclip.temperature": [0]})
+    with pytest.raises(ConfigError, match=r"sweep: gamma=0.1 appears twice"):
+        sweep_points({"model.gamma": [0.1, 0.10]})
 
 
 def test_sweep_equals_separate_runs_pixel_for_pixel(tmp_path, model_cfg):

@@ -27,16 +27,16 @@ from omegaconf import DictConfig
 from PIL import Image
 from tqdm import tqdm
 
-from clip_dinoiser.config import SlideConfig, parse, register_configs
+from clip_dinoiser.config import DemoConfig, parse, register_configs
 from clip_dinoiser.data.images import load_image
-from clip_dinoiser.data.train_images import IMAGE_EXTENSIONS
-from clip_dinoiser.engine.cli import launch, resolve_device, user_errors_as_one_line
+from clip_dinoiser.engine.cli import launch, one_line, resolve_device, user_errors_as_one_line
 from clip_dinoiser.engine.figures import FigureData, figure, segment_for_figure
 from clip_dinoiser.engine.inference import check_point, check_precision
+from clip_dinoiser.engine.runs import refuse_existing
 from clip_dinoiser.errors import UserError
 from clip_dinoiser.files import check_output_dir
 from clip_dinoiser.models import build_model, parse_vocabulary, read_vocabulary_file
-from clip_dinoiser.values import check_numbers
+from clip_dinoiser.readers import IMAGE_EXTENSIONS
 from clip_dinoiser.visualize import MAX_INDEXED_CLASSES, add_legend, make_palette, overlay, save_indexed
 
 log = logging.getLogger("demo")
@@ -47,7 +47,7 @@ def demo_vocabulary(prompts, prompts_file: str | None):
     if prompts_file:
         if prompts is not None:
             raise UserError("give prompts or prompts_file, not both")
-        return read_vocabulary_file(str(prompts_file))
+        return read_vocabulary_file(str(prompts_file), "prompts_file")
     if prompts is None:
         raise UserError("no classes: give 'prompts=[cat,sofa]' (quote non-Latin names: 'prompts=[\"猫\",chien]') "
                          "or prompts_file=<one class per line>")
@@ -74,7 +74,7 @@ def write_outputs(image: np.ndarray, data: FigureData, names: list[str], stem: s
     """<stem>_mask.png, <stem>_labels.png and (figure=true) <stem>_figure.png in ``cfg.output``."""
     palette = make_palette(len(names))
     present = [int(i) for i in np.unique(data.labels)]
-    paths = [os.path.join(cfg.output, f"{stem}_{kind}.png") for kind in ("mask", "labels", "figure")]
+    paths = output_paths(cfg, stem)
     Image.fromarray(add_legend(overlay(image, data.labels, palette, cfg.alpha), names, palette, present)).save(paths[0])
     save_indexed(data.labels, palette, paths[1])
     if not cfg.figure:
@@ -83,44 +83,61 @@ def write_outputs(image: np.ndarray, data: FigureData, names: list[str], stem: s
     return paths
 
 
+def output_stems(paths: list[str]) -> list[str]:
+    """The output name of each image: its file name without the suffix (photo.jpg and photo.png in
+    one folder: photo, photo_2)."""
+    stems: list[str] = []
+    for path in paths:
+        stem = base = os.path.splitext(os.path.basename(path))[0]
+        for k in itertools.count(2):
+            if stem not in stems:
+                break
+            stem = f"{base}_{k}"
+        stems.append(stem)
+    return stems
+
+
+def output_paths(cfg: DictConfig, stem: str) -> list[str]:
+    kinds = ("mask", "labels", "figure") if cfg.figure else ("mask", "labels")
+    return [os.path.join(cfg.output, f"{stem}_{kind}.png") for kind in kinds]
+
+
 @user_errors_as_one_line
 def run(cfg: DictConfig) -> list[str]:
+    cfg_checked = parse(DemoConfig, cfg, "")  # every number finite and in range
     check_output_dir(cfg.output, "output")  # everything is checked before the model is built
     vocab = demo_vocabulary(cfg.prompts, cfg.prompts_file)
     if len(vocab) > MAX_INDEXED_CLASSES:
         raise UserError(f"{len(vocab)} classes: the label map (an indexed PNG) holds at most {MAX_INDEXED_CLASSES}")
     paths, single = demo_images(str(cfg.image))
+    stems = output_stems(paths)
+    if not cfg.overwrite:
+        refuse_existing([p for stem in stems for p in output_paths(cfg, stem)], f"output={cfg.output}", "the demo")
     first = load_image(paths[0]) if single else None
-    query = None if cfg.query is None else check_numbers(cfg.query, "query", minimum=0)
-    if query is not None and (len(query) != 2 or not single):
+    query = cfg_checked.query
+    if query is not None and not single:
         raise UserError(f"query={list(cfg.query)}: give one pixel [x, y] of a single image")
     if query is not None:
         check_point(query, first.shape)
     device = resolve_device(cfg.device)
     check_precision(cfg.precision)
-    slide = parse(SlideConfig, cfg.slide, "slide")
+    slide = cfg_checked.slide
 
     t0 = time.perf_counter()
     model = build_model(cfg.model).to(device)
     model.set_vocabulary(vocab)
     log.info("model ready in %.2fs", time.perf_counter() - t0)
     os.makedirs(cfg.output, exist_ok=True)
-    written, skipped, stems = [], [], set()
-    for path in tqdm(paths, desc="segmenting", unit="img", disable=single or not cfg.progress):
+    written, skipped = [], []
+    for path, stem in tqdm(list(zip(paths, stems)), desc="segmenting", unit="img", disable=single or not cfg.progress):
         try:
             image = first if single else load_image(path)
-        except ValueError as e:  # one unreadable file of many: reported, not fatal
-            log.warning("skipped: %s", e)
+        except (OSError, UserError) as e:  # one unreadable file of many, whatever the reason: reported, not fatal
+            log.warning("skipped: %s", one_line(e))
             skipped.append(path)
             continue
         t1 = time.perf_counter()
         data = segment_for_figure(model, image, slide=slide, precision=cfg.precision, compare=cfg.figure, query=query)
-        stem = base = os.path.splitext(os.path.basename(path))[0]
-        for k in itertools.count(2):  # photo.jpg and photo.png in one folder: photo, photo_2
-            if stem not in stems:
-                break
-            stem = f"{base}_{k}"
-        stems.add(stem)
         written += write_outputs(image, data, model.class_names, stem, cfg)
         log.info("%s (%dx%d) in %.2fs; classes present: %s", path, image.shape[1], image.shape[0],
                  time.perf_counter() - t1, ", ".join(model.class_names[i] for i in np.unique(data.labels)))

@@ -17,71 +17,84 @@ import os
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from clip_dinoiser.config import DataConfig, SlideConfig, parse, register_configs
+from clip_dinoiser.config import EvalConfig, SlideConfig, parse, register_configs
 from clip_dinoiser.data.benchmarks import Benchmark, checked_benchmarks
 from clip_dinoiser.engine import distributed as dist
 from clip_dinoiser.engine.cli import launch, resolve_device, user_errors_as_one_line
 from clip_dinoiser.engine.evaluate import BenchmarkResult, Evaluator
 from clip_dinoiser.engine.inference import check_precision
 from clip_dinoiser.engine.predictions import PredictionWriter
-from clip_dinoiser.engine.results import summary_table, write_results
-from clip_dinoiser.engine.summary import write_summary
+from clip_dinoiser.engine.results import RESULT_FILES, summary_table, write_results
+from clip_dinoiser.engine.runs import RunFolder, claim_all, release_all
+from clip_dinoiser.engine.summary import SUMMARY_FILES, write_summary
 from clip_dinoiser.engine.sweep import decoding_fields, point_name, sweep_points
-from clip_dinoiser.files import check_output_dir
 from clip_dinoiser.models import build_model, check_model_config
-from clip_dinoiser.values import check_number
 
 log = logging.getLogger("eval")
 
 
-def check_settings(cfg: DictConfig) -> tuple[list[tuple[Benchmark, str]], SlideConfig, list[dict]]:
+def check_settings(cfg: DictConfig) -> tuple[list[tuple[Benchmark, str]], SlideConfig, list[dict], list[RunFolder]]:
     """Every setting and input checked before a loader process or model starts (each error names
-    its key or file): the output folder, the datasets (at least one image each), numbers, device,
-    precision, the window geometry and the sweep. Returns the benchmarks, the window geometry
-    and the sweep's points."""
-    check_output_dir(cfg.output, "output")
-    if os.path.isfile(os.path.join(cfg.output, "results.json")) and not cfg.overwrite:
-        raise FileExistsError(f"output={cfg.output} already holds results.json: choose another folder or set "
-                              "overwrite=true")
-    if cfg.limit is not None:
-        check_number(cfg.limit, "limit", minimum=1)
-    check_number(cfg.num_workers, "num_workers", minimum=0)
-    check_number(cfg.loader_batch, "loader_batch", minimum=1)
-    check_precision(cfg.precision)
-    resolve_device(cfg.device)
-    slide = parse(SlideConfig, cfg.slide, "slide")
-    benchmarks = checked_benchmarks(parse(DataConfig, cfg.data, "data"), slide.scale)
-    check_model_config(cfg.model)
-    check_number(cfg.save_examples, "save_examples", minimum=0)
+    its key or file): every number (finite, in range), the output folders (none of the files a
+    run would write may exist, unless ``overwrite``), the datasets (at least one image each),
+    device, precision and the sweep. Returns the benchmarks, the window geometry, the sweep's
+    points and the run folders to write (one per point, and the sweep's own)."""
+    settings = parse(EvalConfig, cfg, "")  # unknown keys, types, numbers out of range
+    check_precision(settings.precision)
+    resolve_device(settings.device)
     points = sweep_points(OmegaConf.to_container(cfg.sweep) if cfg.sweep is not None else None)
+    folders = run_folders(cfg, points)
+    for folder in folders:
+        folder.check()
+    benchmarks = checked_benchmarks(settings.data, settings.slide.scale)
+    check_model_config(cfg.model)
     for p in points:
         if p.get("data.vocabulary") and not os.path.isfile(p["data.vocabulary"]):
             raise FileNotFoundError(f"vocabulary file not found: {p['data.vocabulary']} (sweep data.vocabulary)")
-    return benchmarks, slide, points
+    return benchmarks, settings.slide, points, folders
+
+
+def run_folders(cfg: DictConfig, points: list[dict]) -> list[RunFolder]:
+    """The folders an evaluation writes: ``output``, or with a sweep one below it per point
+    (and ``output`` for the sweep's summary)."""
+    files = [*RESULT_FILES, *(["predictions"] if cfg.save_predictions else []),
+             *(["examples"] if cfg.save_examples else [])]
+    if not cfg.sweep:
+        return [RunFolder(cfg.output, files, key="output", overwrite=cfg.overwrite)]
+    top = RunFolder(cfg.output, SUMMARY_FILES, key="output", overwrite=cfg.overwrite)
+    return [top] + [RunFolder(os.path.join(cfg.output, point_name(p)), files, key="output", overwrite=cfg.overwrite)
+                    for p in points]
 
 
 @user_errors_as_one_line
 def run(cfg: DictConfig) -> list[list[BenchmarkResult]]:
     """Evaluate; returns the results per sweep point (one point without a sweep), per benchmark."""
-    benchmarks, slide, points = check_settings(cfg)
+    benchmarks, slide, points, folders = check_settings(cfg)
+    main_rank = os.environ.get("RANK", "0") == "0"
+    if main_rank:
+        claim_all(folders)  # a second evaluation into the same folders is refused from here on
     evaluator = Evaluator(slide=slide, precision=cfg.precision, loader_batch=cfg.loader_batch,
                           num_workers=cfg.num_workers, limit=cfg.limit, progress=cfg.progress)
-    evaluator.start()  # before CUDA and the model: a fast fork, and the processes start meanwhile
-    device = resolve_device(cfg.device)
-    folders = [cfg.output] if not cfg.sweep else [os.path.join(cfg.output, point_name(p)) for p in points]
     per_point: list[list[tuple[Benchmark, BenchmarkResult]]] = [[] for _ in points]
+    failed = True
     try:
+        evaluator.start()  # before CUDA and the model: a fast fork, and the processes start meanwhile
+        device = resolve_device(cfg.device)
         with dist.process_group(device) as (rank, world):
             if device.type == "cuda" and world > 1:
                 device = resolve_device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}")
             model = build_model(cfg.model).to(device)
+            point_folders = [f.path for f in folders[-len(points):]]
             for bench, root in benchmarks:
-                for i, r in enumerate(_evaluate_points(evaluator, model, bench, root, cfg, points, folders)):
+                for i, r in enumerate(_evaluate_points(evaluator, model, bench, root, cfg, points, point_folders)):
                     per_point[i].append((bench, r))
             if rank == 0:
                 _write(cfg, points, folders, per_point)
+        failed = False
     finally:
         evaluator.close()
+        if main_rank:
+            release_all(folders, failed)
     return [[r for _, r in results] for results in per_point]
 
 
@@ -105,12 +118,12 @@ def _evaluate_points(evaluator: Evaluator, model, bench: Benchmark, root: str, c
     return results
 
 
-def _write(cfg: DictConfig, points: list[dict], folders: list[str],
+def _write(cfg: DictConfig, points: list[dict], folders: list[RunFolder],
            per_point: list[list[tuple[Benchmark, BenchmarkResult]]]) -> None:
     """Each point's run folder (its config with the point's values), then the summary of a sweep."""
-    for point, folder, results in zip(points, folders, per_point):
+    for point, folder, results in zip(points, folders[-len(points):], per_point):
         run_cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-        run_cfg.sweep, run_cfg.output = None, folder
+        run_cfg.sweep, run_cfg.output = None, folder.path
         for key, value in point.items():
             OmegaConf.update(run_cfg, key, value)
         write_results(results, run_cfg, folder)

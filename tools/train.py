@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from typing import Any
 
 import hydra
@@ -25,10 +24,12 @@ from omegaconf import DictConfig, OmegaConf
 from clip_dinoiser.config import TrainEvalConfig, parse, register_configs
 from clip_dinoiser.data.benchmarks import checked_benchmarks
 from clip_dinoiser.engine.cli import launch, resolve_device, user_errors_as_one_line
+from clip_dinoiser.engine.loop import latest_checkpoint
 from clip_dinoiser.engine.results import evaluate_checkpoint, summary_table
 from clip_dinoiser.engine.summary import write_summary
-from clip_dinoiser.engine.train import TrainingInterrupted, check_run_inputs, train
+from clip_dinoiser.engine.train import check_run_inputs, start_run, train
 from clip_dinoiser.errors import UserError
+from clip_dinoiser.readers import read_config
 
 log = logging.getLogger("train")
 
@@ -55,7 +56,7 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[dict, list[str
         raise FileNotFoundError(f"run folder to resume not found: {run_dir} (train.resume)")
     if not os.path.isfile(saved_path):
         raise FileNotFoundError(f"{saved_path} not found: cannot resume a run without its settings")
-    saved = OmegaConf.load(saved_path)
+    saved = read_config(saved_path)
     for key in SESSION_ONLY:
         OmegaConf.update(saved, key, _plain(OmegaConf.select(cfg, key)), force_add=True)
     changes, refused = [], []
@@ -87,52 +88,40 @@ def run(cfg: DictConfig) -> str | None:
     if multirun and not resuming:
         config["train"]["output"] = HydraConfig.get().runtime.output_dir  # no collisions between jobs
     device = resolve_device(config["device"])
-    check_run_inputs(config)  # before any folder is made or model loaded
+    check_run_inputs(config, folder=os.environ.get("RANK", "0") == "0")  # before any folder is made or model loaded
     evaluation = parse(TrainEvalConfig, config.get("eval"), "eval")
     if evaluation.enabled:  # its datasets exist, before the training
         checked_benchmarks(evaluation.data, evaluation.slide.scale)
-    run_dir = config["train"]["resume"] or config["train"]["output"]
-    handler = _start_run_folder(config, run_dir, resuming, changes)
+    if os.environ.get("RANK", "0") != "0":
+        return train(config, device)
+    folder = start_run(config)
+    handler = _log_to(folder.record("train.log"))
+    failed = True
     try:
-        last = _train(config, device)
-        if last and evaluation.enabled and handler is not None:
-            results = evaluate_checkpoint(config["model"], last, evaluation, device, run_dir)
-            log.info("%s\n%s", run_dir, summary_table(results))
+        if resuming:
+            log.info("resume of %s%s", folder.path, f" with {'; '.join(changes)}" if changes else "")
+        last = train(config, device, run=folder)
+        if last and evaluation.enabled:
+            results = evaluate_checkpoint(config["model"], last, evaluation, device, folder)
+            log.info("%s\n%s", folder.path, summary_table(results))
             if multirun:
-                log.info("sweep so far:\n%s", write_summary([HydraConfig.get().sweep.dir], HydraConfig.get().sweep.dir))
+                sweep_dir = HydraConfig.get().sweep.dir
+                log.info("sweep so far:\n%s", write_summary([sweep_dir], sweep_dir))
+        failed = False
         return last
     finally:
-        if handler is not None:
-            logging.getLogger().removeHandler(handler)
-            handler.close()
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+        # a new run that failed before its first checkpoint leaves nothing behind
+        folder.release(failed=failed, discard=failed and not resuming and latest_checkpoint(folder.path) is None)
 
 
-def _start_run_folder(config: dict, run_dir: str, resuming: bool, changes: list[str]) -> logging.Handler | None:
-    """Rank 0: the run folder, its config.yaml (a new run) and train.log (appended on resume)."""
-    if os.environ.get("RANK", "0") != "0":
-        return None
-    os.makedirs(run_dir, exist_ok=True)
-    if not resuming:
-        OmegaConf.save(config, os.path.join(run_dir, "config.yaml"))
-    handler = logging.FileHandler(os.path.join(run_dir, "train.log"))
+def _log_to(path: str) -> logging.Handler:
+    """The run's ``train.log`` (appended on resume) receives every log line of the run."""
+    handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("[%(asctime)s %(name)s] %(message)s"))
     logging.getLogger().addHandler(handler)
-    if resuming:
-        log.info("resume of %s%s", run_dir, f" with {'; '.join(changes)}" if changes else "")
     return handler
-
-
-def _train(config: dict, device) -> str | None:
-    try:
-        return train(config, device)
-    except TrainingInterrupted as e:
-        print(f"interrupted: checkpoint of iteration {e.iteration} saved; continue with "
-              f"python tools/train.py train.resume={e.run_dir}", file=sys.stderr)
-        sys.exit(130)
-    except KeyboardInterrupt:
-        print("interrupted before the current iteration could be saved; train.resume continues from the newest "
-              "checkpoint in checkpoints/ (if any)", file=sys.stderr)
-        sys.exit(130)
 
 
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")

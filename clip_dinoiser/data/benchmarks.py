@@ -19,6 +19,7 @@ import numpy as np
 
 from ..config import BenchmarkConfig, DataConfig, SlideConfig
 from ..errors import ConfigError, UserError
+from ..readers import read_label
 from ..vocabulary import read_vocabulary_file
 from .datasets import COCOObjectDataset, PascalVOC20Dataset
 
@@ -140,15 +141,12 @@ class PackForEval:
         gt = results["gt_seg_map"]
         h, w = results["ori_shape"][:2]
         if gt.shape != (h, w):  # would be scored against a broadcast, or crash after the inference
-            size = "x".join(map(str, gt.shape[::-1])) if gt.ndim == 2 else f"of shape {gt.shape}"
-            if gt.ndim == 1:  # mmseg squeezes a one-row (or one-column) label map
-                size = f"{gt.shape[0]}x1 or 1x{gt.shape[0]}"
-            raise UserError(f"annotation {results['seg_map_path']} is {size} but its image "
-                             f"{results['img_path']} is {w}x{h}")
+            raise UserError(f"annotation {results['seg_map_path']} is {gt.shape[1]}x{gt.shape[0]} but its image "
+                            f"{results['img_path']} is {w}x{h}")
         return {
             "bad_labels": bad_label_values(gt, self.num_classes),
             "img": cv2.cvtColor(results["img"], cv2.COLOR_BGR2RGB),  # mmcv loads BGR
-            "gt": gt.astype(np.uint8, copy=False),  # values above 255 are bad labels: reported, never scored
+            "gt": gt,  # uint8 (LoadLabels refuses values above 255)
             "ori_shape": tuple(results["ori_shape"]),
             "img_path": results["img_path"],
             "seg_map_path": results["seg_map_path"],
@@ -202,14 +200,35 @@ class ReadOrFail:
         return out
 
 
+class LoadLabels:
+    """mmseg's ``LoadAnnotations`` through our label reader (``readers.read_label``): the map at
+    its own bit depth (a value above 255 is an error naming the file, never wrapped to 8 bits),
+    a 1 x N map kept 1 x N (mmseg squeezes it to N), then ``reduce_zero_label`` and
+    ``label_map`` exactly as mmseg applies them."""
+
+    def __call__(self, results: dict[str, Any]) -> dict[str, Any]:
+        gt = read_label(results["seg_map_path"])
+        if results.get("reduce_zero_label"):  # 0 (background) -> 255 (ignored), the rest shift down by one
+            gt = gt.copy()
+            gt[gt == 0] = 255
+            gt = gt - 1
+            gt[gt == 254] = 255
+        if results.get("label_map"):
+            source = gt.copy()
+            for old, new in results["label_map"].items():
+                gt[source == old] = new
+        results["gt_seg_map"] = gt
+        results.setdefault("seg_fields", []).append("gt_seg_map")
+        return results
+
+
 def eval_pipeline(num_classes: int, scale: tuple[int, int] = SlideConfig.scale) -> list:
     """The paper's test-time transforms, applied to one of the dataset's data infos (a dict of
     paths and label options, ``dataset.get_data_info(i)``)."""
     from mmcv.transforms import LoadImageFromFile, Resize
-    from mmseg.datasets.transforms import LoadAnnotations
 
     return [ReadOrFail(LoadImageFromFile(), "img_path", "image"), Resize(scale=scale, keep_ratio=True),
-            ReadOrFail(LoadAnnotations(), "seg_map_path", "annotation"), PackForEval(num_classes)]
+            LoadLabels(), PackForEval(num_classes)]
 
 
 def build_dataset(bench: Benchmark, root: str, *, scale: tuple[int, int] = SlideConfig.scale):

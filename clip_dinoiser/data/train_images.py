@@ -11,36 +11,40 @@ import os
 from collections.abc import Iterator
 
 import torch
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 from torchvision.transforms.v2 import functional as TF
 
 from ..config import TrainSettings
-from ..errors import UserError
+from ..readers import IMAGE_EXTENSIONS, image_size, read_image
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+__all__ = ["IMAGE_EXTENSIONS", "ResumableBatchSampler", "TrainImages", "list_images", "sample_subset", "seeded_order",
+           "unreadable_image"]
 
 
 def list_images(root: str) -> list[str]:
-    """All image files under ``root`` (any nesting; ImageNet's train folder works), sorted."""
+    """All image files under ``root`` (any nesting, links followed; ImageNet's train folder works),
+    sorted. A folder reached twice (a link loop, or two links to one folder) is walked once."""
     if not os.path.isdir(root):
         raise FileNotFoundError(f"training image folder not found: {root}")
-    files = sorted(
-        os.path.join(d, f) for d, _, fs in os.walk(root, followlinks=True) for f in fs
-        if f.lower().endswith(IMAGE_EXTENSIONS)
-    )
+    files, seen = [], set()
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders[:] = []
+            continue
+        seen.add(real)
+        files += [os.path.join(folder, f) for f in names if f.lower().endswith(IMAGE_EXTENSIONS)]
     if not files:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
-    return files
+    return sorted(files)
 
 
 def unreadable_image(path: str) -> str | None:
     """Why ``path`` is not a readable image (its header checked: cheap), or None."""
     try:
-        with Image.open(path) as im:
-            im.size  # noqa: B018 (the header is parsed on open; size proves it)
-    except (OSError, SyntaxError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError
+        image_size(path)
+    except (OSError, ValueError) as e:  # every failure of the image reader, named
         return str(e).splitlines()[0] if str(e) else type(e).__name__
     return None
 
@@ -78,11 +82,9 @@ class TrainImages(Dataset):
     def __getitem__(self, item: tuple[int, int]) -> Tensor:
         index, seed = item
         g = torch.Generator().manual_seed(seed)
-        try:
-            with Image.open(self.files[index]) as im:
-                img = TF.to_dtype(TF.pil_to_tensor(im.convert("RGB")), torch.float32, scale=True)
-        except (OSError, SyntaxError, ValueError) as e:  # passed the header check, but the data is broken
-            raise UserError(f"cannot read training image {self.files[index]}: {e}") from e
+        # as torchvision's ImageFolder loader (PIL, convert('RGB'), no EXIF rotation), then ToTensor
+        rgb = read_image(self.files[index], "training image", orient=False)
+        img = torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255.0)
         img = TF.resize(img, self.size, antialias=self.antialias)
         h, w = img.shape[-2:]
         top = int(torch.randint(0, h - self.size + 1, (1,), generator=g))

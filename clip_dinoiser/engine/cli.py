@@ -13,6 +13,7 @@ import torch
 
 from ..config import config_error
 from ..errors import UserError
+from .signals import Interrupted, stop_at_once
 
 log = logging.getLogger(__name__)
 
@@ -34,20 +35,37 @@ def one_line(e: BaseException) -> str:
 
 
 def user_errors_as_one_line(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn user errors raised by ``fn`` into ``error: <message>`` on stderr and exit code 2."""
+    """Run ``fn`` with SIGINT and SIGTERM raising ``Interrupted`` (a training loop takes them over
+    to finish its iteration); user errors become ``error: <message>`` on stderr and exit code 2,
+    a signal one line and exit code 128 + the signal."""
     from omegaconf.errors import OmegaConfBaseException
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with stop_at_once():
+                return fn(*args, **kwargs)
         except (*USER_ERRORS, OmegaConfBaseException) as e:
             if isinstance(e, OmegaConfBaseException):
                 e = config_error(e)
             print(f"error: {one_line(e)}", file=sys.stderr)
             sys.exit(2)
+        except Interrupted as e:
+            print(interrupted_message(e), file=sys.stderr)
+            sys.exit(e.exit_code)
 
     return wrapper
+
+
+def interrupted_message(e: Interrupted) -> str:
+    """What was kept when a run was stopped by a signal, and how to go on."""
+    if e.run_dir is None:
+        return f"interrupted ({e.name}): stopped, no results written"
+    if e.iteration is None:
+        return (f"interrupted ({e.name}) before an iteration could be saved; python tools/train.py "
+                f"train.resume={e.run_dir} continues from its newest checkpoint, if any")
+    return (f"interrupted ({e.name}): iteration {e.iteration} saved; continue with python tools/train.py "
+            f"train.resume={e.run_dir}")
 
 
 def launch(main: Callable[[], Any]) -> None:

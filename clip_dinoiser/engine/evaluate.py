@@ -24,6 +24,7 @@ from ..models.maskclip import Decoding
 from ..models.text import Classes, read_vocabulary_file
 from . import distributed as dist
 from .inference import SlidingWindows
+from .signals import ignore_signals
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +274,8 @@ class Evaluator:
             eval_pipeline(1)  # import mmcv / mmseg here once: the forked processes inherit the modules
             self._loader = DataLoader(_Samples(), batch_size=self.loader_batch, sampler=self._sampler,
                                       num_workers=self.num_workers, collate_fn=_collate, persistent_workers=True,
-                                      prefetch_factor=4, in_order=False)  # the metric is a sum: any order will do
+                                      prefetch_factor=4, in_order=False,  # the metric is a sum: any order will do
+                                      worker_init_fn=ignore_signals)  # SIGINT / SIGTERM are the main process's
             with _single_threaded_cv2():  # the processes start here, inheriting one OpenCV thread each
                 iter(self._loader)
         return self
@@ -303,7 +305,7 @@ class Evaluator:
                 bg_refine: bool | None = None, **decoding: Any) -> Setting:
         """The model's decoding with the benchmark's background rule (``bg_refine`` None) and
         class names (``vocabulary`` None), and any ``decoding`` field replaced."""
-        vocab = read_vocabulary_file(vocabulary or bench.vocabulary_file)
+        vocab = read_vocabulary_file(vocabulary or bench.vocabulary_file, "data.vocabulary" if vocabulary else None)
         if len(vocab) != bench.num_classes:
             raise UserError(f"{bench.name}: vocabulary has {len(vocab)} classes, the benchmark {bench.num_classes}")
         refine = bench.bg_refine if bg_refine is None else bg_refine

@@ -4,16 +4,13 @@ the table printed at the end."""
 from __future__ import annotations
 
 import csv
-import json
 import math
-import os
 from typing import Any
-
-from omegaconf import OmegaConf
 
 from ..config import TrainEvalConfig
 from ..data.benchmarks import Benchmark, selected_benchmarks
 from .evaluate import BenchmarkResult, Evaluator
+from .runs import RunFolder
 
 
 def summary_table(results: list[tuple[Benchmark, BenchmarkResult]]) -> str:
@@ -37,30 +34,36 @@ def _json_number(x: float | None) -> float | None:
     return None if x is None or math.isnan(x) else x
 
 
-def write_results(results: list[tuple[Benchmark, BenchmarkResult]], cfg: Any, folder: str) -> None:
-    """``results.json`` and ``results.csv`` in ``folder``, and ``cfg`` as ``config.yaml`` (None: kept)."""
-    os.makedirs(folder, exist_ok=True)
+RESULT_FILES = ("config.yaml", "results.json", "results.csv")
+
+
+def write_results(results: list[tuple[Benchmark, BenchmarkResult]], cfg: Any, run: RunFolder) -> None:
+    """``results.json`` and ``results.csv`` in the claimed ``run`` folder, and ``cfg`` as
+    ``config.yaml`` (None: kept)."""
     if cfg is not None:
-        OmegaConf.save(cfg, os.path.join(folder, "config.yaml"), resolve=True)
+        run.write_config(cfg)
     payload = {r.name: {"mIoU": _json_number(r.miou), "paper_mIoU": b.paper_miou, "images": r.num_images,
                         "windows": r.windows, "seconds": r.seconds, "images_per_s": r.images_per_s,
                         "class_IoU": {k: _json_number(v) for k, v in r.class_iou.items()}} for b, r in results}
     if len(results) > 1:
         payload["average_mIoU"] = _json_number(sum(r.miou for _, r in results) / len(results))
-    with open(os.path.join(folder, "results.json"), "w") as f:
-        json.dump(payload, f, indent=2, allow_nan=False)
-    with open(os.path.join(folder, "results.csv"), "w", newline="") as f:
+    run.write_json("results.json", payload)
+
+    def write_csv(f) -> None:
         writer = csv.writer(f)
         writer.writerow(["benchmark", "mIoU", "paper_mIoU", "images", "images_per_s"])
         for b, r in results:
             writer.writerow([r.name, f"{r.miou:.2f}", "" if b.paper_miou is None else b.paper_miou, r.num_images,
                              f"{r.images_per_s:.2f}"])
 
+    run.write("results.csv", write_csv)
+
 
 def evaluate_checkpoint(model_cfg: dict[str, Any], checkpoint: str, cfg: TrainEvalConfig, device,
-                        folder: str) -> list[tuple[Benchmark, BenchmarkResult]]:
+                        run: RunFolder) -> list[tuple[Benchmark, BenchmarkResult]]:
     """Score the CLIP-DINOiser with ``checkpoint`` (a run's ``last.pt``) on ``cfg.data`` and write
-    ``results.json`` / ``results.csv`` into ``folder`` (its ``config.yaml`` is left as it is)."""
+    ``results.json`` / ``results.csv`` into the training ``run`` folder (its ``config.yaml`` is
+    left as it is)."""
     from ..models import build_model
 
     benchmarks = selected_benchmarks(cfg.data)
@@ -68,5 +71,5 @@ def evaluate_checkpoint(model_cfg: dict[str, Any], checkpoint: str, cfg: TrainEv
     with Evaluator(slide=cfg.slide, precision=cfg.precision, num_workers=cfg.num_workers, limit=cfg.limit) as ev:
         results = [(b, ev.evaluate(model, b, root, vocabulary=cfg.data.vocabulary, bg_refine=cfg.data.bg_refine))
                    for b, root in benchmarks]
-    write_results(results, None, folder)
+    write_results(results, None, run)
     return results

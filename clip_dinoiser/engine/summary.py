@@ -10,6 +10,8 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+SUMMARY_FILES = ("summary.csv", "summary.md", "summary.png")
+
 # Settings that never change a result: not columns of the summary.
 IGNORED = ("output", "overwrite", "progress", "num_workers", "loader_batch", "device", "sweep", "save_predictions",
            "save_examples", "limit", "train.output", "train.resume", "train.num_workers", "train.save_every",

@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
+from ..config import ModelConfig, field_kind
 from ..errors import ConfigError
-from ..values import check_number
 
 # sweep key -> the Decoding field it sets (None: not a Decoding field)
 SWEEPABLE = MappingProxyType({
@@ -25,13 +25,14 @@ SWEEPABLE = MappingProxyType({
 
 
 def _check(key: str, value: Any) -> Any:
+    """A swept value, checked as the config field it sets (its kind of number)."""
     if key == "model.bg_refine":
         if value is not None and not isinstance(value, bool):
             raise ConfigError(f"sweep {key}: {value!r} is not true, false or null")
         return value
     if key == "data.vocabulary":
         return None if value is None else str(value)
-    return check_number(value, f"sweep {key}", float)
+    return float(field_kind(ModelConfig, key.removeprefix("model.")).check(value, f"sweep {key}"))
 
 
 def sweep_points(sweep: Mapping[str, Sequence[Any]] | None) -> list[dict[str, Any]]:
@@ -47,7 +48,13 @@ def sweep_points(sweep: Mapping[str, Sequence[Any]] | None) -> list[dict[str, An
             raise ConfigError(f"sweep {key}: give a list of values, e.g. {key}:[0.1,0.2]")
     keys = list(sweep)
     grid = itertools.product(*[[_check(k, v) for v in sweep[k]] for k in keys])
-    return [dict(zip(keys, values)) for values in grid]
+    points = [dict(zip(keys, values)) for values in grid]
+    names = [point_name(p) for p in points]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"sweep: {', '.join(twice)} appears twice (each setting is scored once, in a folder of its "
+                          "own): remove the repeated value")
+    return points
 
 
 def point_name(point: Mapping[str, Any]) -> str:

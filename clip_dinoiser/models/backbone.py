@@ -29,6 +29,7 @@ from ..download import hub_offline_if_unreachable
 from ..errors import UserError
 from ..files import check_local_file
 from ..ops import pad_to_multiple
+from ..readers import read_weights
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,11 @@ def load_open_clip(name: str, pretrained: str | None) -> nn.Module:
         model = _open_clip_from_state_dict(name, pretrained)
         if model is not None:
             return model.eval()
+        try:  # a wrapped or converted checkpoint: open_clip's own loader
+            return open_clip.create_model(name, pretrained=pretrained).eval()
+        except Exception as e:  # keys or shapes of another architecture
+            raise UserError(f"CLIP checkpoint {pretrained} does not fit {name} (model.clip.pretrained): "
+                            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     from open_clip.pretrained import download_pretrained, get_pretrained_cfg
 
     tag_cfg = get_pretrained_cfg(name, pretrained) if pretrained and not os.path.isfile(pretrained) else {}
@@ -126,10 +132,7 @@ def _open_clip_from_state_dict(name: str, path: str) -> nn.Module | None:
     """
     import open_clip
 
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # not a plain tensor file: open_clip's loader reports it
-        return None
+    state = read_weights(path, "CLIP checkpoint", "model.clip.pretrained")  # garbage files: one line
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         return None
     logging.disable(logging.WARNING)  # open_clip warns that no pretrained weights were loaded: they are, below

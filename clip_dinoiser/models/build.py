@@ -69,7 +69,7 @@ def build_maskclip(cfg: ModelConfig) -> MaskCLIP:
     return MaskCLIP(backbone, text, Decoding.from_config(cfg))
 
 
-def build_clip_dinoiser(cfg: ModelConfig) -> CLIPDINOiser:
+def build_clip_dinoiser(cfg: ModelConfig, training: bool = False) -> CLIPDINOiser:
     # "released": the authors' last.pt, downloaded once into the cache (before CLIP is loaded)
     checkpoint = resolve_released(cfg.checkpoint, "heads", cfg.checkpoint_url)
     pooling = locate(cfg.pooling, POOLINGS, "model.pooling")
@@ -77,7 +77,7 @@ def build_clip_dinoiser(cfg: ModelConfig) -> CLIPDINOiser:
     heads = DINOiserHeads(in_dim=backbone.width, proj_dim=cfg.proj_dim, kernel_size=cfg.kernel_size)
     if checkpoint:
         load_heads(heads, checkpoint)
-    else:
+    elif not training:
         log.warning("model.checkpoint is not set: the CLIP-DINOiser heads are random")
     return CLIPDINOiser(backbone, text, heads, Decoding.from_config(cfg), pooling)
 
@@ -136,7 +136,10 @@ def check_model_config(cfg: ModelConfig | Mapping[str, Any]) -> ModelConfig:
     return cfg
 
 
-def build_model(cfg: ModelConfig | Mapping[str, Any]) -> MaskCLIP:
-    """Build the model ``cfg.name`` (``clip_dinoiser``, ``maskclip``, ``dino_maskclip``) in eval mode."""
+def build_model(cfg: ModelConfig | Mapping[str, Any], *, training: bool = False) -> MaskCLIP:
+    """Build the model ``cfg.name`` (``clip_dinoiser``, ``maskclip``, ``dino_maskclip``) in eval mode.
+    ``training``: the heads are about to be trained (random heads are expected, not warned about)."""
     cfg = check_model_config(cfg)
+    if cfg.name == "clip_dinoiser":
+        return build_clip_dinoiser(cfg, training).eval()
     return MODEL_BUILDERS[cfg.name](cfg).eval()

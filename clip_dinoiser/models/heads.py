@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UserError
 from ..files import save_atomic
+from ..readers import read_weights
 
 
 class DINOiserHeads(nn.Module):
@@ -56,12 +54,7 @@ def load_heads_state(path: str) -> dict[str, Tensor]:
         FileNotFoundError: the file does not exist.
         ValueError: the file is not a checkpoint of that format.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"heads checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle errors, truncated files, ...
-        raise UserError(f"cannot read heads checkpoint {path}: {e}") from e
+    ckpt = read_weights(path, "heads checkpoint")
     state = ckpt.get("model_state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise UserError(f"{path} is not a heads checkpoint ({{'model_state_dict': {{name: tensor}}}})")

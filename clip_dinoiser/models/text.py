@@ -170,6 +170,16 @@ class TextClassifier(nn.Module):
     def class_names(self) -> list[str]:
         return [synonyms[0] for synonyms in self.vocabulary]
 
+    @property
+    def dim(self) -> int | None:
+        """Width of the text embeddings (None where the tower does not say)."""
+        proj = getattr(self.clip, "text_projection", None)
+        if isinstance(proj, nn.Linear):
+            return proj.out_features
+        if isinstance(proj, Tensor):
+            return int(proj.shape[-1])
+        return None
+
     def classes(self, names: Sequence[str] | Vocabulary) -> Classes:
         """The class embeddings of ``names`` (encoded once per vocabulary, then from the cache),
         without changing the current vocabulary."""
@@ -197,7 +207,8 @@ class TextClassifier(nn.Module):
         """Template means of every synonym in ``vocab`` (CPU), from the disk cache where present."""
         names = list(dict.fromkeys(s for synonyms in vocab for s in synonyms))
         cache = self.disk_cache
-        found = {n: e for n in names if cache is not None and (e := cache.get(self.templates, n)) is not None}
+        found = {n: e for n in names
+                 if cache is not None and (e := cache.get(self.templates, n, self.dim)) is not None}
         missing = [n for n in names if n not in found]
         if missing:
             device = next(self.clip.parameters()).device

@@ -17,7 +17,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ..errors import UserError
 from ..files import default_cache_dir, save_atomic
+from ..readers import read_weights
 
 __all__ = ["TextEmbeddingCache", "default_cache_dir", "weights_identity"]
 
@@ -25,13 +27,27 @@ log = logging.getLogger(__name__)
 
 
 def weights_identity(model_name: str, pretrained: str | None) -> str | None:
-    """What determines the text tower's weights; None for random weights (nothing to cache)."""
+    """What determines the text embeddings: the architecture, the weights (hub tag, or a local
+    file's path, size and modification time) and the open_clip version (its tokenizer and text
+    forward); None for random weights (nothing to cache)."""
     if not pretrained:
         return None
+    code = f"open_clip {_open_clip_version()}"
     if os.path.isfile(pretrained):
         st = os.stat(pretrained)
-        return f"{model_name}|file:{os.path.abspath(pretrained)}:{st.st_size}:{st.st_mtime_ns}"
-    return f"{model_name}|tag:{pretrained}"
+        return f"{model_name}|{code}|file:{os.path.abspath(pretrained)}:{st.st_size}:{st.st_mtime_ns}"
+    return f"{model_name}|{code}|tag:{pretrained}"
+
+
+def _open_clip_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("open_clip_torch")
+    except PackageNotFoundError:  # a source checkout
+        import open_clip
+
+        return open_clip.__version__
 
 
 class TextEmbeddingCache:
@@ -50,14 +66,23 @@ class TextEmbeddingCache:
         key = json.dumps([self.identity, list(templates), name], ensure_ascii=False)
         return os.path.join(self.folder, hashlib.sha256(key.encode()).hexdigest() + ".pt")
 
-    def get(self, templates: Sequence[str], name: str) -> Tensor | None:
+    def get(self, templates: Sequence[str], name: str, dim: int | None = None) -> Tensor | None:
+        """The cached embedding of ``name``, or None (absent, unreadable, or not a finite vector
+        of ``dim`` floats: such an entry is recomputed, with a warning)."""
         path = self._path(templates, name)
         if not os.path.isfile(path):
             return None
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)["embedding"]
-        except Exception as e:  # unreadable entry: recompute it
-            log.warning("ignoring unreadable text-cache entry %s (%s)", path, e)
+            entry = read_weights(path, "text-cache entry")
+            embedding = entry["embedding"]
+            if not isinstance(embedding, Tensor) or embedding.ndim != 1 or (dim is not None and len(embedding) != dim):
+                raise ValueError(f"an embedding of shape {tuple(getattr(embedding, 'shape', ()))}, the model's "
+                                 f"is ({dim},)")
+            if not bool(torch.isfinite(embedding).all()):
+                raise ValueError("non-finite values")
+            return embedding.float()
+        except (UserError, KeyError, TypeError, ValueError) as e:  # recompute it
+            log.warning("ignoring text-cache entry %s (%s)", path, str(e).splitlines()[0])
             return None
 
     def put(self, templates: Sequence[str], name: str, embedding: Tensor) -> None:

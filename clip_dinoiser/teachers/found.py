@@ -2,29 +2,30 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import Tensor, nn
 from torchvision.transforms.v2 import functional as TF
 
 from ..errors import UserError
+from ..readers import read_weights
 from .base import Teacher
 from .vit import FrozenViT
 
 
 def load_found_decoder(path: str, in_dim: int) -> nn.Conv2d:
     """FOUND's official ``decoder_weights.pt``: ``{"decoder": {"weight": 1 x C x 1 x 1, "bias": 1}}``."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"FOUND decoder weights not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or "decoder" not in state:
+    state = read_weights(path, "FOUND decoder weights")
+    if not isinstance(state, dict) or not isinstance(state.get("decoder"), dict):
         raise UserError(f"{path} is not a FOUND decoder file ({{'decoder': {{'weight', 'bias'}}}})")
     decoder = nn.Conv2d(in_dim, 1, 1)
     weight = state["decoder"].get("weight")
     if weight is None or tuple(weight.shape) != (1, in_dim, 1, 1):
         shape = None if weight is None else tuple(weight.shape)
         raise UserError(f"FOUND decoder {path}: weight of shape {shape}, expected (1, {in_dim}, 1, 1)")
+    bias = state["decoder"].get("bias")
+    if bias is None or tuple(bias.shape) != (1,) or set(state["decoder"]) != {"weight", "bias"}:
+        raise UserError(f"FOUND decoder {path}: expected exactly a weight (1, {in_dim}, 1, 1) and a bias (1,), "
+                        f"found {sorted(state['decoder'])}")
     decoder.load_state_dict(state["decoder"])
     return decoder.eval().requires_grad_(False)
 

@@ -13,6 +13,7 @@ from ..download import hub_offline_if_unreachable
 from ..errors import UserError
 from ..files import check_local_file
 from ..ops import pad_to_multiple
+from ..readers import read_weights
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -34,14 +35,7 @@ def load_timm_vit(arch: str, pretrained: str | None, key: str = "pretrained", **
     check_local_file(pretrained, "teacher weights", key)
     if pretrained and os.path.isfile(pretrained):
         model = timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
-        state = torch.load(pretrained, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
-        state = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()}
-        state = {k: v for k, v in state.items() if not k.startswith("head")}
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise UserError(f"teacher weights {pretrained} do not fit {arch}: missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]}")
+        load_vit_weights(model, pretrained, arch, key)
     elif pretrained:
         try:
             with hub_offline_if_unreachable():
@@ -52,6 +46,29 @@ def load_timm_vit(arch: str, pretrained: str | None, key: str = "pretrained", **
     else:
         model = timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
     return model.eval().requires_grad_(False)
+
+
+def load_vit_weights(model: nn.Module, path: str, arch: str, key: str) -> None:
+    """A state-dict file (timm or original DINO key names, which coincide; ``module.`` /
+    ``backbone.`` prefixes and the classifier head dropped) into ``model``: every key present,
+    every shape equal, or a one-line error naming the file."""
+    state = read_weights(path, "teacher weights", key)
+    if isinstance(state, dict):
+        state = state.get("state_dict", state.get("model", state))
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"teacher weights {path} ({key}) are not a state dict of tensors")
+    state = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()}
+    state = {k: v for k, v in state.items() if not k.startswith("head")}
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in sorted(set(state) & set(expected))
+              if state[k].shape != expected[k].shape]
+    if missing or unexpected or shapes:
+        found = "; ".join(p for p in (f"missing {missing[:3]}" if missing else "",
+                                      f"unexpected {unexpected[:3]}" if unexpected else "",
+                                      f"shapes {shapes[:3]}" if shapes else "") if p)
+        raise UserError(f"teacher weights {path} ({key}) do not fit {arch}: {found}")
+    model.load_state_dict(state)
 
 
 def dino_pos_embed(pos_embed: Tensor, grid: tuple[int, int], num_prefix: int = 1) -> Tensor:

@@ -1,0 +1,270 @@
+"""The one training loop, for every training task (the heads' distillation, MaskCLIP+ targets).
+
+What a task brings (``Task``): the module that learns, its optimizer and schedule, its dataset
+and one step's losses. What the loop gives every task, written once here: resumable seeded
+batches, DDP under torchrun, checkpoints (atomic, rotated), resume from the newest readable
+one, every exit saving its last iteration (the end, ``train.stop_after``, SIGINT, SIGTERM),
+curves (``metrics.jsonl`` always, TensorBoard files when ``tensorboard`` is installed) and a
+progress bar.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from ..data.train_images import ResumableBatchSampler
+from ..errors import ConfigError, UserError
+from ..files import save_atomic
+from ..readers import read_weights
+from . import distributed as dist
+from .runs import RunFolder
+from .signals import Interrupted, StopRequest, ignore_signals
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+METRICS = "metrics.jsonl"
+TENSORBOARD = "tensorboard"
+
+
+class Task(Protocol):
+    """A training task for ``run_loop``.
+
+    Attributes:
+        module: what learns: wrapped in DDP under torchrun, saved in checkpoints
+            (``model_state_dict``).
+    """
+
+    module: nn.Module
+
+    def make_optimizer(self) -> tuple[torch.optim.Optimizer, Any]:
+        """The optimizer (param groups may carry a ``name``: its learning rate is logged as
+        ``lr/<name>``) and a scheduler stepped once per iteration."""
+
+    def dataset(self) -> Dataset:
+        """Items are asked for as (index, seed) pairs (``ResumableBatchSampler``)."""
+
+    def losses(self, batch: Any, module: nn.Module) -> tuple[Tensor, dict[str, Tensor]]:
+        """(the loss to minimise, scalars to log) for one batch on the device; ``module`` is
+        ``self.module`` or its DDP wrapper (call that one, so gradients are averaged)."""
+
+    def save_final(self, path: str) -> None:
+        """Write the trained result (``last.pt``) in the task's own format."""
+
+
+def latest_checkpoint(run_dir: str) -> str | None:
+    files = sorted(glob.glob(os.path.join(run_dir, CHECKPOINTS, "iter_*.pt")))
+    return files[-1] if files else None
+
+
+def restore(run_dir: str, module: nn.Module, optimizer, scheduler) -> int:
+    """Load the newest readable checkpoint of ``run_dir``; returns its iteration. An unreadable
+    (truncated) newer one is named in a warning and the next older one is used."""
+    files = sorted(glob.glob(os.path.join(run_dir, CHECKPOINTS, "iter_*.pt")), reverse=True)
+    for path in files:
+        try:
+            ckpt = read_weights(path, "checkpoint")
+            module.load_state_dict(ckpt["model_state_dict"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+        except (UserError, KeyError, TypeError, ValueError, RuntimeError) as e:  # truncated or foreign
+            log.warning("checkpoint %s is unreadable (%s); trying an older one", path, str(e).splitlines()[0])
+            continue
+        log.info("resuming %s from iteration %d (%s)", run_dir, int(ckpt["iteration"]), os.path.basename(path))
+        return int(ckpt["iteration"])
+    raise UserError(f"no readable checkpoint in {run_dir}/{CHECKPOINTS} ({len(files)} unreadable)")
+
+
+class Curves:
+    """Per-iteration scalars of rank 0: ``metrics.jsonl`` (one JSON object per iteration) and,
+    when ``tensorboard`` is installed, TensorBoard event files in ``tensorboard/``. Values stay
+    on the device until ``flush`` (every ``every`` iterations: one synchronisation, not one per
+    scalar). A resumed run first drops the lines after its checkpoint's iteration."""
+
+    def __init__(self, run: RunFolder | None, start: int, every: int = 20) -> None:
+        self.run, self.every, self._rows = run, every, []
+        self._tb = None
+        if run is None:
+            return
+        self.path = run.file(METRICS)
+        if os.path.isfile(self.path):
+            with open(self.path, encoding="utf-8") as f:
+                kept = [ln for ln in f if ln.strip() and _iteration_of(ln) <= start]
+            run.write_text(METRICS, "".join(kept))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(run.file(TENSORBOARD), purge_step=start + 1)
+        except ImportError:  # the tensorboard package is optional
+            self._tb = None
+
+    def add(self, iteration: int, scalars: Mapping[str, Tensor | float]) -> None:
+        if self.run is None:
+            return
+        self._rows.append((iteration, dict(scalars)))
+        if len(self._rows) >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._rows:
+            return
+        tensors = [v.detach().float().reshape(()) for _, row in self._rows for v in row.values()
+                   if isinstance(v, Tensor)]
+        values = iter(torch.stack(tensors).tolist() if tensors else [])
+        with open(self.path, "a", encoding="utf-8") as f:
+            for iteration, row in self._rows:
+                line = {k: next(values) if isinstance(v, Tensor) else float(v) for k, v in row.items()}
+                f.write(json.dumps({"iteration": iteration, **line}) + "\n")
+                for k, v in line.items():
+                    if self._tb is not None:
+                        self._tb.add_scalar(k, v, iteration)
+        self._rows.clear()
+
+    def close(self) -> None:
+        self.flush()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _iteration_of(line: str) -> int:
+    try:
+        return int(json.loads(line)["iteration"])
+    except (ValueError, KeyError, TypeError):
+        return 1 << 62  # an unreadable line is dropped on resume
+
+
+def check_schedule(total: int, start: int, run_dir: str) -> None:
+    """A resumed run must have iterations left: ``train.epochs`` cannot end before the checkpoint."""
+    if start > total:
+        raise ConfigError(f"train.epochs gives {total} iterations but {run_dir} is at iteration {start}: a run "
+                          "cannot be shortened (raise train.epochs, or start a new run)")
+    if start == total and os.path.isfile(os.path.join(run_dir, "last.pt")):
+        raise ConfigError(f"{run_dir} finished all its {total} iterations: raise train.epochs to train on")
+
+
+def run_loop(task: Task, sampler: ResumableBatchSampler, tcfg: Mapping[str, Any], run: RunFolder | None,
+             device: torch.device, rank: int, world: int, start: int, optimizer, scheduler) -> int:
+    """Iterations ``start`` .. ``sampler.total`` - 1 of ``task``; returns the last finished one.
+
+    Raises ``Interrupted`` (with the run folder and the saved iteration) after SIGINT / SIGTERM,
+    once the iteration under way has finished and been saved.
+    """
+    module: nn.Module = task.module
+    if world > 1:
+        module = nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda"
+                                                     else None)
+    loader = _loader(task.dataset(), sampler, tcfg, device)
+    keep, save_every = int(tcfg["keep_checkpoints"]), int(tcfg["save_every"])
+    stop_after = tcfg.get("stop_after")  # iterations in this call
+    end = sampler.total if stop_after is None else min(sampler.total, start + int(stop_after))
+
+    def save(iteration: int) -> None:
+        if rank == 0 and run is not None:
+            _save_checkpoint(run, iteration, task.module, optimizer, scheduler, keep)
+
+    curves = Curves(run if rank == 0 else None, start)
+    bar = tqdm(total=sampler.total, initial=start, desc="train", unit="it", disable=rank != 0, dynamic_ncols=True)
+    done = saved = start
+    try:
+        with StopRequest() as stop:
+            for it, batch in enumerate(loader, start):
+                loss, scalars = _step(task, module, batch, device, optimizer, scheduler)
+                done = it + 1
+                curves.add(done, {"loss": loss.detach(), **scalars, **_learning_rates(optimizer)})
+                _progress(bar, done, loss, scalars, rank)
+                stopping = _agreed(stop.requested, device, world) or done >= end
+                if done % save_every == 0 or stopping or done % 20 == 0:
+                    _check_finite(loss, done, saved, device, world)
+                if done % save_every == 0 or stopping:
+                    save(done)
+                    saved = done
+                if stopping:
+                    break
+        if stop.requested:
+            raise Interrupted(stop.signum)
+    except Interrupted as e:  # after a second signal, the iteration under way is lost; the last save stays
+        e.run_dir, e.iteration = (run.path if run else None), (saved if saved > 0 else None)
+        raise
+    finally:
+        bar.close()
+        curves.close()
+    return done
+
+
+def _check_finite(loss: Tensor, done: int, saved: int, device: torch.device, world: int) -> None:
+    """Stop a diverged run before it saves non-finite weights (all processes together)."""
+    if _agreed(not bool(torch.isfinite(loss.detach()).all()), device, world):
+        raise UserError(f"training diverged: the loss is {loss.item()} at iteration {done} (lower the learning "
+                        f"rates); the last checkpoint kept is iteration {saved}")
+
+
+def _step(task: Task, module: nn.Module, batch: Any, device: torch.device, optimizer,
+          scheduler) -> tuple[Tensor, dict[str, Tensor]]:
+    batch = _to(batch, device)
+    loss, scalars = task.losses(batch, module)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return loss, scalars
+
+
+def _to(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, list | tuple):
+        return type(batch)(_to(b, device) for b in batch)
+    return batch
+
+
+def _agreed(requested: bool, device: torch.device, world: int) -> bool:
+    """Whether any process was asked to stop (all processes stop at the same iteration)."""
+    if world == 1:
+        return requested
+    flag = torch.tensor([1.0 if requested else 0.0], device=device)
+    return bool(dist.all_reduce_sum(flag).item() > 0)
+
+
+def _learning_rates(optimizer) -> dict[str, float]:
+    return {f"lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(optimizer.param_groups)}
+
+
+def _progress(bar: tqdm, done: int, loss: Tensor, scalars: Mapping[str, Tensor], rank: int) -> None:
+    if rank == 0 and done % 20 == 0:
+        shown = {k: v for k, v in scalars.items() if k.startswith("loss/")}
+        bar.set_postfix(loss=f"{loss.item():.4f}", **{k[5:]: f"{float(v):.4f}" for k, v in shown.items()})
+    bar.update(1)
+
+
+def _loader(dataset: Dataset, sampler: ResumableBatchSampler, tcfg: Mapping[str, Any],
+            device: torch.device) -> DataLoader:
+    workers = int(tcfg["num_workers"])
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
+                      persistent_workers=False, prefetch_factor=4 if workers > 0 else None,
+                      worker_init_fn=ignore_signals)
+
+
+def _save_checkpoint(run: RunFolder, iteration: int, module: nn.Module, optimizer, scheduler, keep: int) -> None:
+    path = run.file(os.path.join(CHECKPOINTS, f"iter_{iteration:07d}.pt"))
+    save_atomic({"iteration": iteration, "model_state_dict": module.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict()}, path)
+    for old in sorted(glob.glob(os.path.join(run.path, CHECKPOINTS, "iter_*.pt")))[:-keep]:
+        os.remove(old)
+
+
+def batch_split_check(batch_size: int, n: int, world: int) -> None:
+    """Every process needs images in every batch (DDP)."""
+    if batch_size % world or 0 < n % batch_size < world:
+        raise ConfigError(f"train.batch_size={batch_size} with {n} images does not split evenly over the {world} "
+                          "processes (every process needs images in every batch)")
+

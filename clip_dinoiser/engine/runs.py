@@ -1,0 +1,195 @@
+"""The one writer of run folders: claimed by one process, checked before any work, written atomically.
+
+Every tool that leaves results behind (evaluation, sweeps, training, the demo's outputs) goes
+through ``RunFolder``:
+
+* ``check``: before any model is built, the folder is writable and holds none of the files the
+  run will write (``overwrite=true`` allows replacing them; a resumed run owns its files);
+* ``claim``: a marker file created with ``O_CREAT | O_EXCL`` holds the process id and host, so a
+  second process writing into the same folder is refused in one line (a marker left by a dead
+  process on this host is taken over); the check is repeated under the claim;
+* ``write_*``: every file is written under a temporary name and renamed, so an interrupted
+  write never leaves half a file;
+* ``release``: the marker goes; after a failure, a folder the run created and left empty goes too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import IO, Any
+
+from ..files import check_output_dir, write_atomic
+
+log = logging.getLogger(__name__)
+
+MARKER = ".in_use"  # in a claimed run folder: "<pid> <host> <start time> <command>"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def existing_files(folder: str, names: Iterable[str]) -> list[str]:
+    """The entries of ``names`` (files or folders, relative to ``folder``) that exist."""
+    return [n for n in names if os.path.lexists(os.path.join(folder, n))]
+
+
+def refuse_existing(paths: Sequence[str], key: str, what: str) -> None:
+    """A ``FileExistsError`` naming the first of ``paths`` that exist (``overwrite=true`` replaces them)."""
+    found = [p for p in paths if os.path.lexists(p)]
+    if found:
+        more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+        raise FileExistsError(f"{key}: {what} would replace {', '.join(found[:3])}{more}: choose another folder or "
+                              "set overwrite=true")
+
+
+class RunFolder:
+    """A run folder and the files a run writes there.
+
+    Args:
+        path: the folder.
+        files: what the run writes, relative to ``path`` (files or folders).
+        key: the config key naming the folder, for messages (``output``, ``train.output``).
+        overwrite: the run may replace those files.
+        resume: the run continues its own earlier run there (its files are its own).
+    """
+
+    def __init__(self, path: str, files: Sequence[str], *, key: str, overwrite: bool = False,
+                 resume: bool = False) -> None:
+        self.path, self.files, self.key = str(path), list(files), key
+        self.overwrite, self.resume = overwrite, resume
+        self._created = False
+        self._claimed = False
+        self.written: list[str] = []  # what this process wrote here (``discard`` removes it)
+
+    def check(self) -> RunFolder:
+        """Raise unless the run may write here (see the module docstring); creates nothing."""
+        check_output_dir(self.path, self.key)
+        if not (self.overwrite or self.resume):
+            refuse_existing([os.path.join(self.path, f) for f in self.files], f"{self.key}={self.path}", "this run")
+        return self
+
+    def claim(self) -> RunFolder:
+        """Make the folder and take it for this process (a second writer is refused), then ``check``."""
+        self.check()
+        self._created = not os.path.isdir(self.path)
+        os.makedirs(self.path, exist_ok=True)
+        marker = os.path.join(self.path, MARKER)
+        for _ in range(2):
+            try:
+                fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                break
+            except FileExistsError:
+                self._take_over_stale(marker)
+        else:
+            raise FileExistsError(f"{self.key}={self.path}: cannot claim the folder ({marker} keeps reappearing)")
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()} {socket.gethostname()} {time.strftime('%Y-%m-%dT%H:%M:%S')} "
+                    f"{' '.join(sys.argv)[:500]}\n")
+        self._claimed = True
+        try:
+            self.check()  # again, now that no other process can write here
+        except BaseException:
+            self.release(failed=True)
+            raise
+        return self
+
+    def _take_over_stale(self, marker: str) -> None:
+        """Remove ``marker`` if it was left by a process of this host that has ended; else refuse."""
+        try:
+            with open(marker) as f:
+                pid_text, host, since, *_ = (f.read().split(" ", 3) + ["?"] * 4)[:4]
+        except OSError:
+            pid_text, host, since = "?", "?", "?"
+        if host == socket.gethostname() and pid_text.isdigit() and not _alive(int(pid_text)):
+            log.warning("%s was claimed by process %s, which has ended: taking it over", self.path, pid_text)
+            os.remove(marker)
+            return
+        raise FileExistsError(f"{self.key}={self.path} is being written by process {pid_text} on {host} (since "
+                              f"{since}): choose another folder, or remove {marker} if that process is gone")
+
+    def release(self, failed: bool = False, discard: bool = False) -> None:
+        """Give the folder up; ``discard``: first remove what this process wrote (a run that failed
+        before it had anything worth keeping); after a failure, remove the folder if this run
+        created it and it is empty."""
+        if discard:
+            for name in reversed(self.written):
+                path = self.file(name)
+                if os.path.isfile(path):
+                    os.remove(path)
+                elif os.path.isdir(path) and not os.listdir(path):
+                    os.rmdir(path)
+            self.written.clear()
+        if self._claimed:
+            marker = os.path.join(self.path, MARKER)
+            if os.path.isfile(marker):
+                os.remove(marker)
+            self._claimed = False
+        if failed and self._created and os.path.isdir(self.path) and not os.listdir(self.path):
+            os.rmdir(self.path)
+
+    def __enter__(self) -> RunFolder:
+        return self.claim()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.release(failed=exc_type is not None)
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    def clear(self) -> None:
+        """Remove this run's earlier files (``overwrite=true``, before the run writes anew)."""
+        for name in existing_files(self.path, self.files):
+            path = self.file(name)
+            shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+
+    def record(self, name: str) -> str:
+        """Note that this process writes ``name`` (a file it opens itself, such as a log); returns its path."""
+        if name not in self.written:
+            self.written.append(name)
+        return self.file(name)
+
+    def write(self, name: str, write: Callable[[IO], Any], binary: bool = False) -> str:
+        """Write ``name`` in the folder through ``write(file)``, atomically; returns its path."""
+        return write_atomic(self.record(name), write, binary=binary)
+
+    def write_text(self, name: str, text: str) -> str:
+        return self.write(name, lambda f: f.write(text))
+
+    def write_json(self, name: str, obj: Any) -> str:
+        return self.write(name, lambda f: json.dump(obj, f, indent=2, allow_nan=False))
+
+    def write_config(self, cfg: Any, name: str = "config.yaml") -> str:
+        from omegaconf import OmegaConf
+
+        return self.write_text(name, OmegaConf.to_yaml(OmegaConf.create(cfg), resolve=True))
+
+
+def claim_all(folders: Sequence[RunFolder]) -> None:
+    """Claim every folder, or none (the ones claimed are released when one is refused)."""
+    done: list[RunFolder] = []
+    try:
+        for folder in folders:
+            done.append(folder.claim())
+    except BaseException:
+        for folder in reversed(done):
+            folder.release(failed=True)
+        raise
+
+
+def release_all(folders: Sequence[RunFolder], failed: bool) -> None:
+    for folder in reversed(list(folders)):
+        folder.release(failed=failed)

@@ -1,0 +1,84 @@
+"""SIGINT (Ctrl-C) and SIGTERM (what a cluster scheduler sends before it kills a job) end a run
+the same way: training finishes the current iteration, saves it and says how to resume;
+evaluation stops at once and writes no results. Exit codes follow the shell: 128 + the signal
+(130 for SIGINT, 143 for SIGTERM)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+from collections.abc import Iterator
+
+log = logging.getLogger(__name__)
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by a signal. ``exit_code`` is 128 + the signal number.
+
+    Attributes:
+        signum: the signal.
+        run_dir, iteration: for a training run, its folder and the last saved iteration (else None).
+    """
+
+    def __init__(self, signum: int, run_dir: str | None = None, iteration: int | None = None) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.signum, self.run_dir, self.iteration = signum, run_dir, iteration
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class StopRequest:
+    """While active, SIGINT and SIGTERM set ``signum`` (the loop stops after its current step
+    and saves); a second signal raises ``Interrupted`` at once. With ``immediate``, the first
+    signal raises. Outside the main thread signals keep their default behaviour."""
+
+    def __init__(self, *, immediate: bool = False) -> None:
+        self.immediate = immediate
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def __enter__(self) -> StopRequest:
+        try:
+            for s in SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        except ValueError:  # not the main thread
+            self._previous = {}
+        return self
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.immediate or self.signum is not None:
+            raise Interrupted(signum)
+        self.signum = signum
+        log.warning("%s: stopping after this iteration (again to stop at once)", signal.Signals(signum).name)
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+
+def ignore_signals(_worker_id: int = 0) -> None:
+    """For loader processes: SIGINT and SIGTERM are the main process's to handle (it stops
+    them); without this, each worker prints its own KeyboardInterrupt traceback."""
+    for s in SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def stop_at_once() -> Iterator[None]:
+    """SIGINT and SIGTERM raise ``Interrupted`` in the block (evaluation)."""
+    with StopRequest(immediate=True):
+        yield
