@@ -1,0 +1,290 @@
+"""Training images of the benchmarks for MaskCLIP+ target training, and MaskCLIP+'s train-time
+augmentation, image only.
+
+The training splits are read in mmseg's on-disk layouts (the evaluation folders' siblings), so the
+folder a user points ``data.root`` at for a benchmark also serves its training split. **Label files
+are never opened, listed or checked**: the target learns from the pseudo-labels of a frozen
+annotator run on the same augmented crop.
+
+Augmentation follows MaskCLIP+'s annotation-free ``train_pipeline``
+(``configs/maskclip_plus/anno_free/*.py``): ``Resize(img_scale, ratio_range=(0.5, 2.0))`` keeping
+the aspect ratio, ``RandomCrop(crop_size, cat_max_ratio=0.75)``, ``RandomFlip(0.5)``,
+``PhotoMetricDistortion``, ``Normalize``, ``Pad(crop_size, pad_val=0, seg_pad_val=255)``. It runs
+mmcv / mmseg 1.x's own transforms (``RandomResize``, ``RandomCrop``, ``RandomFlip``,
+``PhotoMetricDistortion``; the same code lineage, none needs a label), on the BGR image they expect.
+
+- ``cat_max_ratio``: those configs load the labels with ``suppress_labels`` = every class, which
+  sets every labelled pixel to -1 (int64 maps, ``LoadAnnotations``); ``RandomCrop`` then counts
+  the non-255 values of a candidate crop, finds one category (-1) at most, never meets its
+  acceptance test (``len(cnt) > 1``), and after 10 retries keeps the 11th uniform draw: the crop
+  is a plain uniform random crop. We draw it once.
+- ``Pad`` comes after ``Normalize`` there, so padded pixels are 0 *after* normalisation, i.e. the
+  ImageNet mean colour; ``pad='mean'`` (default) reproduces this on our [0, 1] images ('zero':
+  black). The valid-pixel mask marks the image; the loss must ignore the rest (seg_pad_val=255).
+- Not reproduced, by design: MaskCLIP+ kept the ground truth's ignore value 255 out of the loss
+  (VOC's object boundaries, Context59's and ADE's unlabelled pixels, COCO-Stuff's unlabelled), a
+  use of the annotations; we have no label, so every valid pixel gets a pseudo-label.
+
+Every random choice derives from the item's seed (numpy's global state is seeded around the
+pipeline and restored), so a resumed run sees identical crops whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from ..errors import ConfigError, UserError
+from ..values import COUNT, FRACTION, Kind, kind
+from .images import load_image
+from .train_images import list_images
+
+log = logging.getLogger(__name__)
+
+# MaskCLIP+'s img_norm_cfg mean (123.675, 116.28, 103.53) / 255: the colour its Pad-after-Normalize gave
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+PADS = ("mean", "zero")
+POSITIVE_RATIO = Kind(low=0, low_open=True)
+
+
+@dataclass(frozen=True)
+class TrainSplit:
+    """One benchmark's training split and MaskCLIP+'s settings for it.
+
+    Attributes:
+        name: split name.
+        root: default folder under ``data/`` (the benchmark's mmseg folder).
+        img_dir: image folder under the root.
+        split_files: alternatives in order of preference, each a union of split files (image
+            names without suffix, one a line) under the root; empty: every image under ``img_dir``.
+        img_suffix: image file suffix (mmseg's dataset class's ``img_suffix``).
+        scale: ``img_scale`` (long, short) of the keep-ratio random resize.
+        crop: ``crop_size`` (h, w).
+        iters: iterations of MaskCLIP+'s annotation-free schedule.
+        source: the MaskCLIP+ config these come from.
+    """
+
+    name: str
+    root: str
+    img_dir: str
+    split_files: tuple[tuple[str, ...], ...]
+    img_suffix: str
+    scale: tuple[int, int]
+    crop: tuple[int, int]
+    iters: int
+    source: str
+
+
+_VOC_SETS = "ImageSets/Segmentation"
+TRAIN_SPLITS: Mapping[str, TrainSplit] = MappingProxyType({s.name: s for s in [
+    # trainaug.txt (10582 images) = train.txt + aug.txt, both written by mmseg's voc_aug.py converter;
+    # mmseg 1.x's pascal_voc12_aug.py concatenates train.txt and aug.txt.
+    TrainSplit("voc", "VOCdevkit/VOC2012", "JPEGImages",
+               ((f"{_VOC_SETS}/trainaug.txt",), (f"{_VOC_SETS}/train.txt", f"{_VOC_SETS}/aug.txt"),
+                (f"{_VOC_SETS}/train.txt",)),
+               ".jpg", (2048, 512), (512, 512), 2000, "maskclip_plus_vit16_deeplabv2_r101-d8_512x512_2k_voc12aug_20"),
+    TrainSplit("context", "VOCdevkit/VOC2010", "JPEGImages", (("ImageSets/SegmentationContext/train.txt",),),
+               ".jpg", (520, 520), (480, 480), 4000,
+               "maskclip_plus_vit16_deeplabv2_r101-d8_480x480_4k_pascal_context_59"),
+    TrainSplit("coco_stuff", "coco_stuff164k", "images/train2017", (), ".jpg", (2048, 512), (512, 512), 8000,
+               "maskclip_plus_vit16_deeplabv2_r101-d8_512x512_8k_coco-stuff164k"),
+    TrainSplit("cityscapes", "cityscapes", "leftImg8bit/train", (), "_leftImg8bit.png", (2048, 1024), (512, 1024),
+               4000, "maskclip_plus_vit16_deeplabv2_r101-d8_512x1024_4k_cityscapes"),
+    TrainSplit("ade20k", "ade/ADEChallengeData2016", "images/training", (), ".jpg", (2048, 512), (512, 512), 8000,
+               "maskclip_plus_r50_deeplabv2_r101-d8_512x512_8k_ade20k (no ViT-B/16 config)"),
+]})
+# Each benchmark trains on its dataset's training split (the class list is the benchmark's).
+BENCHMARK_SPLITS: Mapping[str, str] = MappingProxyType({
+    "voc": "voc", "voc20": "voc", "context": "context", "context59": "context", "coco_object": "coco_stuff",
+    "coco_stuff": "coco_stuff", "cityscapes": "cityscapes", "ade20k": "ade20k",
+})
+FOLDER = "folder"  # any image folder (recursive), with a vocabulary file of its own
+
+
+def get_train_split(name: str) -> TrainSplit:
+    """The training split of a benchmark (``voc20`` -> ``voc``) or of a split name."""
+    split = BENCHMARK_SPLITS.get(name, name)
+    if split not in TRAIN_SPLITS:
+        raise ConfigError(f"training split '{name}': unknown (choose from "
+                          f"{', '.join(sorted({*BENCHMARK_SPLITS, *TRAIN_SPLITS}))} or {FOLDER})")
+    return TRAIN_SPLITS[split]
+
+
+def training_split(name: str, root: str) -> list[str]:
+    """The image files of a training split under ``root`` (the benchmark's mmseg folder), sorted.
+
+    ``name``: a benchmark (``voc20``), a split (``coco_stuff``) or ``folder`` (every image under
+    ``root``, any nesting). Label files are never touched.
+
+    Raises:
+        FileNotFoundError: a missing folder, split file or listed image, or no image (one line, the path).
+    """
+    if name == FOLDER:
+        return list_images(root)
+    split = get_train_split(name)
+    img_dir = os.path.join(root, split.img_dir)
+    for path in (root, img_dir):
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"{name}: training image folder not found: {path}")
+    if not split.split_files:
+        return _list_suffix(name, img_dir, split.img_suffix)
+    files = _split_files(name, root, split.split_files)
+    names = sorted({n for f in files for n in _read_split(name, f)})
+    if not names:
+        raise FileNotFoundError(f"{name}: no images: the split file {' + '.join(files)} is empty")
+    paths = [os.path.join(img_dir, n + split.img_suffix) for n in names]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise FileNotFoundError(f"{name}: {len(missing)} of {len(paths)} images listed in {' + '.join(files)} "
+                                f"are missing, e.g. {missing[0]}")
+    return paths
+
+
+def _split_files(name: str, root: str, alternatives: tuple[tuple[str, ...], ...]) -> list[str]:
+    """The first alternative whose split files all exist (a warning when it is not the first)."""
+    for i, alternative in enumerate(alternatives):
+        files = [os.path.join(root, f) for f in alternative]
+        if all(os.path.isfile(f) for f in files):
+            if i > 0:
+                log.warning("%s: %s not found; training on %s", name, os.path.join(root, alternatives[0][0]),
+                            " + ".join(files))
+            return files
+    raise FileNotFoundError(f"{name}: training split file not found: {os.path.join(root, alternatives[0][0])}")
+
+
+def _read_split(name: str, path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [line.strip() for line in f if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{name}: cannot read split file {path}: {e}") from e
+
+
+def _list_suffix(name: str, folder: str, suffix: str) -> list[str]:
+    """Every ``*suffix`` file under ``folder`` (recursive, as mmseg lists a split without a split file)."""
+    files = sorted(os.path.join(d, f) for d, _, fs in os.walk(folder, followlinks=True) for f in fs
+                   if f.endswith(suffix))
+    if not files:
+        raise FileNotFoundError(f"{name}: no '*{suffix}' images under {folder}")
+    return files
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+@dataclass
+class SegAugment:
+    """MaskCLIP+'s train-time augmentation (defaults: COCO-Stuff / ADE / VOC; see ``augment_for``)."""
+
+    scale: tuple[int, int] = kind(COUNT, length=2, default=(2048, 512))  # (long, short) bounds before the ratio
+    ratio_range: tuple[float, float] = kind(POSITIVE_RATIO, length=2, default=(0.5, 2.0))  # random scale ratio
+    crop: tuple[int, int] = kind(COUNT, length=2, default=(512, 512))  # crop and pad size (h, w)
+    flip_prob: float = kind(FRACTION, default=0.5)  # horizontal flip probability
+    photometric: bool = True  # mmseg's PhotoMetricDistortion (brightness, contrast, saturation, hue)
+    pad: str = "mean"  # pad colour: 'mean' (ImageNet mean: MaskCLIP+'s 0 after Normalize) or 'zero' (black)
+
+
+def augment_for(split: TrainSplit) -> SegAugment:
+    """MaskCLIP+'s augmentation settings of a training split."""
+    return SegAugment(scale=split.scale, crop=split.crop)
+
+
+def check_augment(settings: SegAugment) -> None:
+    """One-line ``ConfigError`` for a wrong setting."""
+    if settings.pad not in PADS:
+        raise ConfigError(f"pad={settings.pad}: unknown (choose from {', '.join(PADS)})")
+    low, high = settings.ratio_range
+    if low > high:
+        raise ConfigError(f"ratio_range={list(settings.ratio_range)}: the low end is above the high end")
+
+
+@contextmanager
+def numpy_seeded(seed: int) -> Iterator[None]:
+    """numpy's global random state seeded from ``seed`` (any non-negative int), restored after."""
+    state = np.random.get_state()
+    np.random.seed(int(np.random.SeedSequence(seed).generate_state(1)[0]))
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
+def mmseg_pipeline(settings: SegAugment):
+    """mmcv / mmseg 1.x transforms: random keep-ratio resize, random crop, flip, photometric
+    distortion (on an H x W x 3 uint8 BGR ``img``)."""
+    from mmcv.transforms import Compose, RandomFlip, RandomResize
+    from mmseg.datasets.transforms import PhotoMetricDistortion, RandomCrop
+
+    steps = [RandomResize(scale=tuple(settings.scale), ratio_range=tuple(settings.ratio_range), keep_ratio=True),
+             RandomCrop(crop_size=tuple(settings.crop)), RandomFlip(prob=settings.flip_prob, direction="horizontal")]
+    if settings.photometric:
+        steps.append(PhotoMetricDistortion())
+    return Compose(steps)
+
+
+def pad_with_mask(image: Tensor, size: tuple[int, int], value: tuple[float, ...]) -> tuple[Tensor, Tensor]:
+    """3 x h x w -> (3 x H x W padded right and bottom with ``value``, H x W bool mask of the image)."""
+    h, w = image.shape[-2:]
+    out = torch.tensor(value, dtype=image.dtype).view(-1, 1, 1).expand(-1, *size).clone()
+    out[:, :h, :w] = image
+    valid = torch.zeros(size, dtype=torch.bool)
+    valid[:h, :w] = True
+    return out, valid
+
+
+class TargetTrainImages(Dataset):
+    """MaskCLIP+'s augmentation of training images. Items are asked for as (index, seed) (the
+    ``ResumableBatchSampler`` protocol of ``train_images.py``); each is (3 x crop_h x crop_w float
+    RGB in [0, 1], crop_h x crop_w bool valid-pixel mask).
+
+    Args:
+        files: image paths (``training_split``).
+        settings: the augmentation (``augment_for(split)`` for a benchmark's).
+    """
+
+    def __init__(self, files: list[str], settings: SegAugment | None = None) -> None:
+        self.files = files
+        self.settings = settings or SegAugment()
+        check_augment(self.settings)
+        self._pipeline = None  # built on first use, in the loader process
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        index, seed = item
+        return self.augment(read_train_image(self.files[index]), seed)
+
+    def augment(self, image: np.ndarray, seed: int) -> tuple[Tensor, Tensor]:
+        """H x W x 3 uint8 RGB -> (3 x crop_h x crop_w float RGB in [0, 1], crop_h x crop_w bool mask)."""
+        if self._pipeline is None:
+            self._pipeline = mmseg_pipeline(self.settings)
+        bgr = np.ascontiguousarray(image[..., ::-1])
+        with numpy_seeded(seed):
+            out = self._pipeline({"img": bgr, "img_shape": bgr.shape[:2], "ori_shape": bgr.shape[:2]})["img"]
+        rgb = torch.from_numpy(np.ascontiguousarray(out[..., ::-1])).permute(2, 0, 1).float().div_(255)
+        value = IMAGENET_MEAN if self.settings.pad == "mean" else (0.0, 0.0, 0.0)
+        return pad_with_mask(rgb, tuple(self.settings.crop), value)
+
+
+def read_train_image(path: str) -> np.ndarray:
+    """H x W x 3 uint8 RGB, or a ``UserError`` naming the file."""
+    try:
+        return load_image(path)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(reason if path in reason else f"cannot read training image {path}: {reason}") from e
+
+
+__all__ = ["BENCHMARK_SPLITS", "FOLDER", "SegAugment", "TRAIN_SPLITS", "TargetTrainImages", "TrainSplit",
+           "augment_for", "get_train_split", "numpy_seeded", "pad_with_mask", "read_train_image", "training_split"]
