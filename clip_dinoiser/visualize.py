@@ -141,3 +141,91 @@ def save_indexed(labels: np.ndarray, palette: np.ndarray, path: str) -> None:
     flat[: len(palette)] = palette
     im.putpalette(flat.flatten().tolist())
     im.save(path)
+
+
+# The web page's panels: each panel on its own, its text sized to the panel's width (the page scales a
+# panel to its column, so text sized to the width keeps one size on the screen whatever the image's size).
+MARKER = (255, 0, 0)  # the ring of a clicked point (outlined in white)
+PANEL_WIDTH = (768, 1600)  # a page panel's width in pixels: the image's own width, within these bounds
+
+
+def panel_width(image_width: int) -> int:
+    """A page panel's width for an image ``image_width`` pixels wide (``PANEL_WIDTH``)."""
+    return min(max(image_width, PANEL_WIDTH[0]), PANEL_WIDTH[1])
+
+
+def panel_text_px(width: int) -> int:
+    """Title and legend text height of a page panel ``width`` pixels wide: 1/40 of it, at least
+    14 px (19 screen pixels where the page shows the panel 768 px wide, as at a 1,400 px window)."""
+    return max(14, round(width / 40))
+
+
+def mark_point(image: np.ndarray, point: tuple[float, float], radius: int) -> np.ndarray:
+    """A ``MARKER`` ring of ``radius`` pixels around ``point`` = (x, y), between two white rings so
+    it shows on any colour."""
+    im = Image.fromarray(image)
+    draw = ImageDraw.Draw(im)
+    x, y = point
+    w = max(2, radius // 3)
+    # PIL draws an outline inwards from its box: white over [r - 2w, r + w], then red over [r - w, r].
+    draw.ellipse([x - radius - w, y - radius - w, x + radius + w, y + radius + w], outline=(255, 255, 255),
+                 width=3 * w)
+    draw.ellipse([x - radius, y - radius, x + radius, y + radius], outline=MARKER, width=w)
+    return np.asarray(im)
+
+
+def _fitted_font(text: str, size: int, width: int) -> ImageFont.ImageFont:
+    """The font at ``size`` pixels, or smaller until ``text`` fits in ``width`` pixels (8 px at least)."""
+    font = load_font(size)
+    for smaller in range(size - 1, 7, -1):
+        if font.getlength(text) <= width:
+            break
+        font = load_font(smaller)
+    return font
+
+
+def _colour_bar(canvas: Image.Image, origin: tuple[int, int], caption: str, size: int, cmap: str) -> None:
+    """``caption  0 [colours of 0..1] 1`` in one row of text ``size`` pixels high from ``origin``."""
+    draw, font, pad = ImageDraw.Draw(canvas), load_font(size), max(4, size // 3)
+    x, y = origin
+    for text, bar in ((caption, False), ("0", True), ("1", False)):
+        draw.text((x, y + size // 2), text, fill=(0, 0, 0), font=font, anchor="lm")
+        x += int(font.getlength(text)) + pad
+        if bar:
+            ramp = heat_map(np.repeat(np.linspace(0, 1, 8 * size)[None], size, axis=0), cmap)
+            canvas.paste(Image.fromarray(ramp), (x, y))
+            draw.rectangle([x, y, x + 8 * size - 1, y + size - 1], outline=(0, 0, 0))
+            x += 8 * size + pad
+
+
+def titled_panel(title: str, image: np.ndarray, *, width: int,
+                 legend: Sequence[tuple[str, tuple[int, int, int]]] = (), bar: str | None = None,
+                 cmap: str = "viridis", mark: tuple[int, int] | None = None) -> np.ndarray:
+    """One panel of the web page: ``image`` scaled to ``width`` pixels wide, ``title`` above it and
+    below it the ``legend`` ((name, colour) entries) or, with ``bar`` (its caption), the colour bar
+    of ``cmap`` over 0..1; with ``mark`` = (x, y) in the image's pixels, a ring there. Text is
+    ``panel_text_px(width)`` high.
+    """
+    h, w = image.shape[:2]
+    ph = max(1, round(h * width / w))
+    size = panel_text_px(width)
+    pad = max(4, size // 3)
+    title_h = round(1.2 * size) + 2 * pad
+    shown = np.asarray(Image.fromarray(image).resize((width, ph), Image.BILINEAR))
+    if mark is not None:
+        shown = mark_point(shown, ((mark[0] + 0.5) * width / w - 0.5, (mark[1] + 0.5) * ph / h - 0.5), size // 2 + 4)
+    below = 0
+    if legend:
+        below = _legend_entries(None, legend, (0, 0), width - 2 * pad, size) + 2 * pad
+    elif bar is not None:
+        below = size + 3 * pad
+    canvas = Image.new("RGB", (width, title_h + ph + below), (255, 255, 255))
+    canvas.paste(Image.fromarray(shown), (0, title_h))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((width // 2, title_h // 2), title, fill=(0, 0, 0), font=_fitted_font(title, round(1.2 * size),
+                                                                                   width - 2 * pad), anchor="mm")
+    if legend:
+        _legend_entries(draw, legend, (pad, title_h + ph + pad), width - 2 * pad, size)
+    elif bar is not None:
+        _colour_bar(canvas, (pad, title_h + ph + pad + pad // 2), bar, size, cmap)
+    return np.asarray(canvas)

@@ -9,12 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image, ImageDraw
-from torch import nn
+from torch import Tensor, nn
 
 from ..config import SlideConfig
-from ..visualize import heat_map, make_palette, overlay, side_by_side, text_px
-from .inference import query_correlations, segment, segment_panels
+from ..visualize import heat_map, make_palette, overlay, panel_width, side_by_side, text_px, titled_panel
+from .inference import check_point, query_correlations, resize_keep_ratio, segment, segment_panels, to_tensor
 
 
 @dataclass
@@ -80,3 +82,92 @@ def figure(image: np.ndarray, data: FigureData, names: list[str], *, alpha: floa
                        _marked(heat_map(corr.clip(0, 1)), data.query)))
     shown = sorted(set().union(*(np.unique(seg).tolist() for _, seg in segs)))
     return side_by_side(panels, [(names[i], tuple(int(c) for c in palette[i])) for i in shown])
+
+
+# The web app: its panels one by one, and clicks answered from correlations kept per image.
+
+
+@dataclass
+class ImageCorrelations:
+    """Every patch's correlations with every patch of one image at the test scale, for each
+    correlation source of a model: a click is answered by indexing a row (``correlation_maps``),
+    with no backbone pass.
+
+    Attributes:
+        matrices: source name ("CLIP-DINOiser" or "DINO") -> (N x N correlations on the CPU, the
+            source's patch size (h, w)); empty for a model without correlations (MaskCLIP).
+        resized: (h, w) of the image at the test scale.
+        size: (H, W) of the image.
+    """
+
+    matrices: dict[str, tuple[Tensor, tuple[int, int]]]
+    resized: tuple[int, int]
+    size: tuple[int, int]
+
+
+@torch.no_grad()
+def image_correlations(model: nn.Module, image: np.ndarray, *,
+                       scale: tuple[int, int] = SlideConfig.scale) -> ImageCorrelations:
+    """What ``query_correlations`` reads for any point of ``image``, computed once: the backbone up
+    to the heads' block (CLIP-DINOiser) or the DINO teacher (DINO-MaskCLIP) on the image resized
+    to the test scale, whole."""
+    device = next(model.parameters()).device
+    resized = to_tensor(resize_keep_ratio(image, scale), device)[None]
+    matrices = {}
+    if hasattr(model, "heads"):
+        inter = model.backbone(resized, with_inter=True, with_dense=False).inter
+        matrices["CLIP-DINOiser"] = (model.heads(inter)[0][0].float().cpu(), tuple(model.backbone.patch_size))
+    if hasattr(model, "dino"):
+        matrices["DINO"] = (model.dino.correlations(resized)[0].float().cpu(), tuple(model.dino.vit.patch_size))
+    return ImageCorrelations(matrices, tuple(resized.shape[-2:]), tuple(image.shape[:2]))
+
+
+def correlation_maps(corrs: ImageCorrelations, point: tuple[int, int]) -> dict[str, np.ndarray]:
+    """Source name -> H x W correlations of the patch under ``point`` = (x, y), as
+    ``query_correlations`` computes them (a ``UserError`` for a point outside the image)."""
+    check_point(point, corrs.size)
+    (h0, w0), (h, w) = corrs.size, corrs.resized
+    x, y = point
+    maps = {}
+    for name, (matrix, (ph, pw)) in corrs.matrices.items():
+        gh, gw = -(-h // ph), -(-w // pw)
+        row = matrix[(int(y * h / h0) // ph) * gw + int(x * w / w0) // pw].view(gh, gw)
+        grid = F.interpolate(row[None, None], size=(gh * ph, gw * pw), mode="nearest")[..., :h, :w]
+        maps[name] = F.interpolate(grid, size=(h0, w0), mode="bilinear", align_corners=False)[0, 0].numpy()
+    return maps
+
+
+def page_panels(image: np.ndarray, data: FigureData, names: list[str], *,
+                alpha: float = 0.5) -> dict[str, np.ndarray | None]:
+    """The web page's panels, each on its own at ``panel_width`` with its title and legend:
+    "segmentation" (the model's), "maskclip" and "objectness" (None when not computed)."""
+    palette, width = make_palette(len(names)), panel_width(image.shape[1])
+
+    def legend(labels: np.ndarray) -> list[tuple[str, tuple[int, int, int]]]:
+        return [(names[i], tuple(int(c) for c in palette[i])) for i in np.unique(labels).tolist()]
+
+    def segmentation(title: str, labels: np.ndarray | None) -> np.ndarray | None:
+        if labels is None:
+            return None
+        return titled_panel(title, overlay(image, labels, palette, alpha), width=width, legend=legend(labels))
+
+    objectness = None
+    if data.objectness is not None:
+        objectness = titled_panel("Objectness (background head)", heat_map(data.objectness), width=width,
+                                  bar="foreground probability")
+    return {"segmentation": segmentation(data.title, data.labels),
+            "maskclip": segmentation("MaskCLIP (same backbone pass)", data.maskclip), "objectness": objectness}
+
+
+def correlation_panel(data: FigureData) -> np.ndarray | None:
+    """The correlations of ``data.query``'s patch as a page panel (one per source, stacked), the
+    point ringed; None without a query."""
+    if data.query is None or not data.correlations:
+        return None
+    panels = []
+    for name, corr in data.correlations.items():
+        source = "Correlations" if name == data.title else f"{name} correlations"
+        panels.append(titled_panel(f"{source} of the patch at ({data.query[0]}, {data.query[1]})",
+                                   heat_map(corr.clip(0, 1)), width=panel_width(corr.shape[1]),
+                                   bar="cosine similarity", mark=data.query))
+    return np.concatenate(panels, axis=0)
