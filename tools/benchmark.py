@@ -27,9 +27,12 @@ from PIL import Image
 
 from clip_dinoiser.config import CLIPConfig, SlideConfig
 from clip_dinoiser.data.benchmarks import BENCHMARKS, build_dataset
+from clip_dinoiser.engine.cli import resolve_device, user_errors_as_one_line
 from clip_dinoiser.engine.evaluate import Decoded, Evaluator, _unpack, loader_items, score_images
 from clip_dinoiser.engine.inference import SlidingWindows, autocast
+from clip_dinoiser.files import check_output_dir, write_atomic
 from clip_dinoiser.models import CLIPDINOiser, DINOiserHeads, build_model, read_vocabulary_file
+from clip_dinoiser.values import COUNT, NON_NEGATIVE_INT
 
 
 def sync(device: torch.device) -> None:
@@ -314,7 +317,27 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="write the results here")
     p.add_argument("--repeat", type=int, default=10, help="timed calls per figure (1 for a smoke run)")
     args = p.parse_args(argv)
-    device = torch.device(args.device)
+    return run(args)
+
+
+def check_arguments(args: argparse.Namespace) -> torch.device:
+    """Every argument checked before any work (one line each, as the other tools)."""
+    for name, kind_ in (("images", COUNT), ("window_batch", COUNT), ("iters", COUNT), ("batch", COUNT),
+                        ("workers", NON_NEGATIVE_INT), ("repeat", COUNT)):
+        kind_.check(getattr(args, name), f"--{name.replace('_', '-')}")
+    if args.clip.endswith(".json") and not os.path.isfile(args.clip):
+        raise FileNotFoundError(f"CLIP model config not found: {args.clip} (--clip)")
+    if args.json:
+        check_output_dir(os.path.dirname(os.path.abspath(args.json)), "--json")
+        if not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+            raise FileNotFoundError(f"--json {args.json}: folder {os.path.dirname(os.path.abspath(args.json))} "
+                                    "does not exist")
+    return resolve_device(args.device)
+
+
+@user_errors_as_one_line
+def run(args: argparse.Namespace) -> int:
+    device = check_arguments(args)
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 figures are true fp32
     torch.backends.cudnn.allow_tf32 = False
     results = {}
@@ -331,8 +354,7 @@ def main(argv=None) -> int:
         results["startup"] = bench_startup(args.clip, args.repeat)
         print(json.dumps({"startup": results["startup"]}, indent=1), flush=True)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+        write_atomic(args.json, lambda f: json.dump(results, f, indent=1))
     return 0
 
 
