@@ -12,11 +12,13 @@ or a wrong type is a ``ConfigError`` naming the key::
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+from omegaconf.errors import OmegaConfBaseException, ValidationError
 
 from .errors import ConfigError
 from .values import COUNT, FRACTION, INTEGER, NON_NEGATIVE_INT, ODD_SIZE, PORT, POSITIVE, Kind, kind, validate
@@ -53,7 +55,7 @@ class TeacherConfig:
     """One frozen teacher. ``type``: 'dino' (correlations), 'found' (objectness) or
     'package.module.factory' (a teacher of your own, called with this config)."""
 
-    type: str = "dino"
+    type: str = "dino"  # dino (correlations), found (objectness), or package.module.factory
     arch: str = "vit_base_patch16_224"  # timm architecture
     pretrained: str | None = "vit_base_patch16_224.dino"  # timm name.tag, a local weights file, or null
     kwargs: dict[str, Any] = field(default_factory=dict)  # timm overrides (tests build tiny models)
@@ -68,7 +70,7 @@ def paper_teachers() -> dict[str, TeacherConfig]:
     return {
         "dino": TeacherConfig(),
         "found": TeacherConfig(type="found", arch="vit_small_patch8_224", pretrained="vit_small_patch8_224.dino",
-                               decoder="checkpoints/decoder_weights.pt"),
+                               decoder="released"),
     }
 
 
@@ -76,10 +78,10 @@ def paper_teachers() -> dict[str, TeacherConfig]:
 class ModelConfig:
     """A segmenter: ``clip_dinoiser`` (the paper), ``maskclip`` or ``dino_maskclip``."""
 
-    name: str = "clip_dinoiser"
+    name: str = "clip_dinoiser"  # clip_dinoiser, maskclip or dino_maskclip (the config group model=...)
     clip: CLIPConfig = field(default_factory=CLIPConfig)
     text_cache: str | None = "auto"  # class-name embeddings on disk: auto, a folder, or null (off)
-    checkpoint: str | None = "checkpoints/last.pt"  # heads (released last.pt format); 'released': downloaded
+    checkpoint: str | None = "released"  # heads: 'released' (the authors' last.pt, downloaded once), a file, or null
     checkpoint_url: str | None = None  # download address for 'released' (default: the authors' repository)
     feats_idx: int = kind(INTEGER, default=-3)  # block whose ln_2 output feeds the heads
     gamma: float = kind(FRACTION, default=0.2)  # correlation threshold of the guided pooling (and training target)
@@ -108,11 +110,11 @@ class BenchmarkConfig:
     ``root/ann_dir/*seg_map_suffix`` (pixel value = class index, 255 = ignored)."""
 
     classes: str = MISSING  # class-name file, one class per line (the prompts and the label order)
-    img_dir: str = "images"
-    ann_dir: str = "annotations"
+    img_dir: str = "images"  # image folder under the root
+    ann_dir: str = "annotations"  # label folder under the root
     split: str | None = None  # file of image names (without suffix) under root; null: every image
-    img_suffix: str = ".jpg"
-    seg_map_suffix: str = ".png"
+    img_suffix: str = ".jpg"  # image file suffix
+    seg_map_suffix: str = ".png"  # label file suffix
     reduce_zero_label: bool = False  # label 0 is ignored and every other label shifts down by one
     bg_refine: bool = False  # background refinement (needs a class named 'background')
     paper_miou: float | None = None  # a reference mIoU to print next to yours
@@ -123,7 +125,7 @@ class BenchmarkConfig:
 class DataConfig:
     """What ``tools/eval.py`` scores: one of the paper's benchmarks, ``all``, or your own."""
 
-    name: str = "voc"
+    name: str = "voc"  # a benchmark of the paper (voc, context, ...), all, or your own (with data.benchmark)
     root: str | None = None  # its folder (null: data/<the benchmark's mmseg folder>; data/ for 'all')
     names: list[str] | None = None  # data=all: the benchmarks (null: the paper's eight)
     vocabulary: str | None = None  # class-name file (null: the benchmark's own names)
@@ -140,7 +142,7 @@ class EvalConfig:
     loader_batch: int = kind(COUNT, default=8)  # images per loader item (consecutive images share model calls)
     num_workers: int = kind(NON_NEGATIVE_INT, default=8)  # data-loading processes per rank
     limit: int | None = kind(COUNT, default=None)  # evaluate only the first N images of each benchmark
-    progress: bool = True
+    progress: bool = True  # progress bar
     output: str = "outputs/eval/${now:%Y-%m-%d_%H-%M-%S}"  # run folder: config, results.json, results.csv
     overwrite: bool = False  # replace the results of an earlier run in the same output folder
     slide: SlideConfig = field(default_factory=SlideConfig)
@@ -156,12 +158,12 @@ class DemoConfig:
     prompts: Any | None = None  # class names '[cat,sofa,background]'; 'a,b' in one name = synonyms
     prompts_file: str | None = None  # or a UTF-8 text file, one class per line
     output: str = "outputs/demo"  # folder for <name>_mask.png, <name>_labels.png, <name>_figure.png
-    device: str = "auto"
-    precision: str = "fp32"
+    device: str = "auto"  # auto / cpu / cuda
+    precision: str = "fp32"  # fp32 / bf16 / fp16 (autocast)
     alpha: float = kind(FRACTION, default=0.5)  # overlay opacity
     figure: bool = True  # also write <name>_figure.png: input | MaskCLIP | CLIP-DINOiser | objectness
     query: list[int] | None = kind(NON_NEGATIVE_INT, length=2, default=None)  # [x, y]: correlations of this pixel
-    progress: bool = True
+    progress: bool = True  # progress bar
     overwrite: bool = False  # replace the outputs of an earlier run with the same image names
     slide: SlideConfig = field(default_factory=SlideConfig)
 
@@ -172,9 +174,9 @@ class AppConfig:
     host: str = "127.0.0.1"  # 0.0.0.0 to serve other machines
     port: int = kind(PORT, default=7860)
     examples: list[str] = field(default_factory=list)  # image files offered as examples on the page
-    device: str = "auto"
-    precision: str = "fp32"
-    alpha: float = kind(FRACTION, default=0.5)
+    device: str = "auto"  # auto / cpu / cuda
+    precision: str = "fp32"  # fp32 / bf16 / fp16 (autocast)
+    alpha: float = kind(FRACTION, default=0.5)  # overlay opacity
     slide: SlideConfig = field(default_factory=SlideConfig)
 
 
@@ -187,17 +189,17 @@ class TrainSettings:
     ds_size: int | None = kind(COUNT, default=1000)  # images sampled from the folder with the seed (null: all)
     skip_bad_images: bool = False  # true: unreadable images are logged and replaced (else the run stops)
     batch_size: int = kind(COUNT, default=16)  # global batch (split over torchrun processes)
-    epochs: int = kind(COUNT, default=100)
+    epochs: int = kind(COUNT, default=100)  # passes over the sampled images
     corr_lr: float = kind(POSITIVE, default=5.0e-5)  # the correlation head (obj_proj)
     found_lr: float = kind(POSITIVE, default=1.0e-2)  # the objectness head (bkg_decoder)
     milestones: list[int] = kind(NON_NEGATIVE_INT, default_factory=lambda: [5000])  # iterations of the decays
     step_lr_gamma: float = kind(POSITIVE, default=0.1)  # learning-rate factor at each milestone
     im_size: int = kind(Kind(integer=True, low=16), default=448)  # training crop size
     antialias: bool = False  # image resize without antialiasing, as the reference (torchvision 0.13.1)
-    num_workers: int = kind(NON_NEGATIVE_INT, default=8)
-    seed: int = kind(NON_NEGATIVE_INT, default=0)
+    num_workers: int = kind(NON_NEGATIVE_INT, default=8)  # data-loading processes per rank
+    seed: int = kind(NON_NEGATIVE_INT, default=0)  # sample, order, augmentations and initial heads
     save_every: int = kind(COUNT, default=500)  # iterations between checkpoints
-    keep_checkpoints: int = kind(COUNT, default=2)
+    keep_checkpoints: int = kind(COUNT, default=2)  # newest checkpoints kept in checkpoints/
     stop_after: int | None = kind(COUNT, default=None)  # stop (and save) after this many iterations in this call
 
 
@@ -205,12 +207,12 @@ class TrainSettings:
 class TrainEvalConfig:
     """Evaluation of a training run's ``last.pt`` at its end (results.json in the run folder)."""
 
-    enabled: bool = False
+    enabled: bool = False  # score last.pt at the end of the run (results.json in the run folder)
     data: DataConfig = field(default_factory=DataConfig)
     slide: SlideConfig = field(default_factory=SlideConfig)
-    precision: str = "fp32"
-    num_workers: int = kind(NON_NEGATIVE_INT, default=4)
-    limit: int | None = kind(COUNT, default=None)
+    precision: str = "fp32"  # fp32 / bf16 / fp16 (autocast)
+    num_workers: int = kind(NON_NEGATIVE_INT, default=4)  # data-loading processes
+    limit: int | None = kind(COUNT, default=None)  # evaluate only the first N images of each benchmark
 
 
 @dataclass
@@ -219,7 +221,7 @@ class TrainConfig:
     teachers: dict[str, Any] = MISSING  # name -> TeacherConfig (configs: teachers=paper)
     train: TrainSettings = field(default_factory=TrainSettings)
     eval: TrainEvalConfig = field(default_factory=TrainEvalConfig)  # off by default
-    device: str = "auto"
+    device: str = "auto"  # auto / cpu / cuda (torchrun: one GPU per rank)
     overwrite: bool = False  # a new run may replace the checkpoints and heads of an earlier run in train.output
     precision: str = "fp32"  # fp32 (the paper) / bf16
 
@@ -253,11 +255,15 @@ def parse(cls: type[T], cfg: Any, prefix: str) -> T:
 
 
 def config_error(e: OmegaConfBaseException, prefix: str = "") -> ConfigError:
-    """A one-line ``ConfigError`` from an OmegaConf error, naming the full key."""
+    """A one-line ``ConfigError`` from an OmegaConf error, naming the full key (an unknown key:
+    and the valid keys of its place)."""
     key = ".".join(p for p in (prefix, str(getattr(e, "full_key", "") or "")) if p)
     first = str(e).splitlines()[0] if str(e) else type(e).__name__
     owner = getattr(e, "object_type", None)
-    if isinstance(e, ConfigKeyError) and dataclasses.is_dataclass(owner) and "not in" in first:
+    named = re.search(r"Key '[^']*' (?:is )?not in (?:struct|'(\w+)')", first)
+    if named and named.group(1) in _SCHEMAS:
+        owner = _SCHEMAS[named.group(1)]
+    if named and dataclasses.is_dataclass(owner):
         return ConfigError(f"{key}: unknown key ({owner.__name__} has: {', '.join(known_keys(owner))})")
     if isinstance(e, ValidationError):
         return ConfigError(f"{key}: {first}")
@@ -284,3 +290,9 @@ def plain(cfg: Any) -> Any:
     if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
         return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
     return cfg
+
+
+# The dataclasses by name (an OmegaConf error names its node's type).
+_SCHEMAS = MappingProxyType({c.__name__: c for c in (
+    CLIPConfig, MaskCLIPConfig, TeacherConfig, ModelConfig, SlideConfig, BenchmarkConfig, DataConfig, EvalConfig,
+    DemoConfig, AppConfig, TrainSettings, TrainEvalConfig, TrainConfig)})

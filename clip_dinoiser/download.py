@@ -62,7 +62,8 @@ def git_blob_id(path: str) -> str:
     return h.hexdigest()
 
 
-def fetch(url: str, git_blob: str, dest: str, *, progress: bool = True, timeout: float = 30.0) -> str:
+def fetch(url: str, git_blob: str, dest: str, *, progress: bool = True, timeout: float = 30.0,
+          key: str | None = None) -> str:
     """``dest``, downloaded from ``url`` unless a copy with the right checksum is there.
 
     Raises:
@@ -88,7 +89,9 @@ def fetch(url: str, git_blob: str, dest: str, *, progress: bool = True, timeout:
         os.replace(tmp, dest)
     except (TimeoutError, urllib.error.URLError, http.client.HTTPException, ConnectionError) as e:
         reason = getattr(e, "reason", e)
-        raise UserError(f"cannot download {url}: {reason} (offline? download it by hand and give its path)") from e
+        hint = f"{key}=<its path>" if key else "its path"
+        raise UserError(f"cannot download {url}{f' ({key}=released)' if key else ''}: {reason} (offline? download it "
+                        f"by hand and give {hint})") from e
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -96,7 +99,8 @@ def fetch(url: str, git_blob: str, dest: str, *, progress: bool = True, timeout:
     return dest
 
 
-def resolve_released(value: str | None, which: str, url: str | None = None, cache_dir: str | None = None) -> str | None:
+def resolve_released(value: str | None, which: str, url: str | None = None, cache_dir: str | None = None,
+                     key: str | None = None) -> str | None:
     """``value``, or for ``"released"`` the cached (downloaded on first use) file of ``RELEASED[which]``.
 
     Args:
@@ -107,7 +111,7 @@ def resolve_released(value: str | None, which: str, url: str | None = None, cach
         return value
     spec = RELEASED[which]
     folder = cache_dir or os.path.join(default_cache_dir(), "weights")
-    return fetch(url or spec.url, spec.git_blob, os.path.join(folder, spec.filename))
+    return fetch(url or spec.url, spec.git_blob, os.path.join(folder, spec.filename), key=key)
 
 
 HUB_HOST = "huggingface.co"  # open_clip and timm weights come from the Hugging Face hub

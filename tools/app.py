@@ -288,4 +288,4 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     register_configs()
-    launch(main)
+    launch(main, schema=AppConfig, groups={"model": "clip_dinoiser"})

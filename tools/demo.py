@@ -169,4 +169,4 @@ def main(cfg: DictConfig) -> None:
 if __name__ == "__main__":
     check_prompts_argument(sys.argv[1:])
     register_configs()
-    launch(main)
+    launch(main, schema=DemoConfig, groups={"model": "clip_dinoiser"})

@@ -1,6 +1,6 @@
 """Score mIoU on the paper's benchmarks (or your own).
 
-    python tools/eval.py data=voc data.root=data/VOCdevkit/VOC2012 model.checkpoint=checkpoints/last.pt
+    python tools/eval.py data=voc data.root=data/VOCdevkit/VOC2012                # the released heads
     python tools/eval.py data=all data.root=data precision=bf16
     python tools/eval.py 'sweep={model.gamma:[0.1,0.2,0.3],model.bg_refine:[true,false]}'   # one pass, 6 settings
     torchrun --nproc_per_node=8 tools/eval.py data=ade20k output=outputs/eval/ade
@@ -140,4 +140,4 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     register_configs()
-    launch(main)
+    launch(main, schema=EvalConfig, groups={"model": "clip_dinoiser", "data": "voc"})

@@ -1,6 +1,6 @@
 """Distil DINO correlations and FOUND objectness into the CLIP-DINOiser heads.
 
-    python tools/train.py train.data=/path/to/imagenet/train teachers.found.decoder=decoder_weights.pt
+    python tools/train.py train.data=/path/to/imagenet/train      # FOUND decoder: the released file
     python tools/train.py train.resume=outputs/train/2024-01-01_00-00-00
     python tools/train.py -m model.feats_idx=-2,-3 train.data=... eval.enabled=true eval.data.name=voc
     torchrun --nproc_per_node=4 tools/train.py train.data=... precision=bf16
@@ -21,7 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from clip_dinoiser.config import TrainEvalConfig, parse, register_configs
+from clip_dinoiser.config import TrainConfig, TrainEvalConfig, parse, register_configs
 from clip_dinoiser.data.benchmarks import checked_benchmarks
 from clip_dinoiser.engine.cli import launch, resolve_device, user_errors_as_one_line
 from clip_dinoiser.engine.loop import latest_checkpoint
@@ -131,4 +131,4 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     register_configs()
-    launch(main)
+    launch(main, schema=TrainConfig, groups={"model": "clip_dinoiser", "teachers": "paper"})

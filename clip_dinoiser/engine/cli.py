@@ -68,11 +68,22 @@ def interrupted_message(e: Interrupted) -> str:
             f"train.resume={e.run_dir}")
 
 
-def launch(main: Callable[[], Any]) -> None:
+def launch(main: Callable[[], Any], *, schema: type | None = None, groups: dict[str, str] | None = None) -> None:
     """Run a ``hydra.main`` entry point. A command line that does not fit the typed configs (an
-    unknown key, a wrong type) is reported in one line naming the key, exit code 2."""
+    unknown key, a wrong type) is reported in one line naming the key (and the valid keys), exit
+    code 2. ``--help`` / ``-h`` lists the tool's keys (``schema``) with their defaults and
+    comments, and its config ``groups`` (group -> default option)."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
+
+    if schema is not None and ("--help" in sys.argv[1:] or "-h" in sys.argv[1:]):
+        from .help import tool_help
+
+        script = os.path.abspath(sys.argv[0])
+        doc = (sys.modules["__main__"].__doc__ or "").strip()
+        print(tool_help(os.path.splitext(os.path.basename(script))[0], doc, schema, groups or {},
+                        os.path.join(os.path.dirname(os.path.dirname(script)), "configs")))
+        sys.exit(0)
 
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # hydra raises its errors instead of printing them
     try:

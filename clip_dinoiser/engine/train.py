@@ -177,7 +177,8 @@ def build_distiller(cfg: Mapping[str, Any], device: torch.device, files: list[st
     torch.manual_seed(int(tcfg["seed"]))  # the heads' initialisation
     student = build_model(student_config(cfg), training=True)
     if tcfg.get("init"):
-        load_heads(student.heads, resolve_released(tcfg["init"], "heads", cfg["model"].get("checkpoint_url")))
+        path = resolve_released(tcfg["init"], "heads", cfg["model"].get("checkpoint_url"), key="train.init")
+        load_heads(student.heads, path)
     student = student.to(device)
     teachers = {name: t.to(device) for name, t in build_teachers(cfg["teachers"]).items()}
     return Distiller(student, teachers, gamma=student.decoding.gamma, precision=cfg.get("precision", "fp32"),

@@ -168,6 +168,24 @@ def interpolate_pos_embed(pos_embed: Tensor, grid: tuple[int, int], native: tupl
     return torch.cat([cls_pos, patch_pos], dim=0)
 
 
+def sequence_first(transformer: nn.Module) -> bool:
+    """Whether the residual blocks of an open_clip ``Transformer`` take tokens sequence-first
+    (L x B x C) rather than batch-first (B x L x C), read from the modules themselves.
+
+    The first block's attention decides: ``nn.MultiheadAttention.batch_first`` (every open_clip
+    version), else the ``batch_first`` of open_clip's own ``Attention`` (2.26 to 2.32), else the
+    transformer's ``batch_first`` (2.26 on; 3.x's ``Attention`` is always batch-first and has no
+    flag). Without any flag the transformer is from open_clip < 2.26, whose ``VisionTransformer``
+    and ``CLIP.encode_text`` permuted NLD -> LND before the blocks: sequence-first. (Reading only
+    the transformer's flag, defaulting to batch-first, ran 2.24's blocks on the wrong axes.)
+    """
+    attn = getattr(transformer.resblocks[0], "attn", None)
+    if isinstance(attn, nn.MultiheadAttention):
+        return not attn.batch_first
+    flag = getattr(attn, "batch_first", getattr(transformer, "batch_first", False))
+    return not flag
+
+
 def _qkv(block: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Query, key and value projections of ``ln_1(x)`` (before out_proj), each ... x W."""
     attn = block.attn
@@ -280,8 +298,7 @@ class CLIPBackbone(nn.Module):
         x = v.patch_dropout(x)
         x = v.ln_pre(x)
 
-        # open_clip < 2.26 keeps tokens sequence-first (L x B x C) inside the transformer.
-        seq_first = not getattr(v.transformer, "batch_first", True)
+        seq_first = sequence_first(v.transformer)
         if seq_first:
             x = x.transpose(0, 1)
         blocks = v.transformer.resblocks

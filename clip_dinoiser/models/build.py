@@ -8,6 +8,7 @@ Extension points, each a config key naming a built-in or the import path of your
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from ..config import ModelConfig, paper_teachers, parse
-from ..download import resolve_released
+from ..download import RELEASED_NAME, resolve_released
 from ..errors import ConfigError
 from ..files import check_local_file
 from ..plugins import locate
@@ -71,7 +72,7 @@ def build_maskclip(cfg: ModelConfig) -> MaskCLIP:
 
 def build_clip_dinoiser(cfg: ModelConfig, training: bool = False) -> CLIPDINOiser:
     # "released": the authors' last.pt, downloaded once into the cache (before CLIP is loaded)
-    checkpoint = resolve_released(cfg.checkpoint, "heads", cfg.checkpoint_url)
+    checkpoint = resolve_released(cfg.checkpoint, "heads", cfg.checkpoint_url, key="model.checkpoint")
     pooling = locate(cfg.pooling, POOLINGS, "model.pooling")
     backbone, text = build_clip(cfg)
     heads = DINOiserHeads(in_dim=backbone.width, proj_dim=cfg.proj_dim, kernel_size=cfg.kernel_size)
@@ -111,7 +112,10 @@ def check_model_files(cfg: ModelConfig) -> None:
     """Fail on a missing local file that ``cfg`` names, before any weights are loaded."""
     check_local_file(cfg.clip.pretrained, "CLIP checkpoint", "model.clip.pretrained")
     if cfg.name == "clip_dinoiser":
-        check_local_file(cfg.checkpoint, "heads checkpoint", "model.checkpoint")
+        if cfg.checkpoint and cfg.checkpoint != RELEASED_NAME and not os.path.isfile(cfg.checkpoint):
+            kind = "is a folder" if os.path.isdir(cfg.checkpoint) else "not found"
+            raise FileNotFoundError(f"heads checkpoint {kind}: {cfg.checkpoint} (model.checkpoint; "
+                                    "model.checkpoint=released downloads the authors' heads, 7 MB)")
     if cfg.name == "dino_maskclip":
         from ..teachers import check_teacher_files
 

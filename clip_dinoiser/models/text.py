@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from ..config import MaskCLIPConfig
 from ..errors import UserError
 from ..vocabulary import Vocabulary, parse_vocabulary, read_vocabulary_file
+from .backbone import sequence_first
 from .text_cache import TextEmbeddingCache
 
 __all__ = ["Classes", "TextClassifier", "Vocabulary", "parse_vocabulary", "read_vocabulary_file", "text_tower"]
@@ -60,7 +61,7 @@ def encode_text_to_eot(clip_model: nn.Module, tokens: Tensor) -> Tensor:
     cast = m.transformer.get_cast_dtype()
     x = m.token_embedding(tokens[:, :n]).to(cast) + m.positional_embedding[:n].to(cast)
     mask = m.attn_mask[:n, :n]
-    seq_first = not getattr(m.transformer, "batch_first", True)  # open_clip < 2.26: blocks take L x B x C
+    seq_first = sequence_first(m.transformer)  # open_clip < 2.26: blocks take L x B x C
     x = x.transpose(0, 1) if seq_first else x
     for block in m.transformer.resblocks:
         x = block(x, attn_mask=mask)

@@ -34,7 +34,7 @@ def build_dino_teacher(cfg: TeacherConfig, key: str = "teachers.dino") -> DINOTe
 def build_found_teacher(cfg: TeacherConfig, key: str = "teachers.found") -> FOUNDTeacher:
     check_found_files(cfg, key)
     # "released": FOUND's decoder_weights.pt, downloaded once into the cache
-    decoder = resolve_released(cfg.decoder, "found_decoder", cfg.decoder_url)
+    decoder = resolve_released(cfg.decoder, "found_decoder", cfg.decoder_url, key=f"{key}.decoder")
     vit = frozen_vit(cfg, key)
     return FOUNDTeacher(vit, load_found_decoder(decoder, vit.dim), antialias=cfg.antialias)
 
