@@ -24,6 +24,7 @@ import torch
 from .config import EvalConfig, SlideConfig, parse
 from .errors import UserError
 from .readers import read_image, to_rgb_uint8
+from .values import check_precision
 from .vocabulary import parse_vocabulary
 
 
@@ -71,8 +72,6 @@ class Segmenter:
     """
 
     def __init__(self, model: torch.nn.Module, *, slide: SlideConfig | None = None, precision: str = "fp32") -> None:
-        from .engine.inference import check_precision
-
         check_precision(precision)
         self.model, self.slide, self.precision = model, slide or SlideConfig(), precision
 

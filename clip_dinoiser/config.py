@@ -94,6 +94,24 @@ class ModelConfig:
     teachers: dict[str, Any] | None = None  # dino_maskclip: its teachers (null: the paper's)
 
 
+DROPOUT = Kind(low=0, high=1, high_open=True)
+
+
+@dataclass
+class TargetConfig:
+    """The target network of MaskCLIP+ (defaults: ``configs/_base_/models/maskclip_plus_*.py``)."""
+
+    arch: str = "deeplabv2"  # decode module: deeplabv2 (ASPPHeadV2) or deeplabv3plus (DepthwiseSeparableASPPHead)
+    backbone: str = "resnet101c"  # timm CNN with features_only and output_stride (resnet101c = mmseg ResNetV1c)
+    pretrained: str | None = "resnet101c.gluon_in1k"  # timm name.tag, a local state dict (timm/mmseg keys), or null
+    output_stride: int = kind(COUNT, default=8)  # backbone stride after dilation (MaskCLIP+: d8)
+    dilations: list[int] | None = kind(COUNT, default=None)  # ASPP dilations; null: the arch's (see ARCH_DILATIONS)
+    c1_channels: int = kind(NON_NEGATIVE_INT, default=48)  # deeplabv3plus: channels of the stride-4 skip (0: none)
+    dropout: float = kind(DROPOUT, default=0.0)  # Dropout2d before the classifier (MaskCLIP+: dropout_ratio=0)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # timm create_model overrides (tests build tiny models)
+    norm_eval: bool = False  # BatchNorm statistics frozen during training (MaskCLIP+: false, SyncBN under DDP)
+
+
 @dataclass
 class SlideConfig:
     """Test-time geometry (mmseg's slide inference)."""
@@ -130,7 +148,7 @@ class DataConfig:
     names: list[str] | None = None  # data=all: the benchmarks (null: the paper's eight)
     vocabulary: str | None = None  # class-name file (null: the benchmark's own names)
     bg_refine: bool | None = None  # null: the paper's choice per benchmark
-    benchmark: BenchmarkConfig | None = None  # your own benchmark (then 'name' is its name)
+    benchmark: dict[str, Any] = field(default_factory=dict)  # your own benchmark: BenchmarkConfig's keys ({}: none)
 
 
 @dataclass
@@ -226,6 +244,47 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 (the paper) / bf16
 
 
+@dataclass
+class TargetTrainSettings:
+    """MaskCLIP+ (Zhou et al., ECCV 2022, Sec. 3.3): a target network trained from an annotator's
+    pseudo-labels on a benchmark's training images (defaults: MaskCLIP's annotation-free configs)."""
+
+    benchmark: str = "context59"  # whose training split and classes: voc20, context59, coco_stuff, ade20k, ...
+    data: str | None = None  # its folder (null: data/<the benchmark's mmseg folder>); an image folder for 'folder'
+    vocabulary: str | None = None  # class-name file (null: the benchmark's; needed for benchmark=folder)
+    output: str = "outputs/train_target/${now:%Y-%m-%d_%H-%M-%S}"  # run folder
+    resume: str | None = None  # a run folder: continue from its newest checkpoint
+    iterations: int | None = kind(COUNT, default=None)  # null: MaskCLIP+'s (2k VOC, 4k Context, 8k COCO-Stuff/ADE)
+    batch_size: int = kind(COUNT, default=16)  # global batch (MaskCLIP+: 4 GPUs x 4)
+    lr: float = kind(POSITIVE, default=0.01)  # SGD
+    momentum: float = kind(FRACTION, default=0.9)
+    weight_decay: float = kind(Kind(low=0), default=5.0e-4)
+    poly_power: float = kind(POSITIVE, default=0.9)  # lr = (lr - min_lr) * (1 - it / iterations) ** power + min_lr
+    min_lr: float = kind(Kind(low=0), default=1.0e-4)
+    crop: tuple[int, int] | None = kind(COUNT, length=2, default=None)  # null: 480 Context, 512 others
+    scale: tuple[int, int] | None = kind(COUNT, length=2, default=None)  # null: (520, 520) Context, (2048, 512) others
+    ratio_range: tuple[float, float] = kind(POSITIVE, length=2, default=(0.5, 2.0))  # random resize ratio
+    photometric: bool = True  # mmseg's PhotoMetricDistortion
+    conf_thresh: float = kind(FRACTION, default=0.0)  # pixels whose label probability is below: ignored (0: off)
+    self_train_from: int | None = kind(COUNT, default=None)  # from this iteration the target labels itself (null: off)
+    num_workers: int = kind(NON_NEGATIVE_INT, default=8)  # data-loading processes per rank
+    seed: int = kind(NON_NEGATIVE_INT, default=0)  # order, augmentations and the head's initialisation
+    save_every: int = kind(COUNT, default=500)  # iterations between checkpoints
+    keep_checkpoints: int = kind(COUNT, default=2)  # newest checkpoints kept in checkpoints/
+    stop_after: int | None = kind(COUNT, default=None)  # stop (and save) after this many iterations in this call
+
+
+@dataclass
+class TrainTargetConfig:
+    annotator: ModelConfig = MISSING  # the frozen segmenter that labels the crops (configs/annotator/)
+    target: TargetConfig = field(default_factory=TargetConfig)  # the network trained
+    train: TargetTrainSettings = field(default_factory=TargetTrainSettings)
+    eval: TrainEvalConfig = field(default_factory=TrainEvalConfig)  # off by default
+    device: str = "auto"  # auto / cpu / cuda (torchrun: one GPU per rank)
+    precision: str = "fp32"  # fp32 / bf16 / fp16 (autocast of the annotator and the target)
+    overwrite: bool = False  # a new run may replace an earlier run's files in train.output
+
+
 def register_configs() -> None:
     """Register the dataclasses with hydra's ConfigStore (the entry points in ``tools/`` call this
     before ``hydra.main``): ``<group>/schema`` under the YAML files, ``teachers/paper``."""
@@ -233,10 +292,11 @@ def register_configs() -> None:
 
     cs = ConfigStore.instance()
     cs.store(group="model", name="schema", node=ModelConfig)
+    cs.store(group="annotator", name="schema", node=ModelConfig)
     cs.store(group="data", name="schema", node=DataConfig)
     cs.store(group="teachers", name="paper", node=paper_teachers())
     for name, node in (("eval_schema", EvalConfig), ("demo_schema", DemoConfig), ("app_schema", AppConfig),
-                       ("train_schema", TrainConfig)):
+                       ("train_schema", TrainConfig), ("train_target_schema", TrainTargetConfig)):
         cs.store(name=name, node=node)
 
 
@@ -265,6 +325,9 @@ def config_error(e: OmegaConfBaseException, prefix: str = "") -> ConfigError:
         owner = _SCHEMAS[named.group(1)]
     if named and dataclasses.is_dataclass(owner):
         return ConfigError(f"{key}: unknown key ({owner.__name__} has: {', '.join(known_keys(owner))})")
+    if key.startswith("data.benchmark.") and "not in struct" in first:
+        return ConfigError(f"{key}: a benchmark of your own is given with a +: '+data.benchmark={{classes:names.txt,"
+                           "img_dir:images,ann_dir:annotations}' (or in a data config file)")
     if isinstance(e, ValidationError):
         return ConfigError(f"{key}: {first}")
     return ConfigError(f"{key}: {first}" if key else first)
@@ -295,4 +358,5 @@ def plain(cfg: Any) -> Any:
 # The dataclasses by name (an OmegaConf error names its node's type).
 _SCHEMAS = MappingProxyType({c.__name__: c for c in (
     CLIPConfig, MaskCLIPConfig, TeacherConfig, ModelConfig, SlideConfig, BenchmarkConfig, DataConfig, EvalConfig,
-    DemoConfig, AppConfig, TrainSettings, TrainEvalConfig, TrainConfig)})
+    DemoConfig, AppConfig, TrainSettings, TrainEvalConfig, TrainConfig, TargetConfig, TargetTrainSettings,
+    TrainTargetConfig)})

@@ -112,6 +112,15 @@ def validate(obj: Any, prefix: str = "") -> Any:
     return obj
 
 
+PRECISION_NAMES = ("fp32", "bf16", "fp16")  # compute precisions (autocast for the half ones)
+
+
+def check_precision(precision: str) -> None:
+    """Raise a ``ConfigError`` unless ``precision`` is one of ``PRECISION_NAMES``."""
+    if precision not in PRECISION_NAMES:
+        raise ConfigError(f"precision={precision}: unknown precision (choose from {', '.join(PRECISION_NAMES)})")
+
+
 def check_number(value: Any, key: str, kind_: type = int, *, minimum: float | None = None) -> Any:
     """``value`` as ``kind_`` (int or float), finite and at least ``minimum``: a ``ConfigError`` naming ``key``."""
     return Kind(integer=kind_ is int, low=minimum).check(value, key)

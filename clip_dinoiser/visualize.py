@@ -132,15 +132,20 @@ def side_by_side(panels: Sequence[tuple[str, np.ndarray]], legend: Sequence[tupl
 MAX_INDEXED_CLASSES = 256  # a 'P' mode PNG's palette
 
 
-def save_indexed(labels: np.ndarray, palette: np.ndarray, path: str) -> None:
-    """Save a label map as an indexed ('P' mode) PNG whose pixel values are the class indices."""
+def indexed_image(labels: np.ndarray, palette: np.ndarray) -> Image.Image:
+    """A label map as an indexed ('P' mode) image whose pixel values are the class indices."""
     if labels.max(initial=0) >= MAX_INDEXED_CLASSES:
         raise UserError(f"indexed PNGs hold at most {MAX_INDEXED_CLASSES} classes")
     im = Image.fromarray(labels.astype(np.uint8), mode="P")
     flat = np.zeros((256, 3), np.uint8)
     flat[: len(palette)] = palette
     im.putpalette(flat.flatten().tolist())
-    im.save(path)
+    return im
+
+
+def save_indexed(labels: np.ndarray, palette: np.ndarray, path: str) -> None:
+    """Save a label map as an indexed PNG (``indexed_image``)."""
+    indexed_image(labels, palette).save(path)
 
 
 # The web page's panels: each panel on its own, its text sized to the panel's width (the page scales a

@@ -77,7 +77,8 @@ def test_unknown_keys_and_wrong_types_fail_in_the_python_api_naming_the_key():
         build_model({"maskclip": {"ks_tresh": 0.5}})
     with pytest.raises(ConfigError, match=r"^model\.gamma: Value 'abc' of type 'str' could not be converted"):
         build_model({"gamma": "abc"})
-    with pytest.raises(ConfigError, match=r"^model\.name=clip: unknown model"):
+    with pytest.raises(ConfigError, match=r"^model\.name=clip: unknown \(choose from clip_dinoiser, dino_maskclip, "
+                                          r"maskclip, target, or give the import path"):
         build_model({"name": "clip"})
 
 

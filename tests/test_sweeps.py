@@ -137,7 +137,7 @@ def test_cli_sweep_writes_runs_summary_and_predictions_that_rescore_exactly(tmp_
     assert float(rows[-1]["voc20"]) == BENCHMARKS["voc20"].paper_miou
     assert "| run | model.gamma | voc20 | average |" in (out / "summary.md").read_text()
     png = Image.open(out / "summary.png")
-    assert png.size == (700, 400) and np.asarray(png.convert("L")).std() > 5  # a drawn plot, not blank
+    assert png.size[0] >= 600 and png.size[1] >= 350 and np.asarray(png.convert("L")).std() > 5  # drawn, not blank
 
 
 def test_training_multirun_trains_evaluates_and_summarizes_each_run(tmp_path, tiny_clip_file, tiny_teachers):

@@ -38,9 +38,9 @@ from clip_dinoiser.engine.figures import (
     page_panels,
     segment_for_figure,
 )
-from clip_dinoiser.engine.inference import check_precision
 from clip_dinoiser.errors import UserError
 from clip_dinoiser.models import build_model, parse_vocabulary
+from clip_dinoiser.values import check_precision
 from clip_dinoiser.visualize import MAX_INDEXED_CLASSES, add_legend, make_palette, mark_point, overlay, save_indexed
 
 TABS = ("segmentation", "maskclip", "objectness", "correlations")  # the result's tabs, by id

@@ -227,6 +227,39 @@ def bench_train(device: torch.device, iters: int, batch: int, workers: int, n_im
     return out
 
 
+def bench_target(device: torch.device, iters: int, batch: int, crop: int) -> dict:
+    """MaskCLIP+ training steps (annotator pass + DeepLabv2-R101 forward/backward + SGD) next to
+    the heads' distillation step, same batch, in one run (random weights; speed does not depend
+    on them). ``crop``: MaskCLIP+'s is 512 (480 for Context)."""
+    from clip_dinoiser.config import TargetConfig, TargetTrainSettings, plain
+    from clip_dinoiser.engine.target_train import TargetTraining
+    from clip_dinoiser.models.target import build_target
+
+    annotator = build_dinoiser(device)
+    target = build_target(TargetConfig(pretrained=None), annotator.text.dim).to(device).train()
+    target.set_classes(annotator.text.current.embeddings)
+    settings = plain(TargetTrainSettings(iterations=1000))
+    images = torch.rand(batch, 3, crop, crop, device=device)
+    valid = torch.ones(batch, crop, crop, dtype=torch.bool, device=device)
+    out: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "batch": batch,
+                 "crop": crop}
+    for precision in ("fp32", "bf16"):
+        task = TargetTraining(target, annotator, settings, [], list(annotator.class_names), precision=precision)
+        optimizer, scheduler = task.make_optimizer()
+
+        def step(task=task, optimizer=optimizer, scheduler=scheduler) -> None:
+            loss, _ = task.losses((images, valid), target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+
+        sec = timed(step, device, warmup=2, repeat=iters)
+        out[f"target_step_iters_per_s_{precision}"] = 1 / sec
+        out[f"projected_4000_iters_minutes_{precision}"] = 4000 * sec / 60
+    return out
+
+
 def bench_sweep(device: torch.device, n_images: int, workers: int, clip: str, gammas: int = 5) -> dict:
     """Wall time of an inference sweep of ``gammas`` values of ``model.gamma`` (one network pass
     per window, ``Evaluator.evaluate_settings``) against one evaluation at one setting, on the
@@ -306,12 +339,13 @@ def bench_startup(clip: str, repeat: int) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["eval", "train", "startup", "sweep", "all"])
+    p.add_argument("what", choices=["eval", "train", "target", "startup", "sweep", "all"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--images", type=int, default=1449, help="synthetic VOC images (VOC 2012 val has 1449)")
     p.add_argument("--window-batch", type=int, default=SlideConfig.window_batch)
     p.add_argument("--iters", type=int, default=20, help="timed training iterations")
     p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--crop", type=int, default=512, help="target: MaskCLIP+'s crop (480 for Context)")
     p.add_argument("--workers", type=int, default=min(12, os.cpu_count() or 1))
     p.add_argument("--clip", default=CLIPConfig.name, help="open_clip model name or config JSON (eval; smoke runs)")
     p.add_argument("--json", help="write the results here")
@@ -322,7 +356,7 @@ def main(argv=None) -> int:
 
 def check_arguments(args: argparse.Namespace) -> torch.device:
     """Every argument checked before any work (one line each, as the other tools)."""
-    for name, kind_ in (("images", COUNT), ("window_batch", COUNT), ("iters", COUNT), ("batch", COUNT),
+    for name, kind_ in (("images", COUNT), ("window_batch", COUNT), ("iters", COUNT), ("batch", COUNT), ("crop", COUNT),
                         ("workers", NON_NEGATIVE_INT), ("repeat", COUNT)):
         kind_.check(getattr(args, name), f"--{name.replace('_', '-')}")
     if args.clip.endswith(".json") and not os.path.isfile(args.clip):
@@ -347,6 +381,9 @@ def run(args: argparse.Namespace) -> int:
     if args.what in ("train", "all"):
         results["train"] = bench_train(device, args.iters, args.batch, args.workers, 64)
         print(json.dumps({"train": results["train"]}, indent=1), flush=True)
+    if args.what in ("target", "all"):
+        results["target"] = bench_target(device, args.iters, args.batch, args.crop)
+        print(json.dumps({"target": results["target"]}, indent=1), flush=True)
     if args.what in ("sweep", "all"):
         results["sweep"] = bench_sweep(device, args.images, args.workers, args.clip)
         print(json.dumps({"sweep": results["sweep"]}, indent=1), flush=True)

@@ -20,6 +20,7 @@ import logging
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import hydra
 import numpy as np
@@ -30,14 +31,16 @@ from tqdm import tqdm
 from clip_dinoiser.config import DemoConfig, parse, register_configs
 from clip_dinoiser.data.images import load_image
 from clip_dinoiser.engine.cli import launch, one_line, resolve_device, user_errors_as_one_line
-from clip_dinoiser.engine.figures import FigureData, figure, segment_for_figure
-from clip_dinoiser.engine.inference import check_point, check_precision
 from clip_dinoiser.engine.runs import refuse_existing
 from clip_dinoiser.errors import UserError
-from clip_dinoiser.files import check_output_dir
-from clip_dinoiser.models import build_model, parse_vocabulary, read_vocabulary_file
+from clip_dinoiser.files import check_output_dir, write_atomic
 from clip_dinoiser.readers import IMAGE_EXTENSIONS
-from clip_dinoiser.visualize import MAX_INDEXED_CLASSES, add_legend, make_palette, overlay, save_indexed
+from clip_dinoiser.values import check_precision
+from clip_dinoiser.visualize import MAX_INDEXED_CLASSES
+from clip_dinoiser.vocabulary import parse_vocabulary, read_vocabulary_file
+
+if TYPE_CHECKING:
+    from clip_dinoiser.engine.figures import FigureData
 
 log = logging.getLogger("demo")
 
@@ -71,15 +74,20 @@ def demo_images(spec: str) -> tuple[list[str], bool]:
 
 
 def write_outputs(image: np.ndarray, data: FigureData, names: list[str], stem: str, cfg: DictConfig) -> list[str]:
-    """<stem>_mask.png, <stem>_labels.png and (figure=true) <stem>_figure.png in ``cfg.output``."""
+    """<stem>_mask.png, <stem>_labels.png and (figure=true) <stem>_figure.png in ``cfg.output``,
+    each written atomically (an interrupted run never leaves half a PNG)."""
+    from clip_dinoiser.engine.figures import figure
+    from clip_dinoiser.visualize import add_legend, indexed_image, make_palette, overlay
+
     palette = make_palette(len(names))
     present = [int(i) for i in np.unique(data.labels)]
+    images = [Image.fromarray(add_legend(overlay(image, data.labels, palette, cfg.alpha), names, palette, present)),
+              indexed_image(data.labels, palette)]
+    if cfg.figure:
+        images.append(Image.fromarray(figure(image, data, names, alpha=cfg.alpha)))
     paths = output_paths(cfg, stem)
-    Image.fromarray(add_legend(overlay(image, data.labels, palette, cfg.alpha), names, palette, present)).save(paths[0])
-    save_indexed(data.labels, palette, paths[1])
-    if not cfg.figure:
-        return paths[:2]
-    Image.fromarray(figure(image, data, names, alpha=cfg.alpha)).save(paths[2])
+    for path, im in zip(paths, images):
+        write_atomic(path, lambda f, im=im: im.save(f, format="PNG"), binary=True)
     return paths
 
 
@@ -117,12 +125,15 @@ def run(cfg: DictConfig) -> list[str]:
     query = cfg_checked.query
     if query is not None and not single:
         raise UserError(f"query={list(cfg.query)}: give one pixel [x, y] of a single image")
+    check_precision(cfg.precision)
+    device = resolve_device(cfg.device)
+    from clip_dinoiser.engine.figures import segment_for_figure
+    from clip_dinoiser.engine.inference import check_point
+    from clip_dinoiser.models import build_model
+
     if query is not None:
         check_point(query, first.shape)
-    device = resolve_device(cfg.device)
-    check_precision(cfg.precision)
     slide = cfg_checked.slide
-
     t0 = time.perf_counter()
     model = build_model(cfg.model).to(device)
     model.set_vocabulary(vocab)

@@ -13,27 +13,29 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from clip_dinoiser.config import EvalConfig, SlideConfig, parse, register_configs
-from clip_dinoiser.data.benchmarks import Benchmark, checked_benchmarks
-from clip_dinoiser.engine import distributed as dist
 from clip_dinoiser.engine.cli import launch, resolve_device, user_errors_as_one_line
-from clip_dinoiser.engine.evaluate import BenchmarkResult, Evaluator
-from clip_dinoiser.engine.inference import check_precision
-from clip_dinoiser.engine.predictions import PredictionWriter
-from clip_dinoiser.engine.results import RESULT_FILES, summary_table, write_results
-from clip_dinoiser.engine.runs import RunFolder, claim_all, release_all
+from clip_dinoiser.engine.runs import RESULT_FILES, RunFolder, claim_all, release_all
 from clip_dinoiser.engine.summary import SUMMARY_FILES, write_summary
 from clip_dinoiser.engine.sweep import decoding_fields, point_name, sweep_points
-from clip_dinoiser.models import build_model, check_model_config
+from clip_dinoiser.values import check_precision
+
+if TYPE_CHECKING:
+    from clip_dinoiser.data.benchmarks import Benchmark
+    from clip_dinoiser.engine.evaluate import BenchmarkResult, Evaluator
+
+# torch, mmseg and the models are imported once the command line is checked: a mistyped key
+# costs a fraction of a second, not the seconds those imports take.
 
 log = logging.getLogger("eval")
 
 
-def check_settings(cfg: DictConfig) -> tuple[list[tuple[Benchmark, str]], SlideConfig, list[dict], list[RunFolder]]:
+def check_settings(cfg: DictConfig) -> tuple[list, SlideConfig, list[dict], list[RunFolder]]:
     """Every setting and input checked before a loader process or model starts (each error names
     its key or file): every number (finite, in range), the output folders (none of the files a
     run would write may exist, unless ``overwrite``), the datasets (at least one image each),
@@ -41,12 +43,16 @@ def check_settings(cfg: DictConfig) -> tuple[list[tuple[Benchmark, str]], SlideC
     points and the run folders to write (one per point, and the sweep's own)."""
     settings = parse(EvalConfig, cfg, "")  # unknown keys, types, numbers out of range
     check_precision(settings.precision)
-    resolve_device(settings.device)
     points = sweep_points(OmegaConf.to_container(cfg.sweep) if cfg.sweep is not None else None)
     folders = run_folders(cfg, points)
     for folder in folders:
         folder.check()
-    benchmarks = checked_benchmarks(settings.data, settings.slide.scale)
+    resolve_device(settings.device)
+    from clip_dinoiser.data.benchmarks import checked_benchmarks, reference_for
+    from clip_dinoiser.models import check_model_config
+
+    benchmarks = [(reference_for(b, settings.model.name), root)
+                  for b, root in checked_benchmarks(settings.data, settings.slide.scale)]
     check_model_config(cfg.model)
     for p in points:
         if p.get("data.vocabulary") and not os.path.isfile(p["data.vocabulary"]):
@@ -70,6 +76,10 @@ def run_folders(cfg: DictConfig, points: list[dict]) -> list[RunFolder]:
 def run(cfg: DictConfig) -> list[list[BenchmarkResult]]:
     """Evaluate; returns the results per sweep point (one point without a sweep), per benchmark."""
     benchmarks, slide, points, folders = check_settings(cfg)
+    from clip_dinoiser.engine import distributed as dist
+    from clip_dinoiser.engine.evaluate import Evaluator
+    from clip_dinoiser.models import build_model
+
     main_rank = os.environ.get("RANK", "0") == "0"
     if main_rank:
         claim_all(folders)  # a second evaluation into the same folders is refused from here on
@@ -101,6 +111,8 @@ def run(cfg: DictConfig) -> list[list[BenchmarkResult]]:
 def _evaluate_points(evaluator: Evaluator, model, bench: Benchmark, root: str, cfg: DictConfig,
                      points: list[dict], folders: list[str]) -> list[BenchmarkResult]:
     """One benchmark under every sweep point, from one network pass per window."""
+    from clip_dinoiser.engine.predictions import PredictionWriter
+
     data = cfg.data
     settings = [evaluator.setting(model, bench, p.get("data.vocabulary", data.vocabulary),
                                   p.get("model.bg_refine", data.bg_refine), **decoding_fields(p)) for p in points]
@@ -121,6 +133,8 @@ def _evaluate_points(evaluator: Evaluator, model, bench: Benchmark, root: str, c
 def _write(cfg: DictConfig, points: list[dict], folders: list[RunFolder],
            per_point: list[list[tuple[Benchmark, BenchmarkResult]]]) -> None:
     """Each point's run folder (its config with the point's values), then the summary of a sweep."""
+    from clip_dinoiser.engine.results import summary_table, write_results
+
     for point, folder, results in zip(points, folders[-len(points):], per_point):
         run_cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
         run_cfg.sweep, run_cfg.output = None, folder.path

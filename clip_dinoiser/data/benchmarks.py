@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from types import MappingProxyType
 from typing import Any
@@ -17,7 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..config import BenchmarkConfig, DataConfig, SlideConfig
+from ..config import BenchmarkConfig, DataConfig, SlideConfig, parse
 from ..errors import ConfigError, UserError
 from ..readers import read_label
 from ..vocabulary import read_vocabulary_file
@@ -91,6 +91,20 @@ BENCHMARKS: Mapping[str, Benchmark] = MappingProxyType({
 })
 PAPER_ORDER = tuple(BENCHMARKS)
 
+# MaskCLIP+ (annotation-free, ViT-B/16 annotator, DeepLabv2-R101 target), mIoU from MaskCLIP's repository
+# (configs/maskclip_plus/README.md, "Results and models of annotation-free segmentation"): the reference
+# printed beside a target network's scores (model=target). Their protocol differs from ours (whole image at
+# scale 520 for Context), so compare trends, not decimals.
+MASKCLIP_PLUS_MIOU = MappingProxyType({"context59": 31.1, "coco_stuff": 18.0})
+
+
+def reference_for(bench: Benchmark, model_name: str) -> Benchmark:
+    """``bench`` with the published number to print beside a model's score: CLIP-DINOiser's
+    (Table 2) for our segmenters, MaskCLIP+'s for a target network (None where it has none)."""
+    if model_name != "target" or bench.dataset == "BaseSegDataset":
+        return bench
+    return replace(bench, paper_miou=MASKCLIP_PLUS_MIOU.get(bench.name), title=f"{bench.title} (vs MaskCLIP+)")
+
 
 def get_benchmark(name: str) -> Benchmark:
     if name not in BENCHMARKS:
@@ -110,10 +124,10 @@ def custom_benchmark(name: str, cfg: BenchmarkConfig) -> Benchmark:
 
 def selected_benchmarks(cfg: DataConfig) -> list[tuple[Benchmark, str]]:
     """(benchmark, its folder) pairs of the ``data`` config node."""
-    if cfg.benchmark is not None:
+    if cfg.benchmark:
         if cfg.root is None:
             raise ConfigError("data.root is not set: give the folder of your benchmark")
-        return [(custom_benchmark(cfg.name, cfg.benchmark), cfg.root)]
+        return [(custom_benchmark(cfg.name, parse(BenchmarkConfig, cfg.benchmark, "data.benchmark")), cfg.root)]
     if cfg.name == "all":
         names = list(cfg.names or PAPER_ORDER)
         return [(get_benchmark(n), os.path.join(cfg.root or DATA_ROOT, BENCHMARKS[n].root)) for n in names]

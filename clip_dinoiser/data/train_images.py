@@ -107,12 +107,14 @@ class ResumableBatchSampler(Sampler[list[tuple[int, int]]]):
         seed: run seed.
         start: first iteration to produce (resume).
         rank, world: this process's share of every batch.
+        iterations: the run's length in iterations (MaskCLIP+'s schedules), instead of ``epochs``
+            (which then only needs to cover them).
     """
 
     def __init__(self, n: int, batch_size: int, epochs: int, seed: int, *, start: int = 0, rank: int = 0,
-                 world: int = 1) -> None:
+                 world: int = 1, iterations: int | None = None) -> None:
         self.n, self.batch_size, self.epochs, self.seed = n, batch_size, epochs, seed
-        self.start, self.rank, self.world = start, rank, world
+        self.start, self.rank, self.world, self.iterations = start, rank, world, iterations
 
     @property
     def iters_per_epoch(self) -> int:
@@ -120,7 +122,7 @@ class ResumableBatchSampler(Sampler[list[tuple[int, int]]]):
 
     @property
     def total(self) -> int:
-        return self.iters_per_epoch * self.epochs
+        return self.iters_per_epoch * self.epochs if self.iterations is None else self.iterations
 
     def __len__(self) -> int:
         return max(self.total - self.start, 0)

@@ -6,16 +6,19 @@ import functools
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from ..config import config_error
 from ..errors import UserError
 from .signals import Interrupted, stop_at_once
 
 log = logging.getLogger(__name__)
+_STARTED = threading.Event()  # the tool's own code is running (its errors are not the command line's)
 
 # Errors a user causes: a setting, a file or a dataset we reject (UserError), the file system
 # (a missing file, permissions, a full disk). Anything else is a bug and keeps its traceback.
@@ -42,6 +45,7 @@ def user_errors_as_one_line(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        _STARTED.set()
         try:
             with stop_at_once():
                 return fn(*args, **kwargs)
@@ -86,6 +90,7 @@ def launch(main: Callable[[], Any], *, schema: type | None = None, groups: dict[
         sys.exit(0)
 
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # hydra raises its errors instead of printing them
+    started = main_started()
     try:
         main()
     except (HydraException, OmegaConfBaseException) as e:
@@ -93,10 +98,22 @@ def launch(main: Callable[[], Any], *, schema: type | None = None, groups: dict[
         message = config_error(cause) if isinstance(cause, OmegaConfBaseException) else one_line(e)
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
+    except Exception as e:  # hydra failing on the command line itself: before the tool's code ran
+        if started():
+            raise
+        print(f"error: cannot apply the command line {' '.join(sys.argv[1:])[:300]}: {one_line(e)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main_started() -> Callable[[], bool]:
+    """Whether the tool's own code has started (a log record or a run of ``user_errors_as_one_line``)."""
+    return lambda: _STARTED.is_set()
 
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is an error."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import SlideConfig
-from ..errors import ConfigError, UserError
+from ..errors import UserError
+from ..values import check_precision
 
 PRECISIONS = MappingProxyType({"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16})
 
@@ -45,12 +46,6 @@ def window_boxes(h: int, w: int, crop: tuple[int, int], stride: tuple[int, int])
             y2, x2 = min(i * sh + ch, h), min(j * sw + cw, w)
             boxes.append((max(y2 - ch, 0), y2, max(x2 - cw, 0), x2))
     return boxes
-
-
-def check_precision(precision: str) -> None:
-    """Raise a ``ConfigError`` unless ``precision`` is one of ``PRECISIONS``."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision={precision}: unknown precision (choose from {', '.join(PRECISIONS)})")
 
 
 def autocast(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager:

@@ -27,13 +27,12 @@ from ..errors import ConfigError, UserError
 from ..files import save_atomic
 from ..readers import read_weights
 from . import distributed as dist
-from .runs import RunFolder
+from .runs import METRICS, RunFolder
 from .signals import Interrupted, StopRequest, ignore_signals
 
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
-METRICS = "metrics.jsonl"
 TENSORBOARD = "tensorboard"
 
 

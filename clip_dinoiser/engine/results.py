@@ -34,9 +34,6 @@ def _json_number(x: float | None) -> float | None:
     return None if x is None or math.isnan(x) else x
 
 
-RESULT_FILES = ("config.yaml", "results.json", "results.csv")
-
-
 def write_results(results: list[tuple[Benchmark, BenchmarkResult]], cfg: Any, run: RunFolder) -> None:
     """``results.json`` and ``results.csv`` in the claimed ``run`` folder, and ``cfg`` as
     ``config.yaml`` (None: kept)."""
@@ -59,15 +56,15 @@ def write_results(results: list[tuple[Benchmark, BenchmarkResult]], cfg: Any, ru
     run.write("results.csv", write_csv)
 
 
-def evaluate_checkpoint(model_cfg: dict[str, Any], checkpoint: str, cfg: TrainEvalConfig, device,
-                        run: RunFolder) -> list[tuple[Benchmark, BenchmarkResult]]:
-    """Score the CLIP-DINOiser with ``checkpoint`` (a run's ``last.pt``) on ``cfg.data`` and write
+def evaluate_model(model_cfg: dict[str, Any], cfg: TrainEvalConfig, device,
+                   run: RunFolder) -> list[tuple[Benchmark, BenchmarkResult]]:
+    """Score the model of ``model_cfg`` (a training run's result) on ``cfg.data`` and write
     ``results.json`` / ``results.csv`` into the training ``run`` folder (its ``config.yaml`` is
     left as it is)."""
     from ..models import build_model
 
     benchmarks = selected_benchmarks(cfg.data)
-    model = build_model({**model_cfg, "name": "clip_dinoiser", "checkpoint": checkpoint}).to(device)
+    model = build_model(model_cfg).to(device)
     with Evaluator(slide=cfg.slide, precision=cfg.precision, num_workers=cfg.num_workers, limit=cfg.limit) as ev:
         results = [(b, ev.evaluate(model, b, root, vocabulary=cfg.data.vocabulary, bg_refine=cfg.data.bg_refine))
                    for b, root in benchmarks]

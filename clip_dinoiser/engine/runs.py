@@ -30,6 +30,8 @@ from ..files import check_output_dir, write_atomic
 log = logging.getLogger(__name__)
 
 MARKER = ".in_use"  # in a claimed run folder: "<pid> <host> <start time> <command>"
+RESULT_FILES = ("config.yaml", "results.json", "results.csv")  # what an evaluation run writes
+METRICS = "metrics.jsonl"  # a training run's curves: one JSON object per iteration
 
 
 def _alive(pid: int) -> bool:

@@ -1,5 +1,10 @@
-"""One table and one plot for many runs: the runs below some folders (each with ``results.json``
-and ``config.yaml``), one row per run, the settings that differ between them as columns."""
+"""Tables and plots for many runs: every run below some folders (an evaluation or a training run,
+with ``config.yaml`` and ``results.json`` or ``metrics.jsonl``), one row per run.
+
+Evaluation runs and training runs get a table each, whose columns are only the settings that
+vary among the runs of that table (a training run has some 60 settings; most never vary).
+Training runs' curves (``metrics.jsonl``) are drawn per scalar, a line per run.
+"""
 
 from __future__ import annotations
 
@@ -8,24 +13,41 @@ import json
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-SUMMARY_FILES = ("summary.csv", "summary.md", "summary.png")
+from ..files import write_atomic
+from ..readers import read_config, read_json, read_text
+from .runs import METRICS
 
-# Settings that never change a result: not columns of the summary.
+SUMMARY_FILES = ("summary.csv", "summary.md", "summary.png", "curves.png")
+
+# Settings that never change a result: never columns.
 IGNORED = ("output", "overwrite", "progress", "num_workers", "loader_batch", "device", "sweep", "save_predictions",
            "save_examples", "limit", "train.output", "train.resume", "train.num_workers", "train.save_every",
            "train.keep_checkpoints", "train.stop_after", "eval.num_workers", "eval.progress")
 
 
+@dataclass
+class Run:
+    """A run folder as the summary sees it."""
+
+    folder: str
+    kind: str  # "eval" or "train"
+    settings: dict[str, Any]
+    results: dict[str, Any]
+    curves: list[dict[str, float]] = field(default_factory=list)
+
+
 def find_runs(folders: Sequence[str]) -> list[str]:
-    """Every folder below ``folders`` (themselves included) holding ``results.json``, sorted."""
+    """Every folder below ``folders`` (themselves included) holding ``results.json`` or
+    ``metrics.jsonl``, sorted."""
     runs = set()
     for top in folders:
         if not os.path.isdir(top):
             raise FileNotFoundError(f"not a folder: {top}")
         for folder, _, files in os.walk(top):
-            if "results.json" in files:
+            if "results.json" in files or METRICS in files:
                 runs.add(folder)
     return sorted(runs)
 
@@ -39,91 +61,131 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: json.dumps(node) if isinstance(node, list) else node}
 
 
-def load_run(folder: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(flat settings of ``config.yaml``, ``results.json``) of a run folder."""
+def load_run(folder: str) -> Run:
+    """A run folder's settings, results and curves (every file through its reader: a broken one
+    is a one-line error naming it)."""
     from omegaconf import OmegaConf
 
     path = os.path.join(folder, "config.yaml")
-    settings = _flatten(OmegaConf.to_container(OmegaConf.load(path))) if os.path.isfile(path) else {}
-    with open(os.path.join(folder, "results.json")) as f:
-        return settings, json.load(f)
+    settings = _flatten(OmegaConf.to_container(read_config(path))) if os.path.isfile(path) else {}
+    results_path = os.path.join(folder, "results.json")
+    results = read_json(results_path) if os.path.isfile(results_path) else {}
+    if not isinstance(results, dict):
+        raise ValueError(f"results file {results_path} does not hold a mapping of benchmarks")
+    curves = []
+    if os.path.isfile(os.path.join(folder, METRICS)):
+        for n, line in enumerate(read_text(os.path.join(folder, METRICS), "metrics file").splitlines(), 1):
+            if line.strip():
+                try:
+                    curves.append(json.loads(line))
+                except json.JSONDecodeError:
+                    raise ValueError(f"metrics file {os.path.join(folder, METRICS)}: line {n} is not JSON") from None
+    kind = "train" if any(k.startswith("train.") for k in settings) or curves else "eval"
+    return Run(folder, kind, settings, results, curves)
 
 
-def summary_rows(runs: Sequence[str]) -> tuple[list[str], list[str], list[dict[str, Any]]]:
-    """(swept keys, benchmarks, rows): a row per run with its swept values, the mIoU of each
-    benchmark, the average over them, and a last row with the paper's numbers ('paper')."""
-    loaded = [load_run(r) for r in runs]
-    keys = sorted({k for s, _ in loaded for k in s} - set(IGNORED))
-    swept = [k for k in keys if len({json.dumps(s.get(k), sort_keys=True) for s, _ in loaded}) > 1
-             and not any(k.startswith(i + ".") for i in IGNORED)]
-    benchmarks = list(dict.fromkeys(b for _, res in loaded for b in res if isinstance(res[b], dict)))
+def varying_keys(runs: Sequence[Run]) -> list[str]:
+    """The settings whose values differ among ``runs`` (sorted), ignoring those that never change a result."""
+    keys = sorted({k for r in runs for k in r.settings})
+    return [k for k in keys if k not in IGNORED and not any(k.startswith(i + ".") for i in IGNORED)
+            and len({json.dumps(r.settings.get(k), sort_keys=True) for r in runs}) > 1]
+
+
+def summary_rows(runs: Sequence[Run], names: dict[str, str]) -> tuple[list[str], list[str], list[dict[str, Any]]]:
+    """(varying keys, benchmarks, rows) of runs of one kind: a row per run with its settings, the
+    mIoU of each benchmark and their average, and a last row with the paper's numbers."""
+    swept = varying_keys(runs)
+    benchmarks = list(dict.fromkeys(b for r in runs for b, v in r.results.items() if isinstance(v, dict)))
     rows = []
-    for run, (settings, results) in zip(runs, loaded):
-        row: dict[str, Any] = {"run": os.path.relpath(run, os.path.commonpath(runs)) if len(runs) > 1 else "."}
-        row.update({k: settings.get(k) for k in swept})
-        row.update({b: results.get(b, {}).get("mIoU") for b in benchmarks})
+    for run in runs:
+        row: dict[str, Any] = {"run": names[run.folder], **{k: run.settings.get(k) for k in swept}}
+        row.update({b: run.results.get(b, {}).get("mIoU") for b in benchmarks})
         rows.append(row)
-    paper = {"run": "paper", **{k: "" for k in swept}}
-    paper.update({b: next((res[b].get("paper_mIoU") for _, res in loaded if b in res), None) for b in benchmarks})
-    rows.append(paper)
+    if benchmarks:
+        paper = {"run": "paper", **{k: None for k in swept}}
+        paper.update({b: next((r.results[b].get("paper_mIoU") for r in runs if b in r.results), None)
+                      for b in benchmarks})
+        rows.append(paper)
     for row in rows:
         values = [row[b] for b in benchmarks]
-        row["average"] = None if any(v is None for v in values) else sum(values) / len(values)
+        row["average"] = None if not values or any(v is None for v in values) else sum(values) / len(values)
     return swept, benchmarks, rows
 
 
-def _text(v: Any) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
+def text(value: Any, score: bool = False) -> str:
+    """A cell: mIoU with two decimals, settings with four significant digits (5e-05, not 0.00)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    return f"{v:.2f}" if isinstance(v, float) else str(v)
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:.2f}" if score else f"{value:.4g}"
+    return str(value)
+
+
+@dataclass
+class Table:
+    kind: str
+    columns: list[str]
+    scores: list[str]
+    rows: list[dict[str, Any]]
+
+    def markdown(self) -> str:
+        lines = ["| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
+        lines += ["| " + " | ".join(text(r.get(c), c in self.scores) for c in self.columns) + " |" for r in self.rows]
+        return "\n".join(lines) + "\n"
+
+
+def tables(runs: Sequence[Run]) -> list[Table]:
+    """One table per kind of run present (evaluation runs first)."""
+    names = run_names([r.folder for r in runs])
+    out = []
+    for kind in ("eval", "train"):
+        group = [r for r in runs if r.kind == kind]
+        if group:
+            swept, benchmarks, rows = summary_rows(group, names)
+            columns = ["run", *swept, *benchmarks, *(["average"] if benchmarks else [])]
+            out.append(Table(kind, columns, [*benchmarks, "average"], rows))
+    return out
+
+
+def run_names(folders: Sequence[str]) -> dict[str, str]:
+    if len(folders) == 1:
+        return {folders[0]: os.path.basename(os.path.abspath(folders[0])) or "."}
+    common = os.path.commonpath([os.path.abspath(f) for f in folders])
+    return {f: os.path.relpath(os.path.abspath(f), common) for f in folders}
 
 
 def write_summary(folders: Sequence[str], out_dir: str) -> str:
-    """``summary.csv``, ``summary.md`` and ``summary.png`` of the runs below ``folders`` in
-    ``out_dir``; returns the markdown table."""
-    runs = find_runs(folders)
-    if not runs:
-        raise FileNotFoundError(f"no run (a folder with results.json) under {', '.join(folders)}")
-    swept, benchmarks, rows = summary_rows(runs)
-    columns = ["run", *swept, *benchmarks, "average"]
+    """``summary.csv`` / ``.md`` / ``.png`` (and ``curves.png`` for training curves) of the runs
+    below ``folders``, in ``out_dir``; returns the markdown."""
+    paths = find_runs(folders)
+    if not paths:
+        raise FileNotFoundError(f"no run (a folder with results.json or {METRICS}) under {', '.join(folders)}")
+    runs = [load_run(p) for p in paths]
+    found = tables(runs)
+    titles = {"eval": "Evaluation runs", "train": "Training runs"}
+    markdown = "\n".join(f"## {titles[t.kind]}\n\n{t.markdown()}" if len(found) > 1 else t.markdown() for t in found)
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "summary.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, columns)
-        writer.writeheader()
-        writer.writerows({c: "" if row.get(c) is None else row.get(c) for c in columns} for row in rows)
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_text(row.get(c)) for c in columns) + " |" for row in rows]
-    table = "\n".join(lines) + "\n"
-    with open(os.path.join(out_dir, "summary.md"), "w") as f:
-        f.write(table)
-    plot_summary(swept, benchmarks, rows[:-1], os.path.join(out_dir, "summary.png"))
-    return table
+    write_atomic(os.path.join(out_dir, "summary.md"), lambda f: f.write(markdown))
+    write_atomic(os.path.join(out_dir, "summary.csv"), lambda f: _write_csv(f, found))
+    from .plots import plot_curves, plot_summary
+
+    write_atomic(os.path.join(out_dir, "summary.png"), lambda f: plot_summary(found, f), binary=True)
+    if any(r.curves for r in runs):
+        names = run_names(paths)
+        write_atomic(os.path.join(out_dir, "curves.png"),
+                     lambda f: plot_curves({names[r.folder]: r.curves for r in runs if r.curves}, f), binary=True)
+    return markdown
 
 
-def plot_summary(swept: list[str], benchmarks: list[str], rows: list[dict[str, Any]], path: str) -> None:
-    """mIoU per benchmark against the swept value: one line per benchmark for one numeric
-    setting, grouped bars (one group per run) otherwise."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    numeric = len(swept) == 1 and all(isinstance(r[swept[0]], int | float) and not isinstance(r[swept[0]], bool)
-                                      for r in rows)
-    if numeric:
-        order = sorted(rows, key=lambda r: r[swept[0]])
-        for b in benchmarks:
-            ax.plot([r[swept[0]] for r in order], [r[b] for r in order], marker="o", label=b)
-        ax.set_xlabel(swept[0])
-    else:
-        labels = [",".join(f"{k.rsplit('.', 1)[-1]}={r[k]}" for k in swept) or r["run"] for r in rows]
-        width = 0.8 / max(len(benchmarks), 1)
-        for j, b in enumerate(benchmarks):
-            ax.bar([i + j * width for i in range(len(rows))], [r[b] or 0 for r in rows], width, label=b)
-        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))], labels, rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel("mIoU (%)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+def _write_csv(f, found: list[Table]) -> None:
+    columns = list(dict.fromkeys(c for t in found for c in t.columns))
+    if len(found) > 1:
+        columns.insert(1, "kind")
+    writer = csv.DictWriter(f, columns)
+    writer.writeheader()
+    for t in found:
+        for row in t.rows:
+            writer.writerow({c: t.kind if c == "kind" else ("" if row.get(c) is None else row.get(c))
+                             for c in columns})

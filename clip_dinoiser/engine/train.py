@@ -22,8 +22,9 @@ from ..download import resolve_released
 from ..errors import ConfigError, UserError
 from ..models import CLIPDINOiser, build_model, check_model_config, load_heads, save_heads
 from ..teachers import Teacher, build_teachers, by_head, check_teacher_files
+from ..values import check_precision
 from . import distributed as dist
-from .inference import autocast, check_precision
+from .inference import autocast
 from .loop import (
     CHECKPOINTS,
     METRICS,

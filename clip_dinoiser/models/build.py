@@ -15,11 +15,12 @@ from typing import Any
 
 from torch import nn
 
-from ..config import ModelConfig, paper_teachers, parse
+from ..config import ModelConfig, TargetConfig, paper_teachers, parse
 from ..download import RELEASED_NAME, resolve_released
-from ..errors import ConfigError
+from ..errors import ConfigError, UserError
 from ..files import check_local_file
 from ..plugins import locate
+from ..readers import read_weights
 from .backbone import Backbone, CLIPBackbone, load_open_clip, register_model_config
 from .clip_dinoiser import CLIPDINOiser
 from .heads import DINOiserHeads, load_heads
@@ -101,10 +102,32 @@ def model_teachers(cfg: ModelConfig) -> Mapping[str, Any]:
     return cfg.teachers if cfg.teachers is not None else paper_teachers()
 
 
+def build_target_model(cfg: ModelConfig) -> nn.Module:
+    """A MaskCLIP+ target network trained by ``tools/train_target.py`` (``model.checkpoint``: its
+    ``last.pt``, which records the network's settings), classifying with the class embeddings of
+    CLIP's text tower (``model.clip``: the CLIP its annotator used)."""
+    from .target import TargetModel, build_target, load_target_state
+
+    ckpt = read_weights(cfg.checkpoint or "", "target checkpoint", "model.checkpoint")
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("target"), dict) or "model_state_dict" not in ckpt:
+        raise UserError(f"{cfg.checkpoint} is not a target network's last.pt (tools/train_target.py) "
+                        "(model.checkpoint)")
+    recorded = ckpt.get("clip") or {}
+    if recorded and (recorded.get("name"), recorded.get("pretrained")) != (cfg.clip.name, cfg.clip.pretrained):
+        log.warning("the target was trained with the class embeddings of CLIP %s / %s; model.clip gives %s / %s",
+                    recorded.get("name"), recorded.get("pretrained"), cfg.clip.name, cfg.clip.pretrained)
+    backbone, text = build_clip(cfg)
+    del backbone  # only the text tower classifies
+    target = build_target(parse(TargetConfig, {**ckpt["target"], "pretrained": None}, "target"), text.dim)
+    load_target_state(target, ckpt["model_state_dict"], cfg.checkpoint)
+    return TargetModel(target, text)
+
+
 MODEL_BUILDERS: Mapping[str, Callable[[ModelConfig], nn.Module]] = MappingProxyType({
     "maskclip": build_maskclip,
     "clip_dinoiser": build_clip_dinoiser,
     "dino_maskclip": build_dino_maskclip,
+    "target": build_target_model,
 })
 
 
@@ -120,14 +143,17 @@ def check_model_files(cfg: ModelConfig) -> None:
         from ..teachers import check_teacher_files
 
         check_teacher_files(model_teachers(cfg), "model.teachers")
+    if cfg.name == "target" and (not cfg.checkpoint or cfg.checkpoint == RELEASED_NAME
+                                 or not os.path.isfile(cfg.checkpoint)):
+        raise FileNotFoundError(f"model=target needs its trained network: model.checkpoint=<run folder>/last.pt "
+                                f"(got {cfg.checkpoint})")
 
 
 def model_config(cfg: ModelConfig | Mapping[str, Any]) -> ModelConfig:
     """``cfg`` as a checked ``ModelConfig``: an unknown key or a wrong type is a ``ConfigError``
     naming it, as are the model name and the extension points (which are imported here)."""
     cfg = parse(ModelConfig, cfg, "model")
-    if cfg.name not in MODEL_BUILDERS:
-        raise ConfigError(f"model.name={cfg.name}: unknown model (choose from {', '.join(sorted(MODEL_BUILDERS))})")
+    locate(cfg.name, MODEL_BUILDERS, "model.name")  # a built-in, or the import path of your own builder
     locate(cfg.clip.backbone, BACKBONES, "model.clip.backbone")
     locate(cfg.pooling, POOLINGS, "model.pooling")
     return cfg
@@ -146,4 +172,4 @@ def build_model(cfg: ModelConfig | Mapping[str, Any], *, training: bool = False)
     cfg = check_model_config(cfg)
     if cfg.name == "clip_dinoiser":
         return build_clip_dinoiser(cfg, training).eval()
-    return MODEL_BUILDERS[cfg.name](cfg).eval()
+    return locate(cfg.name, MODEL_BUILDERS, "model.name")(cfg).eval()

@@ -40,7 +40,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -48,10 +47,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import DROPOUT, TargetConfig
 from ..download import hub_offline_if_unreachable
 from ..errors import ConfigError, UserError
 from ..files import check_local_file
-from ..values import COUNT, NON_NEGATIVE_INT, Kind, kind
+from ..values import COUNT, NON_NEGATIVE_INT
 from .maskclip import Decoding, Features
 from .text import Classes
 
@@ -59,23 +59,8 @@ log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # MaskCLIP+ img_norm_cfg (123.675, 116.28, 103.53) / 255
 IMAGENET_STD = (0.229, 0.224, 0.225)  # (58.395, 57.12, 57.375) / 255
-DROPOUT = Kind(low=0, high=1, high_open=True)
 
 ARCH_DILATIONS = MappingProxyType({"deeplabv2": (6, 12, 18, 24), "deeplabv3plus": (1, 12, 24, 36)})
-
-
-@dataclass
-class TargetConfig:
-    """The target network of MaskCLIP+ (defaults: ``configs/_base_/models/maskclip_plus_*.py``)."""
-
-    arch: str = "deeplabv2"  # decode module: deeplabv2 (ASPPHeadV2) or deeplabv3plus (DepthwiseSeparableASPPHead)
-    backbone: str = "resnet101c"  # timm CNN with features_only and output_stride (resnet101c = mmseg ResNetV1c)
-    pretrained: str | None = "resnet101c.gluon_in1k"  # timm name.tag, a local state dict (timm/mmseg keys), or null
-    output_stride: int = kind(COUNT, default=8)  # backbone stride after dilation (MaskCLIP+: d8)
-    dilations: list[int] | None = kind(COUNT, default=None)  # ASPP dilations; null: the arch's (see ARCH_DILATIONS)
-    c1_channels: int = kind(NON_NEGATIVE_INT, default=48)  # deeplabv3plus: channels of the stride-4 skip (0: none)
-    dropout: float = kind(DROPOUT, default=0.0)  # Dropout2d before the classifier (MaskCLIP+: dropout_ratio=0)
-    kwargs: dict[str, Any] = field(default_factory=dict)  # timm create_model overrides (tests build tiny models)
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -414,6 +399,17 @@ def build_target(cfg: TargetConfig, text_width: int) -> TargetSegmenter:
     backbone = load_backbone(cfg.backbone, cfg.pretrained, output_stride=cfg.output_stride, kwargs=cfg.kwargs)
     head, levels = ARCHS[cfg.arch](backbone, text_width, cfg)
     return TargetSegmenter(backbone, head, levels, dropout=cfg.dropout)
+
+
+def load_target_state(target: TargetSegmenter, state: Mapping[str, Tensor], path: str) -> None:
+    """A trained target's state dict into ``target``: every key and shape, or one line naming what differs."""
+    expected = target.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    shapes = [k for k in sorted(set(state) & set(expected)) if tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or shapes:
+        raise UserError(f"target checkpoint {path} does not fit its recorded network: missing {missing[:3]}, "
+                        f"unexpected {unexpected[:3]}, other shapes {shapes[:3]}")
+    target.load_state_dict(state)
 
 
 def convert_sync_batchnorm(model: nn.Module) -> nn.Module:

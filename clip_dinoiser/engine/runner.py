@@ -1,0 +1,110 @@
+"""What a training tool does around its task, written once for every training tool
+(``tools/train.py``, ``tools/train_target.py``): the run's config (its own saved one on resume,
+changes refused), every check before a folder or model, the claimed run folder and its
+``train.log``, the end-of-run evaluation and, in a hydra multirun, the sweep's summary."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from ..config import TrainEvalConfig, parse
+from ..values import check_precision
+from .resume import resume_config
+from .runs import RunFolder
+
+log = logging.getLogger("train")
+
+
+@dataclass(frozen=True)
+class TrainingTool:
+    """A training tool's parts.
+
+    Attributes:
+        settings: the dataclass of ``train.*`` (checked first: cheap).
+        resume_free: the keys a resumed run may be given anew.
+        engine: the task's module, imported once the cheap checks passed. It provides
+            ``check_run_inputs(config, *, folder)`` (every input, before any folder or model;
+            ``folder``: the run folder too), ``start_run(config) -> RunFolder`` (claimed, a new
+            run's ``config.yaml`` written) and ``train(config, device, run=None) -> last.pt | None``.
+        evaluated: the model config that scores the run's ``last.pt``.
+    """
+
+    settings: type
+    resume_free: Sequence[str]
+    engine: str
+    evaluated: Callable[[Mapping[str, Any], str], dict[str, Any]]
+
+
+def run_training_tool(cfg: DictConfig, tool: TrainingTool) -> str | None:
+    """Train (or resume) one run; with ``eval.enabled``, score its ``last.pt`` at the end. In a
+    multirun (``-m``) each job's run folder is ``hydra.sweep.dir/<job number>`` and the sweep's
+    summary is rewritten after every job."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from .cli import resolve_device
+
+    resuming = bool(cfg.train.resume)
+    config, changes = (resume_config(cfg, list(HydraConfig.get().overrides.task), tool.resume_free) if resuming
+                       else (OmegaConf.to_container(cfg, resolve=True), []))
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    if multirun and not resuming:
+        config["train"]["output"] = HydraConfig.get().runtime.output_dir  # no collisions between jobs
+    parse(tool.settings, config["train"], "train")  # keys, types and numbers first: cheap
+    evaluation = parse(TrainEvalConfig, config.get("eval"), "eval")
+    check_precision(config.get("precision", "fp32"))
+    main_rank = os.environ.get("RANK", "0") == "0"
+    device = resolve_device(config["device"])
+    engine = importlib.import_module(tool.engine)
+    engine.check_run_inputs(config, folder=main_rank)  # before any folder is made or model loaded
+    if evaluation.enabled:  # its datasets exist, before the training
+        from ..data.benchmarks import checked_benchmarks
+
+        checked_benchmarks(evaluation.data, evaluation.slide.scale)
+    if not main_rank:
+        return engine.train(config, device)
+    folder = engine.start_run(config)
+    handler = _log_to(folder.record("train.log"))
+    failed = True
+    try:
+        if resuming:
+            log.info("resume of %s%s", folder.path, f" with {'; '.join(changes)}" if changes else "")
+        last = engine.train(config, device, run=folder)
+        if last and evaluation.enabled:
+            _evaluate(tool.evaluated(config, last), evaluation, device, folder)
+            if multirun:
+                from .summary import write_summary
+
+                sweep_dir = HydraConfig.get().sweep.dir
+                log.info("sweep so far:\n%s", write_summary([sweep_dir], sweep_dir))
+        failed = False
+        return last
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+        from .loop import latest_checkpoint
+
+        # a new run that failed before its first checkpoint leaves nothing behind
+        folder.release(failed=failed, discard=failed and not resuming and latest_checkpoint(folder.path) is None)
+
+
+def _evaluate(model_cfg: dict[str, Any], evaluation: TrainEvalConfig, device, folder: RunFolder) -> None:
+    from .results import evaluate_model, summary_table
+
+    results = evaluate_model(model_cfg, evaluation, device, folder)
+    log.info("%s\n%s", folder.path, summary_table(results))
+
+
+def _log_to(path: str) -> logging.Handler:
+    """The run's ``train.log`` (appended on resume) receives every log line of the run."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("[%(asctime)s %(name)s] %(message)s"))
+    logging.getLogger().addHandler(handler)
+    return handler

@@ -1,0 +1,288 @@
+"""MaskCLIP+ (Zhou et al., ECCV 2022, Sec. 3.3) on our annotators: a standard segmentation
+network (the "target") trained on a benchmark's training images from the pseudo-labels that a
+frozen segmenter of ours (the "annotator") gives each augmented crop, in the one training loop
+of ``loop.py``. Label files of the training split are never opened.
+
+Per iteration: the loader gives augmented crops (MaskCLIP+'s random resize, crop, flip and
+photometric distortion; padded pixels marked invalid); the annotator labels the whole batch in
+one pass (its class probabilities resized bilinearly to the crop, then the argmax; pixels whose
+probability is below ``train.conf_thresh`` and padded pixels are ignored); the target's logits,
+resized to the crop, are scored with cross-entropy (ignore index 255). From iteration
+``train.self_train_from`` the target's own predictions replace the annotator's: the live model's
+logits of the same step, detached (as MaskCLIP+'s ``assign_label`` on its own features; no
+frozen copy, so a resumed run self-trains exactly as an uninterrupted one).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..config import TargetConfig, TargetTrainSettings, parse, plain
+from ..data.seg_train import FOLDER, SegAugment, TargetTrainImages, augment_for, get_train_split, training_split
+from ..data.train_images import ResumableBatchSampler
+from ..errors import ConfigError
+from ..files import save_atomic
+from ..models import build_model, check_model_config
+from ..models.target import build_target, check_target_config, convert_sync_batchnorm
+from ..values import check_precision
+from ..vocabulary import Vocabulary, read_vocabulary_file
+from . import distributed as dist
+from .inference import autocast
+from .loop import CHECKPOINTS, TENSORBOARD, batch_split_check, check_schedule, restore, run_loop
+from .runs import METRICS, RunFolder
+
+log = logging.getLogger(__name__)
+
+IGNORE = 255
+RUN_FILES = ("config.yaml", "train.log", "last.pt", CHECKPOINTS, METRICS, TENSORBOARD, "results.json", "results.csv")
+
+
+def split_and_vocabulary(tcfg: TargetTrainSettings) -> tuple[str, list[str], Vocabulary]:
+    """(the data folder, its training images, the class names) of ``train.benchmark``: a
+    benchmark's training split in its mmseg layout (images only), or any image folder with a
+    class-name file (``train.benchmark=folder``)."""
+    from ..data.benchmarks import BENCHMARKS, DATA_ROOT
+
+    if tcfg.benchmark == FOLDER:
+        if not tcfg.data or not tcfg.vocabulary:
+            raise ConfigError("train.benchmark=folder needs train.data=<image folder> and "
+                              "train.vocabulary=<class-name file>")
+        root = tcfg.data
+    else:
+        if tcfg.benchmark not in BENCHMARKS:
+            raise ConfigError(f"train.benchmark={tcfg.benchmark}: unknown (choose from {', '.join(BENCHMARKS)}, "
+                              f"or {FOLDER})")
+        root = tcfg.data or os.path.join(DATA_ROOT, get_train_split(tcfg.benchmark).root)
+    vocab_file = tcfg.vocabulary or BENCHMARKS[tcfg.benchmark].vocabulary_file
+    vocabulary = read_vocabulary_file(vocab_file, "train.vocabulary" if tcfg.vocabulary else None)
+    if len(vocabulary) >= IGNORE:
+        raise ConfigError(f"{len(vocabulary)} classes: at most {IGNORE - 1} (label {IGNORE} is 'ignored')")
+    return root, training_split(tcfg.benchmark, root), vocabulary
+
+
+def augmentation(tcfg: TargetTrainSettings) -> SegAugment:
+    """MaskCLIP+'s augmentation of the benchmark's split, with any setting the run overrides."""
+    base = augment_for(get_train_split("coco_stuff" if tcfg.benchmark == FOLDER else tcfg.benchmark))
+    return SegAugment(scale=tuple(tcfg.scale or base.scale), ratio_range=tuple(tcfg.ratio_range),
+                      crop=tuple(tcfg.crop or base.crop), photometric=tcfg.photometric)
+
+
+def iterations(tcfg: TargetTrainSettings) -> int:
+    """``train.iterations``, or MaskCLIP+'s schedule for the benchmark."""
+    if tcfg.iterations is not None:
+        return int(tcfg.iterations)
+    return get_train_split("coco_stuff" if tcfg.benchmark == FOLDER else tcfg.benchmark).iters
+
+
+def check_run_inputs(cfg: Mapping[str, Any], *, folder: bool = True) -> None:
+    """Every setting, folder and file of a MaskCLIP+ run, before any model is built (``folder``:
+    the run folder too)."""
+    tcfg = parse(TargetTrainSettings, cfg["train"], "train")
+    if tcfg.resume and not os.path.isdir(tcfg.resume):
+        raise FileNotFoundError(f"run folder to resume not found: {tcfg.resume} (train.resume)")
+    if folder:
+        run_folder(cfg).check()
+    check_precision(cfg.get("precision", "fp32"))
+    check_target_config(parse(TargetConfig, cfg.get("target"), "target"))
+    check_model_config(cfg["annotator"])
+    split_and_vocabulary(tcfg)
+
+
+def run_folder(cfg: Mapping[str, Any]) -> RunFolder:
+    tcfg = cfg["train"]
+    if tcfg.get("resume"):
+        return RunFolder(tcfg["resume"], RUN_FILES, key="train.resume", resume=True)
+    return RunFolder(tcfg["output"], RUN_FILES, key="train.output", overwrite=bool(cfg.get("overwrite")))
+
+
+def poly_schedule(optimizer: torch.optim.Optimizer, total: int, power: float, min_lr: float):
+    """mmcv's ``poly`` policy per iteration: lr = (base - min_lr) * (1 - it / total) ** power + min_lr."""
+    bases = [g["lr"] for g in optimizer.param_groups]
+
+    def factor(base: float):
+        return lambda it: ((base - min_lr) * (1 - min(it, total) / total) ** power + min_lr) / base
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [factor(b) for b in bases])
+
+
+@torch.no_grad()
+def pseudo_labels(probs: Tensor, size: tuple[int, int], valid: Tensor, conf_thresh: float) -> Tensor:
+    """B x K x h x w class probabilities -> B x H x W labels: resized bilinearly to ``size``, the
+    argmax; ``IGNORE`` where the winning probability is below ``conf_thresh`` or the pixel is padding."""
+    probs = F.interpolate(probs.float(), size=size, mode="bilinear", align_corners=False)
+    confidence, labels = probs.max(dim=1)
+    labels = labels.masked_fill(~valid, IGNORE)
+    if conf_thresh > 0:
+        labels = labels.masked_fill(confidence < conf_thresh, IGNORE)
+    return labels
+
+
+class TargetTraining:
+    """The MaskCLIP+ task: a target network, its frozen annotator and the vocabulary.
+
+    Args:
+        target: the network that learns (its classifier set to the vocabulary's embeddings).
+        annotator: a frozen segmenter with the vocabulary set (``forward``: B x K x h x w probabilities).
+        settings: ``TargetTrainSettings`` (plain dict).
+        files: the training images.
+        names: the class names (for the histogram in the curves).
+        record: what ``last.pt`` records beside the weights (``target``: the network's settings,
+            ``clip``: the CLIP whose text embeddings are the classifier).
+    """
+
+    def __init__(self, target: nn.Module, annotator: nn.Module, settings: Mapping[str, Any], files: list[str],
+                 names: list[str], *, precision: str = "fp32", record: Mapping[str, Any] | None = None) -> None:
+        self.module, self.annotator = target, annotator.eval().requires_grad_(False)
+        self.settings, self.files, self.names, self.precision = dict(settings), files, names, precision
+        self.record = dict(record or {})
+        self.iteration = 0
+        self.augment = augmentation(parse(TargetTrainSettings, self.settings, "train"))
+
+    def make_optimizer(self) -> tuple[torch.optim.Optimizer, Any]:
+        s = self.settings
+        trainable = [p for p in self.module.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD([{"params": trainable, "name": "target"}], lr=float(s["lr"]),
+                                    momentum=float(s["momentum"]), weight_decay=float(s["weight_decay"]))
+        total = iterations(parse(TargetTrainSettings, s, "train"))
+        return optimizer, poly_schedule(optimizer, total, float(s["poly_power"]), float(s["min_lr"]))
+
+    def dataset(self) -> TargetTrainImages:
+        return TargetTrainImages(self.files, self.augment)
+
+    def labels(self, images: Tensor, valid: Tensor, logits: Tensor) -> tuple[Tensor, str]:
+        """The step's pseudo-labels and who gave them (``annotator`` or ``self``)."""
+        start = self.settings.get("self_train_from")
+        thresh = float(self.settings["conf_thresh"])
+        if start is None or self.iteration + 1 < int(start):
+            with torch.no_grad(), autocast(images.device, self.precision):
+                probs = self.annotator(images)
+            return pseudo_labels(probs, tuple(images.shape[-2:]), valid, thresh), "annotator"
+        return pseudo_labels(logits.detach().float().softmax(1), tuple(images.shape[-2:]), valid, thresh), "self"
+
+    def losses(self, batch: Any, module: nn.Module) -> tuple[Tensor, dict[str, Tensor]]:
+        images, valid = batch
+        with autocast(images.device, self.precision):
+            logits = F.interpolate(module(images), size=images.shape[-2:], mode="bilinear", align_corners=False)
+        labels, source = self.labels(images, valid, logits)
+        self.iteration += 1
+        # mmseg 0.20's CrossEntropyLoss (MaskCLIP+): the mean over all pixels, ignored ones counting 0;
+        # every process then has the same pixel count, so DDP's averaged gradients equal one process's
+        loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE, reduction="none").mean()
+        return loss, label_statistics(labels, self.names, source)
+
+    def save_final(self, path: str) -> None:
+        save_atomic(self.final_state(), path)
+
+    def final_state(self) -> dict[str, Any]:
+        """``last.pt``: the network's weights and everything needed to rebuild it (``model=target``)."""
+        return {"model_state_dict": {k: v.detach().cpu() for k, v in self.module.state_dict().items()},
+                **self.record, "vocabulary": list(self.names)}
+
+
+def _freeze_norms(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def label_statistics(labels: Tensor, names: list[str], source: str) -> dict[str, Tensor]:
+    """Pseudo-label statistics of a step: the ignored fraction, the share of each class among the
+    labelled pixels (``classes/<name>``) and who labelled (1 = the target itself)."""
+    flat = labels.flatten()
+    labelled = flat[flat != IGNORE]
+    counts = torch.bincount(labelled, minlength=len(names)).float()
+    share = counts / counts.sum().clamp(min=1)
+    stats = {"pseudo/ignored": (flat == IGNORE).float().mean(),
+             "pseudo/self_trained": torch.tensor(1.0 if source == "self" else 0.0)}
+    stats.update({f"classes/{n}": share[i] for i, n in enumerate(names)})
+    return stats
+
+
+def build_task(cfg: Mapping[str, Any], device: torch.device, world: int) -> TargetTraining:
+    """The annotator (frozen, the vocabulary set), the target (its classifier = the vocabulary's
+    text embeddings of the annotator's CLIP) and the training images of ``cfg``."""
+    tcfg = parse(TargetTrainSettings, cfg["train"], "train")
+    _, files, vocabulary = split_and_vocabulary(tcfg)
+    annotator = build_model(cfg["annotator"]).to(device)
+    annotator.set_vocabulary(vocabulary)
+    torch.manual_seed(int(tcfg.seed))  # the head's initialisation
+    target_cfg = parse(TargetConfig, cfg.get("target"), "target")
+    target = build_target(target_cfg, annotator.text.dim or annotator.text.current.embeddings.shape[1])
+    target.set_classes(annotator.text.current.embeddings)
+    if world > 1 and device.type == "cuda" and not target_cfg.norm_eval:
+        target = convert_sync_batchnorm(target)  # MaskCLIP+'s SyncBN
+    record = {"target": plain(target_cfg),
+              "clip": {k: (cfg["annotator"].get("clip") or {}).get(k) for k in ("name", "pretrained")}}
+    names = [synonyms[0] for synonyms in vocabulary]
+    return TargetTraining(target.to(device), annotator, plain(tcfg), files, names,
+                          precision=cfg.get("precision", "fp32"), record=record)
+
+
+def train(cfg: Mapping[str, Any], device: torch.device, run: RunFolder | None = None) -> str | None:
+    """Run (or resume) a MaskCLIP+ training; returns the path of ``last.pt``, or None when
+    ``train.stop_after`` ended this call early. ``cfg`` holds ``annotator``, ``target``, ``train``
+    and ``precision`` (``TrainTargetConfig``); ``run`` as ``engine.train.train``'s."""
+    cfg = {**cfg, "train": plain(parse(TargetTrainSettings, cfg["train"], "train"))}
+    check_run_inputs(cfg, folder=run is None and os.environ.get("RANK", "0") == "0")
+    with dist.process_group(device) as (rank, world):
+        if device.type == "cuda" and world > 1:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        own = run is None and rank == 0
+        run = start_run(cfg) if own else run
+        try:
+            return _train_target(cfg, device, rank, world, run if rank == 0 else None)
+        finally:
+            if own:
+                run.release()
+
+
+def start_run(cfg: Mapping[str, Any]) -> RunFolder:
+    """Claim the run folder; a new run then clears an earlier run's files (``overwrite=true``)
+    and writes its ``config.yaml``."""
+    run = run_folder(cfg).claim()
+    if not cfg["train"].get("resume"):
+        if cfg.get("overwrite"):
+            run.clear()
+        run.write_config(cfg)
+    return run
+
+
+def _train_target(cfg: Mapping[str, Any], device: torch.device, rank: int, world: int,
+                  run: RunFolder | None) -> str | None:
+    tcfg = cfg["train"]
+    task = build_task(cfg, device, world)
+    batch_size, total = int(tcfg["batch_size"]), iterations(parse(TargetTrainSettings, tcfg, "train"))
+    batch_split_check(batch_size, len(task.files), world)
+    optimizer, scheduler = task.make_optimizer()
+    run_dir = tcfg.get("resume") or tcfg["output"]
+    epochs = max(1, math.ceil(total * batch_size / max(len(task.files), 1)))
+    sampler = ResumableBatchSampler(len(task.files), batch_size, epochs, int(tcfg["seed"]), rank=rank, world=world,
+                                    iterations=total)
+    start = restore(run_dir, task.module, optimizer, scheduler) if tcfg.get("resume") else 0
+    check_schedule(total, start, run_dir)
+    sampler.start, task.iteration = start, start
+    task.module.train()
+    if task.record["target"]["norm_eval"]:
+        _freeze_norms(task.module)
+    if run is not None:
+        os.makedirs(run.file(CHECKPOINTS), exist_ok=True)
+    done = run_loop(task, sampler, tcfg, run, device, rank, world, start, optimizer, scheduler)
+    if done < total:
+        log.info("stopped after iteration %d of %d (train.stop_after): continue with train.resume=%s", done, total,
+                 run_dir)
+        return None
+    last = os.path.join(run_dir, "last.pt")
+    if rank == 0:
+        task.save_final(last)
+        log.info("done: %d iterations; the target network in %s (evaluate: python tools/eval.py model=target "
+                 "model.checkpoint=%s)", total, last, last)
+    dist.barrier()
+    return last
