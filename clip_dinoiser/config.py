@@ -21,7 +21,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException, ValidationError
 
 from .errors import ConfigError
-from .values import COUNT, FRACTION, INTEGER, NON_NEGATIVE_INT, ODD_SIZE, PORT, POSITIVE, Kind, kind, validate
+from .values import COUNT, FRACTION, INTEGER, NON_NEGATIVE_INT, ODD_SIZE, PORT, POSITIVE, SEVERITY, Kind, kind, validate
 
 T = TypeVar("T")
 
@@ -149,6 +149,8 @@ class DataConfig:
     vocabulary: str | None = None  # class-name file (null: the benchmark's own names)
     bg_refine: bool | None = None  # null: the paper's choice per benchmark
     benchmark: dict[str, Any] = field(default_factory=dict)  # your own benchmark: BenchmarkConfig's keys ({}: none)
+    corruption: str | None = None  # robustness: an ImageNet-C corruption applied before the resize (null: clean)
+    severity: int = kind(SEVERITY, default=1)  # its severity, 1..5
 
 
 @dataclass

@@ -32,9 +32,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (name, test paths, -k expression): the tests whose results depend on the pinned libraries.
 TEST_GROUPS: tuple[tuple[str, tuple[str, ...], str | None], ...] = (
     ("open_clip fidelity", ("tests/test_models.py", "tests/test_text.py", "tests/test_floors.py"), None),
-    ("mmseg metric", ("tests/test_eval.py",), "mmseg or intersect"),
-    ("timm teachers and targets", ("tests/test_train.py", "tests/test_target.py"), None),
+    ("mmseg metric and datasets, hydra eval, Pillow readers", ("tests/test_eval.py",), None),
+    ("timm teachers and targets, hydra train", ("tests/test_train.py", "tests/test_target.py"), None),
     ("scipy corruptions", ("tests/test_corruptions.py",), None),
+    ("Pillow and matplotlib figures", ("tests/test_demo.py",), None),
 )
 
 # Reported with their installed versions besides the declared dependencies (not pinned unless --pin).

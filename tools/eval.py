@@ -43,6 +43,10 @@ def check_settings(cfg: DictConfig) -> tuple[list, SlideConfig, list[dict], list
     points and the run folders to write (one per point, and the sweep's own)."""
     settings = parse(EvalConfig, cfg, "")  # unknown keys, types, numbers out of range
     check_precision(settings.precision)
+    if settings.data.corruption is not None:
+        from clip_dinoiser.data.corruptions import check_corruption
+
+        check_corruption(settings.data.corruption, settings.data.severity, "data.corruption")
     points = sweep_points(OmegaConf.to_container(cfg.sweep) if cfg.sweep is not None else None)
     folders = run_folders(cfg, points)
     for folder in folders:
@@ -60,6 +64,17 @@ def check_settings(cfg: DictConfig) -> tuple[list, SlideConfig, list[dict], list
     return benchmarks, settings.slide, points, folders
 
 
+def multirun_folder(cfg: DictConfig) -> str | None:
+    """In a hydra multirun: the sweep's folder, after pointing ``output`` at this job's own folder."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    OmegaConf.update(cfg, "output", HydraConfig.get().runtime.output_dir)  # no collisions between jobs
+    return HydraConfig.get().sweep.dir
+
+
 def run_folders(cfg: DictConfig, points: list[dict]) -> list[RunFolder]:
     """The folders an evaluation writes: ``output``, or with a sweep one below it per point
     (and ``output`` for the sweep's summary)."""
@@ -74,7 +89,10 @@ def run_folders(cfg: DictConfig, points: list[dict]) -> list[RunFolder]:
 
 @user_errors_as_one_line
 def run(cfg: DictConfig) -> list[list[BenchmarkResult]]:
-    """Evaluate; returns the results per sweep point (one point without a sweep), per benchmark."""
+    """Evaluate; returns the results per sweep point (one point without a sweep), per benchmark.
+    In a hydra multirun (``-m``) each job's run folder is ``hydra.sweep.dir/<job number>`` and the
+    sweep's summary (with the robustness table for corruption sweeps) is rewritten after every job."""
+    sweep_dir = multirun_folder(cfg)
     benchmarks, slide, points, folders = check_settings(cfg)
     from clip_dinoiser.engine import distributed as dist
     from clip_dinoiser.engine.evaluate import Evaluator
@@ -83,8 +101,9 @@ def run(cfg: DictConfig) -> list[list[BenchmarkResult]]:
     main_rank = os.environ.get("RANK", "0") == "0"
     if main_rank:
         claim_all(folders)  # a second evaluation into the same folders is refused from here on
+    corruption = (cfg.data.corruption, cfg.data.severity) if cfg.data.corruption else None
     evaluator = Evaluator(slide=slide, precision=cfg.precision, loader_batch=cfg.loader_batch,
-                          num_workers=cfg.num_workers, limit=cfg.limit, progress=cfg.progress)
+                          num_workers=cfg.num_workers, limit=cfg.limit, progress=cfg.progress, corruption=corruption)
     per_point: list[list[tuple[Benchmark, BenchmarkResult]]] = [[] for _ in points]
     failed = True
     try:
@@ -100,6 +119,8 @@ def run(cfg: DictConfig) -> list[list[BenchmarkResult]]:
                     per_point[i].append((bench, r))
             if rank == 0:
                 _write(cfg, points, folders, per_point)
+                if sweep_dir:
+                    log.info("sweep so far:\n%s", write_summary([sweep_dir], sweep_dir))
         failed = False
     finally:
         evaluator.close()
@@ -144,6 +165,7 @@ def _write(cfg: DictConfig, points: list[dict], folders: list[RunFolder],
         log.info("%s\n%s", point_name(point) if point else "", summary_table(results))
     if cfg.sweep:
         log.info("sweep of %d settings:\n%s", len(points), write_summary([cfg.output], cfg.output))
+
     log.info("results in %s", os.path.abspath(cfg.output))
 
 

@@ -236,13 +236,33 @@ class LoadLabels:
         return results
 
 
-def eval_pipeline(num_classes: int, scale: tuple[int, int] = SlideConfig.scale) -> list:
+class Corrupt:
+    """MaskCLIP's robustness protocol: the image corrupted (``data/corruptions.py``) before the
+    keep-ratio resize, seeded by its file name, so two runs and two processes agree."""
+
+    def __init__(self, name: str, severity: int) -> None:
+        self.name, self.severity = name, severity
+
+    def __call__(self, results: dict[str, Any]) -> dict[str, Any]:
+        from .corruptions import corrupt, seed_for
+
+        rgb = np.ascontiguousarray(results["img"][..., ::-1])  # mmcv loads BGR; the definitions are RGB
+        seed = seed_for(os.path.basename(results["img_path"]))
+        results["img"] = np.ascontiguousarray(corrupt(rgb, self.name, self.severity, seed)[..., ::-1])
+        return results
+
+
+def eval_pipeline(num_classes: int, scale: tuple[int, int] = SlideConfig.scale,
+                  corruption: tuple[str, int] | None = None) -> list:
     """The paper's test-time transforms, applied to one of the dataset's data infos (a dict of
-    paths and label options, ``dataset.get_data_info(i)``)."""
+    paths and label options, ``dataset.get_data_info(i)``); ``corruption`` = (name, severity)
+    corrupts the image before the resize."""
     from mmcv.transforms import LoadImageFromFile, Resize
 
-    return [ReadOrFail(LoadImageFromFile(), "img_path", "image"), Resize(scale=scale, keep_ratio=True),
-            LoadLabels(), PackForEval(num_classes)]
+    load = [ReadOrFail(LoadImageFromFile(), "img_path", "image")]
+    if corruption is not None:
+        load.append(Corrupt(*corruption))
+    return [*load, Resize(scale=scale, keep_ratio=True), LoadLabels(), PackForEval(num_classes)]
 
 
 def build_dataset(bench: Benchmark, root: str, *, scale: tuple[int, int] = SlideConfig.scale):

@@ -472,6 +472,14 @@ CORRUPTIONS: Mapping[str, Corruption] = MappingProxyType({
 checks the arguments and makes the uint8 image."""
 
 
+def check_corruption(name: str, severity: int, key: str = "corruption") -> None:
+    """A ``ConfigError`` naming ``key`` unless ``name`` is offered and ``severity`` is 1..5."""
+    if name not in CORRUPTIONS:
+        raise ConfigError(f"{key}={name}: unknown corruption (choose from {', '.join(CORRUPTIONS)})")
+    if isinstance(severity, bool) or not isinstance(severity, int | np.integer) or severity not in SEVERITIES:
+        raise ConfigError(f"{key}: severity must be one of 1, 2, 3, 4, 5, got {severity!r}")
+
+
 def corrupt(image: np.ndarray, name: str, severity: int, seed: int) -> np.ndarray:
     """Apply one ImageNet-C corruption.
 
@@ -489,10 +497,7 @@ def corrupt(image: np.ndarray, name: str, severity: int, seed: int) -> np.ndarra
         ConfigError: unknown name, severity outside 1..5, or a negative or non-integer seed.
         ValueError: ``image`` is not a non-empty H x W x 3 uint8 array.
     """
-    if name not in CORRUPTIONS:
-        raise ConfigError(f"unknown corruption {name!r}; choose one of: {', '.join(CORRUPTIONS)}")
-    if isinstance(severity, bool) or not isinstance(severity, int | np.integer) or severity not in SEVERITIES:
-        raise ConfigError(f"corruption severity must be one of 1, 2, 3, 4, 5, got {severity!r}")
+    check_corruption(name, severity)
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise ConfigError(f"corruption seed must be a non-negative integer, got {seed!r}")
     image = np.asarray(image)

@@ -6,7 +6,6 @@ import functools
 import logging
 import os
 import sys
-import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +17,6 @@ from ..errors import UserError
 from .signals import Interrupted, stop_at_once
 
 log = logging.getLogger(__name__)
-_STARTED = threading.Event()  # the tool's own code is running (its errors are not the command line's)
 
 # Errors a user causes: a setting, a file or a dataset we reject (UserError), the file system
 # (a missing file, permissions, a full disk). Anything else is a bug and keeps its traceback.
@@ -45,7 +43,6 @@ def user_errors_as_one_line(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        _STARTED.set()
         try:
             with stop_at_once():
                 return fn(*args, **kwargs)
@@ -59,6 +56,9 @@ def user_errors_as_one_line(fn: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(e.exit_code)
 
     return wrapper
+
+
+_TOOL_FRAME = user_errors_as_one_line(lambda: None).__code__  # the code of every tool's run wrapper
 
 
 def interrupted_message(e: Interrupted) -> str:
@@ -90,7 +90,6 @@ def launch(main: Callable[[], Any], *, schema: type | None = None, groups: dict[
         sys.exit(0)
 
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # hydra raises its errors instead of printing them
-    started = main_started()
     try:
         main()
     except (HydraException, OmegaConfBaseException) as e:
@@ -99,15 +98,21 @@ def launch(main: Callable[[], Any], *, schema: type | None = None, groups: dict[
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
     except Exception as e:  # hydra failing on the command line itself: before the tool's code ran
-        if started():
+        if _raised_in_tool(e):
             raise
         print(f"error: cannot apply the command line {' '.join(sys.argv[1:])[:300]}: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
 
 
-def main_started() -> Callable[[], bool]:
-    """Whether the tool's own code has started (a log record or a run of ``user_errors_as_one_line``)."""
-    return lambda: _STARTED.is_set()
+def _raised_in_tool(e: BaseException) -> bool:
+    """Whether ``e`` came from inside a tool's ``run`` (a bug of ours, which keeps its traceback),
+    not from hydra composing the command line."""
+    tb = e.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code is _TOOL_FRAME:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def resolve_device(name: str) -> torch.device:

@@ -157,8 +157,9 @@ def _unpack(data: Tensor, shapes: list[tuple[int, ...]]) -> tuple[list[Tensor], 
 
 
 class _Samples(Dataset):
-    """Runs the test pipeline on items ``(num_classes, scale, data_info)``, the data info being a
-    benchmark dataset's ``get_data_info(i)`` (paths and label options).
+    """Runs the test pipeline on items ``(num_classes, scale, corruption, data_info)``, the data
+    info being a benchmark dataset's ``get_data_info(i)`` (paths and label options) and the
+    corruption None or (name, severity).
 
     The items carry the dataset, so one loader serves every benchmark and every evaluation of
     an ``Evaluator``: its worker processes start once (forking them takes ~0.5 s next to a CUDA
@@ -168,17 +169,19 @@ class _Samples(Dataset):
     def __init__(self) -> None:
         self._pipelines: dict[tuple, Compose] = {}
 
-    def __getitem__(self, item: tuple[int, tuple[int, int], dict]) -> dict:
-        num_classes, scale, info = item
-        key = (num_classes, scale)
+    def __getitem__(self, item: tuple[int, tuple[int, int], tuple[str, int] | None, dict]) -> dict:
+        num_classes, scale, corruption, info = item
+        key = (num_classes, scale, corruption)
         if key not in self._pipelines:
-            self._pipelines[key] = Compose(eval_pipeline(num_classes, scale))
+            self._pipelines[key] = Compose(eval_pipeline(num_classes, scale, corruption))
         return self._pipelines[key](info)
 
 
-def loader_items(bench: Benchmark, dataset, scale: Sequence[int], indices: Iterable[int]) -> list:
-    """The ``_Samples`` items of ``dataset``'s images ``indices`` (``dataset`` from ``build_dataset``)."""
-    return [(bench.num_classes, tuple(scale), dataset.get_data_info(i)) for i in indices]
+def loader_items(bench: Benchmark, dataset, scale: Sequence[int], indices: Iterable[int],
+                 corruption: tuple[str, int] | None = None) -> list:
+    """The ``_Samples`` items of ``dataset``'s images ``indices`` (``dataset`` from ``build_dataset``),
+    each corrupted with ``corruption`` = (name, severity) before the resize, or clean (None)."""
+    return [(bench.num_classes, tuple(scale), corruption, dataset.get_data_info(i)) for i in indices]
 
 
 class _Items(Sampler):
@@ -262,8 +265,10 @@ class Evaluator:
 
     def __init__(self, *, slide: SlideConfig = SlideConfig(), precision: str = EvalConfig.precision,
                  loader_batch: int = EvalConfig.loader_batch, num_workers: int = EvalConfig.num_workers,
-                 limit: int | None = None, progress: bool = EvalConfig.progress) -> None:
+                 limit: int | None = None, progress: bool = EvalConfig.progress,
+                 corruption: tuple[str, int] | None = None) -> None:
         self.slide, self.precision, self.limit, self.progress = slide, precision, limit, progress
+        self.corruption = corruption  # (name, severity) applied to every image before the resize (robustness)
         self.loader_batch, self.num_workers = loader_batch, num_workers
         self._sampler = _Items([])
         self._loader: DataLoader | None = None
@@ -330,7 +335,7 @@ class Evaluator:
         dataset = build_dataset(bench, root, scale=self.slide.scale)
         n = len(dataset) if self.limit is None else min(self.limit, len(dataset))
         rank, world = dist.rank(), dist.world_size()
-        items = loader_items(bench, dataset, self.slide.scale, range(rank, n, world))
+        items = loader_items(bench, dataset, self.slide.scale, range(rank, n, world), self.corruption)
         runner = SlidingWindows(Decoded(model, settings), self.slide, self.precision)
         bar = tqdm(total=n, desc=bench.name, unit="img", disable=not self.progress or rank != 0, dynamic_ncols=True)
         start = time.perf_counter()

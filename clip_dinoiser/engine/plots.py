@@ -82,3 +82,29 @@ def plot_curves(curves: Mapping[str, list[dict[str, float]]], f: IO) -> None:
     fig.tight_layout()
     fig.savefig(f, format="png", bbox_inches="tight")
     plt.close(fig)
+
+
+def plot_robustness(table: Any, f: IO) -> None:
+    """MaskCLIP's robustness figure: one panel per model, mIoU against severity, a line per
+    corruption, the model's clean mIoU as a dashed reference line."""
+    plt = _pyplot()
+    models = list(dict.fromkeys(r["model"] for r in table.rows))
+    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models) + 2.5, 4.2), dpi=100, squeeze=False,
+                             sharey=True)
+    for ax, model in zip(axes[0], models):
+        rows = [r for r in table.rows if r["model"] == model]
+        for r in rows:
+            points = [(s, r.get(f"severity {s}")) for s in range(1, 6) if r.get(f"severity {s}") is not None]
+            if points:
+                ax.plot(*zip(*points), marker="o", linewidth=1.2, label=r["corruption"])
+        if rows and rows[0].get("clean") is not None:
+            ax.axhline(rows[0]["clean"], color="black", linestyle="--", linewidth=1, label="clean")
+        ax.set_title(str(model), fontsize=10)
+        ax.set_xlabel("severity")
+        ax.set_xticks(range(1, 6))
+        ax.set_ylabel("mIoU (%)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(f, format="png", bbox_inches="tight")
+    plt.close(fig)

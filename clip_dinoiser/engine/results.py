@@ -65,7 +65,9 @@ def evaluate_model(model_cfg: dict[str, Any], cfg: TrainEvalConfig, device,
 
     benchmarks = selected_benchmarks(cfg.data)
     model = build_model(model_cfg).to(device)
-    with Evaluator(slide=cfg.slide, precision=cfg.precision, num_workers=cfg.num_workers, limit=cfg.limit) as ev:
+    corruption = (cfg.data.corruption, cfg.data.severity) if cfg.data.corruption else None
+    with Evaluator(slide=cfg.slide, precision=cfg.precision, num_workers=cfg.num_workers, limit=cfg.limit,
+                   corruption=corruption) as ev:
         results = [(b, ev.evaluate(model, b, root, vocabulary=cfg.data.vocabulary, bg_refine=cfg.data.bg_refine))
                    for b, root in benchmarks]
     write_results(results, None, run)

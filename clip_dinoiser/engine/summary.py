@@ -20,7 +20,8 @@ from ..files import write_atomic
 from ..readers import read_config, read_json, read_text
 from .runs import METRICS
 
-SUMMARY_FILES = ("summary.csv", "summary.md", "summary.png", "curves.png")
+SUMMARY_FILES = ("summary.csv", "summary.md", "summary.png", "curves.png", "robustness.md", "robustness.csv",
+                 "robustness.png")
 
 # Settings that never change a result: never columns.
 IGNORED = ("output", "overwrite", "progress", "num_workers", "loader_batch", "device", "sweep", "save_predictions",
@@ -166,6 +167,9 @@ def write_summary(folders: Sequence[str], out_dir: str) -> str:
     found = tables(runs)
     titles = {"eval": "Evaluation runs", "train": "Training runs"}
     markdown = "\n".join(f"## {titles[t.kind]}\n\n{t.markdown()}" if len(found) > 1 else t.markdown() for t in found)
+    table = robustness_table(runs)
+    if table is not None:
+        markdown += "\n## Robustness (MaskCLIP's protocol: mIoU per corruption and severity)\n\n" + table.markdown()
     os.makedirs(out_dir, exist_ok=True)
     write_atomic(os.path.join(out_dir, "summary.md"), lambda f: f.write(markdown))
     write_atomic(os.path.join(out_dir, "summary.csv"), lambda f: _write_csv(f, found))
@@ -176,7 +180,43 @@ def write_summary(folders: Sequence[str], out_dir: str) -> str:
         names = run_names(paths)
         write_atomic(os.path.join(out_dir, "curves.png"),
                      lambda f: plot_curves({names[r.folder]: r.curves for r in runs if r.curves}, f), binary=True)
+    if table is not None:
+        write_atomic(os.path.join(out_dir, "robustness.md"), lambda f: f.write(table.markdown()))
+        write_atomic(os.path.join(out_dir, "robustness.csv"), lambda f: _write_csv(f, [table]))
+        from .plots import plot_robustness
+
+        write_atomic(os.path.join(out_dir, "robustness.png"), lambda f: plot_robustness(table, f), binary=True)
     return markdown
+
+
+SEVERITY_COLUMNS = tuple(f"severity {s}" for s in range(1, 6))
+
+
+def run_score(run: Run) -> float | None:
+    """A run's mIoU: its benchmark's, or the average over its benchmarks."""
+    scores = [v.get("mIoU") for v in run.results.values() if isinstance(v, dict)]
+    return None if not scores or any(s is None for s in scores) else sum(scores) / len(scores)
+
+
+def robustness_table(runs: Sequence[Run]) -> Table | None:
+    """When evaluation runs differ in ``data.corruption``: a row per (model, corruption) with the
+    mIoU at each severity, and the model's clean mIoU (the reference) beside them."""
+    evals = [r for r in runs if r.kind == "eval"]
+    if not any(r.settings.get("data.corruption") for r in evals):
+        return None
+    clean = {r.settings.get("model.name"): run_score(r) for r in evals if not r.settings.get("data.corruption")}
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in evals:
+        model, name = r.settings.get("model.name"), r.settings.get("data.corruption")
+        if name:
+            row = rows.setdefault((model, name), {"model": model, "corruption": name, "clean": clean.get(model)})
+            row[f"severity {r.settings.get('data.severity')}"] = run_score(r)
+    ordered = [rows[k] for k in sorted(rows)]
+    for row in ordered:
+        values = [row.get(c) for c in SEVERITY_COLUMNS]
+        row["mean"] = None if any(v is None for v in values) else sum(values) / len(values)
+    columns = ["model", "corruption", *SEVERITY_COLUMNS, "mean", "clean"]
+    return Table("robustness", columns, [*SEVERITY_COLUMNS, "mean", "clean"], ordered)
 
 
 def _write_csv(f, found: list[Table]) -> None:

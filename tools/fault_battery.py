@@ -1,0 +1,2022 @@
+"""Fault battery: bad inputs and faults thrown at every tool, each outcome classified.
+
+    python tools/fault_battery.py                     # every case (about 200; 20-30 min on 2 CPU cores)
+    python tools/fault_battery.py --only 'eval*'      # cases whose "tool/name" matches (fnmatch, or a substring)
+    python tools/fault_battery.py --list              # the cases, not run
+    python tools/fault_battery.py --keep --markdown battery.md   # keep the scratch folder; the table as Markdown
+
+Not part of the test run (too slow): it builds tiny random models the way ``tests/conftest.py``
+does (a tiny open_clip config registered from a JSON file, random weights saved with
+``torch.save``, random heads with ``save_heads``, tiny timm teachers, a tiny DeepLab target),
+writes synthetic VOC-layout benchmarks and image folders into a temporary folder, then runs
+each case sequentially: the tools (``demo``, ``eval``, ``train``, ``train_target``, ``app``,
+``summarize``, ``benchmark``) as subprocesses, ``clip_dinoiser.load`` / ``Segmenter.segment``
+and the web app's handlers in this process. Nothing is downloaded (``HF_HUB_OFFLINE=1``);
+caches go to the scratch folder.
+
+Each case is classified:
+
+* ``ok``: the expected behaviour. A user error: exit code 2, the last stderr line starts with
+  ``error: `` and names the file or key at fault, no ``Traceback``, nothing left behind. A
+  signal: exit 130 (SIGINT) / 143 (SIGTERM) and one line. A valid but odd input: exit 0 and a
+  correct result (e.g. results.json's mIoU equal to a numpy computation on the saved predictions).
+* ``traceback``: a ``Traceback`` in stderr, or another exit code than expected.
+* ``wrong-result``: exit 0 with a wrong or missing result, a bad setting accepted, or a failed
+  run that left files behind.
+* ``lost``: a file that existed before the case was changed, replaced or deleted (every file of
+  the case's folder and of the shared fixtures is hashed before and after each command; logs
+  may only grow; the files a case is expected to write are excluded).
+* ``unclear``: the message does not name the file or key at fault.
+
+Prints a table (case, tool, expected, outcome, message) and the counts per class, then the
+command, exit code and stderr tail of every case that is not ok. Exits 1 if any case is not ok.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import fnmatch
+import hashlib
+import importlib.util
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOLS = os.path.join(ROOT, "tools")
+
+OK, TRACEBACK, WRONG, LOST, UNCLEAR = "ok", "traceback", "wrong-result", "lost", "unclear"
+CLASSES = (OK, TRACEBACK, WRONG, LOST, UNCLEAR)
+SEVERITY = {LOST: 4, TRACEBACK: 3, WRONG: 2, UNCLEAR: 1, OK: 0}
+
+TINY_CLIP_CFG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 64, "layers": 4, "width": 64, "head_width": 32, "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+TINY_TEACHERS = {
+    "dino": ("vit_base_patch16_224", {"depth": 2, "embed_dim": 32, "num_heads": 2, "img_size": 64}),
+    "found": ("vit_small_patch8_224", {"depth": 2, "embed_dim": 24, "num_heads": 2, "img_size": 64}),
+}
+SLIDE = ["slide.scale=[256,64]", "slide.crop=[64,64]", "slide.stride=[32,32]", "slide.window_batch=8"]
+SLIDE_DICT = {"scale": [256, 64], "crop": [64, 64], "stride": [32, 32], "window_batch": 8}
+TARGET = ["target.backbone=resnet101c", "target.pretrained=null", "+target.kwargs.layers=[1,1,1,1]",
+          "+target.kwargs.channels=[8,16,32,32]", "+target.kwargs.stem_width=8"]
+BOMB_ENV = {"CLIP_DINOISER_MAX_IMAGE_PIXELS": "1000"}  # a 100 x 100 image is above twice the limit
+NON_UTF8 = b"cat\n\xff\xfe\xfa dog\n"
+NON_UTF8_JSON = b'{"embed_dim": 32, "n\xff": 1}'
+
+
+# ---------------------------------------------------------------- images and folders
+
+
+def random_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A structured RGB uint8 image (blocks of colour plus noise), as tests/conftest.py's."""
+    rng = np.random.default_rng(seed)
+    img = np.zeros((h, w, 3), np.uint8)
+    for _ in range(6):
+        y, x = rng.integers(0, h), rng.integers(0, w)
+        img[y : y + max(h // 3, 1), x : x + max(w // 3, 1)] = rng.integers(0, 255, 3)
+    return np.clip(img.astype(int) + rng.integers(-20, 20, img.shape), 0, 255).astype(np.uint8)
+
+
+def save_image(path: str, h: int = 40, w: int = 56, seed: int = 0) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    Image.fromarray(random_image(h, w, seed)).save(path)
+    return path
+
+
+def label_map(h: int, w: int, seed: int, border: bool = True, n: int = 21) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, n, (4, 4)).astype(np.uint8)
+    labels = np.kron(small, np.ones((h // 4 + 1, w // 4 + 1), np.uint8))[:h, :w]
+    if border and h > 4:
+        labels[:2] = 255
+    return labels
+
+
+def write_voc(root: str, sizes: Sequence[tuple[int, int]] = ((60, 80), (48, 64)), split: str = "val",
+              border: bool = True) -> list[str]:
+    """A VOC 2012 folder (mmseg's layout) with one image and label per size; returns the ids."""
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+    ids = []
+    for i, (h, w) in enumerate(sizes):
+        ids.append(f"2007_{i:06d}")
+        Image.fromarray(random_image(h, w, seed=i)).save(os.path.join(root, "JPEGImages", f"{ids[-1]}.jpg"),
+                                                        quality=95)
+        Image.fromarray(label_map(h, w, seed=10 + i, border=border)).save(
+            os.path.join(root, "SegmentationClass", f"{ids[-1]}.png"))
+    with open(os.path.join(root, "ImageSets", "Segmentation", f"{split}.txt"), "w") as f:
+        f.write("\n".join(ids) + "\n")
+    return ids
+
+
+def write_images(folder: str, n: int, size: tuple[int, int] = (80, 100), nested: bool = True) -> str:
+    for i in range(n):
+        sub = os.path.join(folder, f"n{i % 2:08d}") if nested else folder
+        save_image(os.path.join(sub, f"img_{i}.png"), *size, seed=100 + i)
+    return folder
+
+
+def truncate(path: str, keep: float = 0.5) -> str:
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data[: max(1, int(len(data) * keep))])
+    return path
+
+
+def garbage(path: str, data: bytes = b"this is not what the name says\n" * 4) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+def save_16bit(path: str, array: np.ndarray) -> str:
+    Image.fromarray(array.astype(np.uint16)).save(path)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------- snapshots (lost files)
+
+
+def snapshot(folders: Iterable[str], skip: Iterable[str] = ()) -> dict[str, tuple]:
+    """path -> (kind, digest) of every file and link below ``folders`` (links not followed)."""
+    skip = [os.path.abspath(s) for s in skip]
+    out: dict[str, tuple] = {}
+    for top in folders:
+        for folder, subfolders, files in os.walk(top):
+            subfolders[:] = [d for d in subfolders if os.path.abspath(os.path.join(folder, d)) not in skip]
+            for name in files + [d for d in subfolders if os.path.islink(os.path.join(folder, d))]:
+                path = os.path.join(folder, name)
+                if os.path.islink(path):
+                    out[path] = ("link", os.readlink(path))
+                elif os.path.isfile(path):
+                    with open(path, "rb") as f:
+                        out[path] = ("file", hashlib.sha1(f.read()).hexdigest(), os.path.getsize(path))
+    return out
+
+
+# ---------------------------------------------------------------- results of a command
+
+
+@dataclasses.dataclass
+class Proc:
+    cmd: list[str]
+    rc: int | None
+    out: str
+    err: str
+    seconds: float = 0.0
+    timed_out: bool = False
+
+    @property
+    def last(self) -> str:
+        lines = [ln.strip() for ln in self.err.splitlines() if ln.strip()]
+        return lines[-1] if lines else ""
+
+    def shown(self) -> str:
+        return " ".join(shlex.quote(a) for a in self.cmd)
+
+
+@dataclasses.dataclass
+class Outcome:
+    klass: str
+    message: str
+    note: str = ""
+
+
+@dataclasses.dataclass
+class Case:
+    tool: str
+    name: str
+    expect: str
+    fn: Callable[[Ctx], Outcome]
+
+    @property
+    def key(self) -> str:
+        return f"{self.tool}/{self.name}"
+
+
+CASES: list[Case] = []
+
+
+def add(tool: str, name: str, expect: str, fn: Callable[[Ctx], Outcome]) -> None:
+    CASES.append(Case(tool, name, expect, fn))
+
+
+def case(tool: str, name: str, expect: str):
+    def register(fn: Callable[[Ctx], Outcome]) -> Callable[[Ctx], Outcome]:
+        add(tool, name, expect, fn)
+        return fn
+
+    return register
+
+
+class Ctx:
+    """One case: its folder (the working directory of its commands), the fixtures, what it ran
+    and the files it lost."""
+
+    def __init__(self, fx: Fixtures, folder: str) -> None:
+        self.fx, self.dir = fx, folder
+        os.makedirs(folder, exist_ok=True)
+        self.procs: list[Proc] = []
+        self.lost: list[str] = []
+        self.notes: list[str] = []
+
+    def p(self, *parts: str) -> str:
+        return os.path.join(self.dir, *parts)
+
+    # -- snapshots
+    def snap(self) -> tuple[dict, dict[str, bytes]]:
+        shot = snapshot([self.dir, self.fx.dir], skip=[self.fx.cache])
+        logs = {p: open(p, "rb").read() for p, v in shot.items() if v[0] == "file" and _appendable(p)}
+        return shot, logs
+
+    def compare(self, before: tuple[dict, dict[str, bytes]], allowed: Sequence[str] = ()) -> list[str]:
+        """Files of ``before`` changed, replaced or deleted (``allowed``: fnmatch patterns relative
+        to the case folder that the command may change); new files (relative paths) are returned."""
+        shot, logs = before
+        after = snapshot([self.dir, self.fx.dir], skip=[self.fx.cache])
+        for path, value in shot.items():
+            rel = os.path.relpath(path, self.dir)
+            if any(fnmatch.fnmatch(rel, pat) for pat in allowed):
+                continue
+            now = after.get(path)
+            if now == value:
+                continue
+            if path in logs and now is not None and open(path, "rb").read().startswith(logs[path]):
+                continue  # a log that grew
+            what = "deleted" if now is None else "changed"
+            self.lost.append(f"{rel} {what}")
+        return [os.path.relpath(p, self.dir) for p in after if p not in shot]
+
+    # -- commands
+    def tool(self, script: str, *args: str, env: dict[str, str] | None = None, timeout: int = 300,
+             allowed: Sequence[str] = ()) -> tuple[Proc, list[str]]:
+        """Run ``tools/<script>`` in the case folder; (the result, the files it created)."""
+        before = self.snap()
+        proc = run_command([sys.executable, os.path.join(TOOLS, script), *args], cwd=self.dir,
+                           env=self.fx.env(env), timeout=timeout)
+        self.procs.append(proc)
+        created = self.compare(before, allowed)
+        return proc, created
+
+    def popen(self, script: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        cmd = [sys.executable, os.path.join(TOOLS, script), *args]
+        proc = subprocess.Popen(cmd, cwd=self.dir, env=self.fx.env(env), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, errors="replace")
+        proc.cmd_list = cmd  # type: ignore[attr-defined]
+        return proc
+
+    def finish(self, proc: subprocess.Popen, timeout: int = 300) -> Proc:
+        t0 = time.time()
+        try:
+            out, err = proc.communicate(timeout=timeout)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            timed_out = True
+        result = Proc(proc.cmd_list, None if timed_out else proc.returncode, out, err,  # type: ignore[attr-defined]
+                      time.time() - t0, timed_out)
+        self.procs.append(result)
+        return result
+
+    # -- classification
+    def error(self, proc: Proc, *names: str, created: Sequence[str] = (), leave: Sequence[str] = ()) -> Outcome:
+        """A user error: exit 2, the last line ``error: ...`` naming each of ``names``, no traceback,
+        nothing new left in the case folder (but ``leave`` patterns)."""
+        left = [c for c in created if not any(fnmatch.fnmatch(c, pat) for pat in leave)]
+        if proc.timed_out:
+            return Outcome(WRONG, "still running at the timeout: the bad input was not refused")
+        if "Traceback" in proc.err:
+            return Outcome(TRACEBACK, proc.last, f"exit {proc.rc}")
+        if proc.rc == 0:
+            return Outcome(WRONG, "exit 0: the bad input was accepted", proc.last)
+        if proc.rc != 2:
+            return Outcome(TRACEBACK, proc.last, f"exit {proc.rc}, expected 2")
+        if not (proc.last.startswith("error: ") or _argparse_error(proc.last)):
+            return Outcome(UNCLEAR, proc.last, "the last line is not 'error: ...'")
+        missing = [n for n in names if n.lower() not in proc.last.lower()]
+        if missing:
+            return Outcome(UNCLEAR, proc.last, f"does not name {', '.join(missing)}")
+        if left:
+            return Outcome(WRONG, proc.last, f"left behind: {', '.join(sorted(left)[:5])}")
+        return Outcome(OK, proc.last)
+
+    def success(self, proc: Proc, check: Callable[[], str | None] | None = None) -> Outcome:
+        """A valid input: exit 0, no traceback, and ``check()`` (None: the result is right)."""
+        if proc.timed_out:
+            return Outcome(TRACEBACK, "timed out", "expected exit 0")
+        if "Traceback" in proc.err:
+            return Outcome(TRACEBACK, proc.last, f"exit {proc.rc}")
+        if proc.rc != 0:
+            return Outcome(TRACEBACK, proc.last, f"exit {proc.rc}, expected 0")
+        if check is not None:
+            try:
+                problem = check()
+            except Exception as e:  # the result is missing or unreadable
+                problem = f"result unreadable: {type(e).__name__}: {e}"
+            if problem:
+                return Outcome(WRONG, problem, proc.last)
+        return Outcome(OK, proc.last or "exit 0")
+
+    def interrupted(self, proc: Proc, signum: int, check: Callable[[], str | None] | None = None) -> Outcome:
+        name = signal.Signals(signum).name
+        if proc.timed_out:
+            return Outcome(TRACEBACK, f"still running after {name}", "expected it to stop")
+        if "Traceback" in proc.err:
+            return Outcome(TRACEBACK, proc.last, f"exit {proc.rc}")
+        if proc.rc == 0:
+            return Outcome(WRONG, f"exit 0: finished before {name} arrived (make the case longer)", proc.last)
+        if proc.rc != 128 + signum:
+            return Outcome(TRACEBACK, proc.last, f"exit {proc.rc}, expected {128 + signum}")
+        if name not in proc.last:
+            return Outcome(UNCLEAR, proc.last, f"the last line does not say {name}")
+        if check is not None:
+            problem = check()
+            if problem:
+                return Outcome(WRONG, problem, proc.last)
+        return Outcome(OK, proc.last)
+
+
+def _appendable(path: str) -> bool:
+    return path.endswith((".log", ".jsonl"))
+
+
+def _argparse_error(line: str) -> bool:
+    """argparse's own one-line form: ``<prog>: error: ...``."""
+    head, sep, _ = line.partition(": error: ")
+    return bool(sep) and head.endswith(".py") and " " not in head
+
+
+def run_command(cmd: list[str], *, cwd: str, env: dict[str, str], timeout: int) -> Proc:
+    t0 = time.time()
+    try:
+        r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, errors="replace", timeout=timeout)
+        return Proc(cmd, r.returncode, r.stdout, r.stderr, time.time() - t0)
+    except subprocess.TimeoutExpired as e:  # subprocess.run killed it
+        def text(x):
+            return x.decode(errors="replace") if isinstance(x, bytes) else (x or "")
+
+        return Proc(cmd, None, text(e.stdout), text(e.stderr), time.time() - t0, timed_out=True)
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+class Fixtures:
+    """Tiny models on disk and ready-made runs, built once in ``base/fixtures``."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.dir = os.path.join(base, "fixtures")
+        self.cache = os.path.join(base, "cache")
+        os.makedirs(self.dir, exist_ok=True)
+        os.makedirs(self.cache, exist_ok=True)
+        self._lazy: dict[str, Any] = {}
+        self.build()
+
+    def f(self, *parts: str) -> str:
+        return os.path.join(self.dir, *parts)
+
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k != "CLIP_DINOISER_MAX_IMAGE_PIXELS"}
+        env.update({"XDG_CACHE_HOME": self.cache, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+                    "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"})
+        env.update(extra or {})
+        return env
+
+    def build(self) -> None:
+        import open_clip
+        import timm
+        import torch
+
+        from clip_dinoiser.models import DINOiserHeads, save_heads
+
+        self.clip_json = self.f("tiny.json")
+        with open(self.clip_json, "w") as f:
+            json.dump(TINY_CLIP_CFG, f)
+        open_clip.add_model_config(self.clip_json)
+        torch.manual_seed(0)
+        model = open_clip.create_model("tiny")
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.02 * torch.randn_like(p))
+        self.clip = self.f("clip.pt")
+        torch.save(model.state_dict(), self.clip)
+        torch.manual_seed(1)
+        self.heads = self.f("heads.pt")
+        save_heads(DINOiserHeads(in_dim=64, proj_dim=16, kernel_size=3), self.heads)
+        torch.manual_seed(2)
+        self.teacher = {}
+        for key, (arch, kwargs) in TINY_TEACHERS.items():
+            vit = timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
+            with torch.no_grad():
+                for p in vit.parameters():
+                    p.add_(0.05 * torch.randn_like(p))
+            self.teacher[key] = self.f(f"{key}.pth")
+            torch.save(vit.state_dict(), self.teacher[key])
+        self.decoder = self.f("decoder_weights.pt")
+        torch.save({"decoder": {"weight": torch.randn(1, 24, 1, 1) * 0.3, "bias": torch.zeros(1)}}, self.decoder)
+        self.images = write_images(self.f("imgs"), 4)
+        self.classes = self.f("classes.txt")
+        with open(self.classes, "w") as f:
+            f.write("red thing\ngreen thing\nblue thing\n")
+
+    # -- arguments
+    def model(self, key: str = "model") -> list[str]:
+        return [f"{key}.clip.name={self.clip_json}", f"{key}.clip.pretrained={self.clip}",
+                f"{key}.checkpoint={self.heads}", f"{key}.proj_dim=16"]
+
+    def eval_args(self, root: str = "voc", output: str = "out") -> list[str]:
+        return ["data=voc", f"data.root={root}", f"output={output}", "num_workers=0", "progress=false", "device=cpu",
+                *SLIDE, *self.model()]
+
+    def demo_args(self, image: str = "photo.png", output: str = "out") -> list[str]:
+        return [f"image={image}", "prompts=[cat,dog,background]", f"output={output}", "device=cpu", "progress=false",
+                *SLIDE, *self.model()]
+
+    def app_args(self, port: int | None = None) -> list[str]:
+        return [f"port={port or free_port()}", "device=cpu", *SLIDE, *self.model()]
+
+    def train_args(self, data: str | None = None, output: str = "run") -> list[str]:
+        kwargs = [f"+teachers.{k}.kwargs.{n}={v}" for k, (_, kw) in TINY_TEACHERS.items() for n, v in kw.items()]
+        return [f"train.data={data or self.images}", f"train.output={output}", f"model.clip.name={self.clip_json}",
+                f"model.clip.pretrained={self.clip}", "model.proj_dim=16", "device=cpu", "train.im_size=64",
+                "train.batch_size=2", "train.epochs=3", "train.num_workers=0", "train.save_every=2",
+                f"teachers.dino.pretrained={self.teacher['dino']}",
+                f"teachers.found.pretrained={self.teacher['found']}", f"teachers.found.decoder={self.decoder}",
+                *kwargs]
+
+    def target_args(self, data: str | None = None, output: str = "run", vocabulary: str | None = None) -> list[str]:
+        return [*self.model("annotator"), "device=cpu", "train.num_workers=0", "train.crop=[48,48]",
+                "train.scale=[64,48]", *TARGET, "train.benchmark=folder", f"train.data={data or self.images}",
+                f"train.vocabulary={vocabulary or self.classes}", "train.batch_size=2", "train.iterations=4",
+                "train.save_every=2", f"train.output={output}"]
+
+    # -- ready-made runs (copied into the cases that need them)
+    def _made(self, name: str, make: Callable[[str], None]) -> str:
+        if name not in self._lazy:
+            folder = self.f("runs", name)
+            os.makedirs(os.path.dirname(folder), exist_ok=True)
+            make(folder)
+            self._lazy[name] = folder
+        return self._lazy[name]
+
+    def _tool(self, script: str, *args: str) -> None:
+        r = run_command([sys.executable, os.path.join(TOOLS, script), *args], cwd=self.dir, env=self.env(),
+                        timeout=600)
+        if r.rc != 0:
+            raise RuntimeError(f"fixture {script} failed (exit {r.rc}):\n{r.err[-3000:]}")
+
+    def eval_run(self) -> str:
+        def make(folder: str) -> None:
+            root = self.f("voc_base")
+            if not os.path.isdir(root):
+                write_voc(root)
+            self._tool("eval.py", *self.eval_args(root, folder))
+
+        return self._made("eval", make)
+
+    def train_run(self) -> str:
+        """A finished training run: 6 iterations, checkpoints 4 and 6, last.pt."""
+        return self._made("train", lambda folder: self._tool("train.py", *self.train_args(output=folder)))
+
+    def stopped_run(self) -> str:
+        """A training run stopped after iteration 2 of 6 (checkpoint 2, no last.pt)."""
+        return self._made("stopped", lambda folder: self._tool("train.py", *self.train_args(output=folder),
+                                                               "train.stop_after=2"))
+
+    def target_run(self) -> str:
+        """A finished MaskCLIP+ run of 4 iterations."""
+        return self._made("target", lambda folder: self._tool("train_target.py", *self.target_args(output=folder)))
+
+    def copy_run(self, ctx: Ctx, source: str, name: str = "run") -> str:
+        dest = ctx.p(name)
+        shutil.copytree(source, dest, symlinks=True)
+        return name
+
+    def segmenter(self):
+        if "segmenter" not in self._lazy:
+            import clip_dinoiser
+
+            self._lazy["segmenter"] = clip_dinoiser.load(
+                "clip_dinoiser", weights=self.heads, device="cpu", clip={"name": self.clip_json, "pretrained": self.clip},
+                proj_dim=16, slide=SLIDE_DICT)
+        return self._lazy["segmenter"]
+
+    def app_module(self):
+        if "app" not in self._lazy:
+            spec = importlib.util.spec_from_file_location("fault_battery_app", os.path.join(TOOLS, "app.py"))
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            from clip_dinoiser.config import SlideConfig
+
+            seg = self.segmenter()
+            self._lazy["app"] = (module, module.Segmenter(seg.model, SlideConfig(**{k: tuple(v) if isinstance(v, list)
+                                                                                   else v
+                                                                                   for k, v in SLIDE_DICT.items()}),
+                                                          "fp32", 0.5))
+        return self._lazy["app"]
+
+
+# ---------------------------------------------------------------- checks of results
+
+
+def miou_problem(out: str, root: str, ids: Sequence[str], benchmark: str = "voc", classes: int = 21) -> str | None:
+    """None if ``out/results.json``'s mIoU equals a numpy computation on the saved predictions
+    against the label files (ignore 255), and every prediction has its label's size."""
+    results = json.load(open(os.path.join(out, "results.json")))[benchmark]
+    conf = np.zeros((classes, classes), np.int64)
+    for image_id in ids:
+        label = np.asarray(Image.open(os.path.join(root, "SegmentationClass", f"{image_id}.png"))).astype(np.int64)
+        pred_path = os.path.join(out, "predictions", benchmark, f"{image_id}.png")
+        if not os.path.isfile(pred_path):
+            return f"no prediction saved for {image_id}"
+        pred = np.asarray(Image.open(pred_path)).astype(np.int64)
+        if pred.shape != label.shape:
+            return f"prediction of {image_id} is {pred.shape}, its label {label.shape}"
+        valid = label != 255
+        np.add.at(conf, (label[valid], pred[valid]), 1)
+    inter = np.diag(conf).astype(float)
+    union = conf.sum(0) + conf.sum(1) - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        expected = float(np.nanmean(np.where(union > 0, inter / union, np.nan)) * 100)
+    if results["images"] != len(ids):
+        return f"results.json counts {results['images']} images, expected {len(ids)}"
+    reported = results["mIoU"]
+    if reported is None or abs(reported - expected) > 1e-6:
+        return f"results.json mIoU {reported} != numpy {expected:.6f}"
+    return None
+
+
+def demo_problem(ctx: Ctx, stem: str, shape: tuple[int, int], classes: int = 3, out: str = "out") -> str | None:
+    path = ctx.p(out, f"{stem}_labels.png")
+    if not os.path.isfile(path):
+        return f"{out}/{stem}_labels.png not written"
+    labels = np.asarray(Image.open(path))
+    if labels.shape != shape:
+        return f"{stem}_labels.png is {labels.shape}, the image {shape}"
+    if labels.max() >= classes:
+        return f"{stem}_labels.png holds class {labels.max()} of {classes}"
+    for kind in ("mask", "figure"):
+        if not os.path.isfile(ctx.p(out, f"{stem}_{kind}.png")):
+            return f"{out}/{stem}_{kind}.png not written"
+    return None
+
+
+def checkpoints(folder: str) -> list[int]:
+    ck = os.path.join(folder, "checkpoints")
+    return sorted(int(n[5:12]) for n in os.listdir(ck) if n.startswith("iter_")) if os.path.isdir(ck) else []
+
+
+# ================================================================= cases
+# ---------------------------------------------------------------- eval: settings
+
+EVAL_SETTINGS = [
+    ("model.gamma=nan", "model.gamma"), ("model.gamma=inf", "model.gamma"), ("model.gamma=1.5", "model.gamma"),
+    ("model.delta=-5", "model.delta"), ("model.delta=nan", "model.delta"),
+    ("model.maskclip.temperature=0", "model.maskclip.temperature"),
+    ("model.maskclip.temperature=-inf", "model.maskclip.temperature"),
+    ("model.maskclip.ks_thresh=nan", "model.maskclip.ks_thresh"), ("model.maskclip.pd_thresh=2", "model.maskclip.pd_thresh"),
+    ("model.proj_dim=0", "model.proj_dim"), ("model.kernel_size=2", "model.kernel_size"),
+    ("model.feats_idx=99", "model.feats_idx"), ("model.feats_idx=1.5", "model.feats_idx"),
+    ("slide.stride=[0,0]", "slide.stride"), ("slide.crop=[-64,64]", "slide.crop"), ("slide.scale=[inf,64]", "slide.scale"),
+    ("slide.window_batch=nan", "slide.window_batch"), ("slide.stride=[32]", "slide.stride"),
+    ("slide.crop=[64,64,64]", "slide.crop"), ("loader_batch=0", "loader_batch"), ("num_workers=-1", "num_workers"),
+    ("limit=0", "limit"), ("save_examples=-1", "save_examples"), ("precision=fp8", "precision"),
+    ("device=tpu", "device"), ("data.name=bogus", "bogus"), ("data=bogus", "bogus"),
+    ("model.gama=0.3", "gamma"), ("num_workerz=1", "num_workers"), ("model.gamma=abc", "model.gamma"),
+    ("slide.stride=abc", "slide.stride"), ("model.name=bogus", "bogus"), ("model.maskclip.templates=bogus", "bogus"),
+    ("model.pooling=nosuch.module.fn", "model.pooling"), ("model.clip.backbone=bogus", "model.clip.backbone"),
+    ("sweep={model.gamma:[nan]}", "model.gamma"), ("sweep={model.gamma:[0.1,0.1]}", "model.gamma"),
+    ("sweep={model.gamma:[]}", "model.gamma"), ("sweep={model.gama:[0.1]}", "model.gama"),
+    ("sweep={model.delta:[0.5,2]}", "model.delta"), ("sweep={slide.stride:[[0,0]]}", "slide.stride"),
+]
+
+
+def _eval_setting(setting: str, name: str) -> Callable[[Ctx], Outcome]:
+    def run(ctx: Ctx) -> Outcome:
+        write_voc(ctx.p("voc"))
+        r, created = ctx.tool("eval.py", *ctx.fx.eval_args(), setting)
+        return ctx.error(r, name, created=created)
+
+    return run
+
+
+for _setting, _name in EVAL_SETTINGS:
+    add("eval", _setting, "error", _eval_setting(_setting, _name))
+
+
+# ---------------------------------------------------------------- eval: files
+
+
+def _eval_file(change: Callable[[Ctx, list[str]], Sequence[str] | None], *names: str,
+               extra: Sequence[str] = (), sizes=((60, 80), (48, 64))) -> Callable[[Ctx], Outcome]:
+    """A VOC folder ``voc`` changed by ``change(ctx, ids)`` (which may return more arguments)."""
+
+    def run(ctx: Ctx) -> Outcome:
+        ids = write_voc(ctx.p("voc"), sizes)
+        more = change(ctx, ids) or ()
+        r, created = ctx.tool("eval.py", *ctx.fx.eval_args(), *extra, *more)
+        return ctx.error(r, *names, created=created)
+
+    return run
+
+
+def _img(ctx: Ctx, i: int = 1) -> str:
+    return ctx.p("voc", "JPEGImages", f"2007_{i:06d}.jpg")
+
+
+def _lbl(ctx: Ctx, i: int = 1) -> str:
+    return ctx.p("voc", "SegmentationClass", f"2007_{i:06d}.png")
+
+
+def _replace_with_folder(path: str) -> None:
+    os.remove(path)
+    os.makedirs(path)
+
+
+add("eval", "data.root missing", "error", _eval_file(lambda c, ids: ["data.root=nowhere"], "nowhere"))
+add("eval", "image missing", "error", _eval_file(lambda c, ids: os.remove(_img(c)), "2007_000001.jpg"))
+add("eval", "image truncated", "error", _eval_file(lambda c, ids: truncate(_img(c), 0.3) and None, "2007_000001.jpg"))
+add("eval", "image garbage", "error", _eval_file(lambda c, ids: garbage(_img(c)) and None, "2007_000001.jpg"))
+add("eval", "image empty file", "error", _eval_file(lambda c, ids: garbage(_img(c), b"") and None, "2007_000001.jpg"))
+add("eval", "image is a folder", "error", _eval_file(lambda c, ids: _replace_with_folder(_img(c)), "2007_000001.jpg"))
+add("eval", "label missing", "error", _eval_file(lambda c, ids: os.remove(_lbl(c)), "2007_000001.png"))
+add("eval", "label garbage", "error", _eval_file(lambda c, ids: garbage(_lbl(c)) and None, "2007_000001.png"))
+add("eval", "label truncated", "error", _eval_file(lambda c, ids: truncate(_lbl(c), 0.5) and None, "2007_000001.png"))
+add("eval", "label is a folder", "error", _eval_file(lambda c, ids: _replace_with_folder(_lbl(c)), "2007_000001.png"))
+add("eval", "label 16-bit with 300", "error",
+    _eval_file(lambda c, ids: save_16bit(_lbl(c), np.full((48, 64), 300)) and None, "2007_000001.png"))
+add("eval", "label of another size (30x40)", "error",
+    _eval_file(lambda c, ids: Image.fromarray(np.zeros((30, 40), np.uint8)).save(_lbl(c)), "2007_000001.png"))
+add("eval", "label 1xN for an image HxN", "error",
+    _eval_file(lambda c, ids: Image.fromarray(np.zeros((1, 64), np.uint8)).save(_lbl(c)), "2007_000001.png"))
+add("eval", "label RGB (3 channels)", "error",
+    _eval_file(lambda c, ids: Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(_lbl(c)), "2007_000001.png"))
+add("eval", "label value 50 of 21 classes", "error",
+    _eval_file(lambda c, ids: Image.fromarray(np.full((48, 64), 50, np.uint8)).save(_lbl(c)), "2007_000001.png"))
+
+
+def _empty_split(ctx: Ctx, ids: list[str]) -> None:
+    open(ctx.p("voc", "ImageSets", "Segmentation", "val.txt"), "w").close()
+
+
+def _split_extra_id(ctx: Ctx, ids: list[str]) -> None:
+    with open(ctx.p("voc", "ImageSets", "Segmentation", "val.txt"), "a") as f:
+        f.write("2099_999999\n")
+
+
+def _split_non_utf8(ctx: Ctx, ids: list[str]) -> None:
+    garbage(ctx.p("voc", "ImageSets", "Segmentation", "val.txt"), b"2007_000000\n2007_\xff\xfe000001\n")
+
+
+def _split_missing(ctx: Ctx, ids: list[str]) -> None:
+    os.remove(ctx.p("voc", "ImageSets", "Segmentation", "val.txt"))
+
+
+def _split_folder(ctx: Ctx, ids: list[str]) -> None:
+    _replace_with_folder(ctx.p("voc", "ImageSets", "Segmentation", "val.txt"))
+
+
+add("eval", "empty split", "error", _eval_file(_empty_split, "val.txt"))
+add("eval", "split lists a missing image", "error", _eval_file(_split_extra_id, "2099_999999"))
+add("eval", "split file not UTF-8", "error", _eval_file(_split_non_utf8, "val.txt"))
+add("eval", "split file missing", "error", _eval_file(_split_missing, "val.txt"))
+add("eval", "split file is a folder", "error", _eval_file(_split_folder, "val.txt"))
+
+
+def _own_benchmark(ctx: Ctx, classes: str, images: int = 0) -> list[str]:
+    os.makedirs(ctx.p("own", "images"), exist_ok=True)
+    os.makedirs(ctx.p("own", "annotations"), exist_ok=True)
+    for i in range(images):
+        save_image(ctx.p("own", "images", f"a{i}.jpg"), 30, 40, seed=i)
+        Image.fromarray(label_map(30, 40, i, n=3)).save(ctx.p("own", "annotations", f"a{i}.png"))
+    return ["data.name=own", "data.root=own", f"+data.benchmark={{classes:{classes}}}"]
+
+
+@case("eval", "own benchmark: no images, no split", "error")
+def _(ctx: Ctx) -> Outcome:
+    more = _own_benchmark(ctx, ctx.fx.classes)
+    r, created = ctx.tool("eval.py", *ctx.fx.eval_args(), *more)
+    return ctx.error(r, "images", created=created)
+
+
+@case("eval", "own benchmark: classes file missing", "error")
+def _(ctx: Ctx) -> Outcome:
+    more = _own_benchmark(ctx, "nothing.txt", images=1)
+    r, created = ctx.tool("eval.py", *ctx.fx.eval_args(), *more)
+    return ctx.error(r, "nothing.txt", created=created)
+
+
+@case("eval", "own benchmark: classes file not UTF-8", "error")
+def _(ctx: Ctx) -> Outcome:
+    garbage(ctx.p("cls.txt"), NON_UTF8)
+    more = _own_benchmark(ctx, "cls.txt", images=1)
+    r, created = ctx.tool("eval.py", *ctx.fx.eval_args(), *more)
+    return ctx.error(r, "cls.txt", created=created)
+
+
+@case("eval", "own benchmark: classes file empty", "error")
+def _(ctx: Ctx) -> Outcome:
+    garbage(ctx.p("cls.txt"), b"\n# nothing\n")
+    more = _own_benchmark(ctx, "cls.txt", images=1)
+    r, created = ctx.tool("eval.py", *ctx.fx.eval_args(), *more)
+    return ctx.error(r, "cls.txt", created=created)
+
+
+@case("eval", "own benchmark: unknown key in data.benchmark", "error")
+def _(ctx: Ctx) -> Outcome:
+    more = _own_benchmark(ctx, ctx.fx.classes, images=1)
+    more[-1] = f"+data.benchmark={{classes:{ctx.fx.classes},img_dirr:x}}"
+    r, created = ctx.tool("eval.py", *ctx.fx.eval_args(), *more)
+    return ctx.error(r, "img_dirr", created=created)
+
+
+def _vocab_file(data: bytes | None, name: str = "vocab.txt") -> Callable[[Ctx, list[str]], list[str]]:
+    def change(ctx: Ctx, ids: list[str]) -> list[str]:
+        if data is not None:
+            garbage(ctx.p(name), data)
+        return [f"data.vocabulary={name}"]
+
+    return change
+
+
+add("eval", "data.vocabulary missing", "error", _eval_file(_vocab_file(None), "vocab.txt"))
+add("eval", "data.vocabulary not UTF-8", "error", _eval_file(_vocab_file(NON_UTF8), "vocab.txt"))
+add("eval", "data.vocabulary empty", "error", _eval_file(_vocab_file(b""), "vocab.txt"))
+add("eval", "data.vocabulary 3 names for 21 classes", "error",
+    _eval_file(_vocab_file(b"cat\ndog\nbackground\n"), "data.vocabulary"))
+add("eval", "data.vocabulary is a folder", "error",
+    _eval_file(lambda c, ids: os.makedirs(c.p("vocab.txt")) or ["data.vocabulary=vocab.txt"], "vocab.txt"))
+
+
+def _weights(key: str, make: Callable[[Ctx], str]) -> Callable[[Ctx, list[str]], list[str]]:
+    return lambda ctx, ids: [f"{key}={make(ctx)}"]
+
+
+def _copy_truncated(source: str, name: str) -> Callable[[Ctx], str]:
+    def make(ctx: Ctx) -> str:
+        shutil.copy(source, ctx.p(name))
+        truncate(ctx.p(name), 0.5)
+        return name
+
+    return make
+
+
+def _garbage_file(name: str, data: bytes = b"not weights\n") -> Callable[[Ctx], str]:
+    return lambda ctx: os.path.basename(garbage(ctx.p(name), data))
+
+
+def _folder(name: str) -> Callable[[Ctx], str]:
+    return lambda ctx: os.makedirs(ctx.p(name)) or name
+
+
+def _fixture(attr: str, *keys: str) -> Callable[[Ctx], str]:
+    def get(ctx: Ctx) -> str:
+        value = getattr(ctx.fx, attr)
+        for k in keys:
+            value = value[k]
+        return value
+
+    return get
+
+
+for _key, _what in (("model.clip.pretrained", "clip"), ("model.checkpoint", "heads")):
+    _src = "clip" if _what == "clip" else "heads"
+    add("eval", f"{_key} missing", "error", _eval_file(_weights(_key, lambda c: "missing.pt"), "missing.pt"))
+    add("eval", f"{_key} garbage", "error", _eval_file(_weights(_key, _garbage_file("bad.pt")), "bad.pt"))
+    add("eval", f"{_key} truncated", "error",
+        _eval_file(lambda c, ids, k=_key, s=_src: [f"{k}={_copy_truncated(getattr(c.fx, s), 'cut.pt')(c)}"], "cut.pt"))
+    add("eval", f"{_key} is a folder", "error", _eval_file(_weights(_key, _folder("w.pt")), "w.pt"))
+add("eval", "model.checkpoint is DINO's weights", "error",
+    _eval_file(lambda c, ids: [f"model.checkpoint={c.fx.teacher['dino']}"], "dino.pth"))
+add("eval", "model.clip.pretrained is the heads file", "error",
+    _eval_file(lambda c, ids: [f"model.clip.pretrained={c.fx.heads}"], "heads.pt"))
+add("eval", "model.clip.name JSON missing", "error",
+    _eval_file(lambda c, ids: ["model.clip.name=nothing.json"], "nothing.json"))
+add("eval", "model.clip.name JSON garbage", "error",
+    _eval_file(lambda c, ids: [f"model.clip.name={garbage(c.p('bad.json'), b'{not json')}"], "bad.json"))
+add("eval", "model.clip.name JSON not UTF-8", "error",
+    _eval_file(lambda c, ids: [f"model.clip.name={garbage(c.p('bad.json'), NON_UTF8_JSON)}"], "bad.json"))
+add("eval", "model=target with a heads file", "error",
+    _eval_file(lambda c, ids: ["model=target", f"model.checkpoint={c.fx.heads}"], "heads.pt"))
+
+
+# ---------------------------------------------------------------- eval: valid but odd inputs
+
+
+def _eval_scored(sizes: Sequence[tuple[int, int]], label_16bit: bool = False) -> Callable[[Ctx], Outcome]:
+    def run(ctx: Ctx) -> Outcome:
+        ids = write_voc(ctx.p("voc"), sizes, border=False)
+        if label_16bit:
+            for i in ids:
+                path = ctx.p("voc", "SegmentationClass", f"{i}.png")
+                save_16bit(path, np.asarray(Image.open(path)))
+        r, _ = ctx.tool("eval.py", *ctx.fx.eval_args(), "save_predictions=true")
+        return ctx.success(r, lambda: miou_problem(ctx.p("out"), ctx.p("voc"), ids))
+
+    return run
+
+
+add("eval", "thin images 1xN", "exit 0, numpy mIoU", _eval_scored([(1, 80), (1, 17)]))
+add("eval", "thin images Nx1", "exit 0, numpy mIoU", _eval_scored([(80, 1), (23, 1)]))
+add("eval", "thin images 1x1", "exit 0, numpy mIoU", _eval_scored([(1, 1), (1, 1)]))
+add("eval", "thin mixed with normal", "exit 0, numpy mIoU", _eval_scored([(1, 80), (60, 80), (9, 1)]))
+add("eval", "16-bit labels with values <= 255", "exit 0, numpy mIoU", _eval_scored([(40, 56), (30, 20)], True))
+
+
+# ---------------------------------------------------------------- eval: run folders
+
+
+@case("eval", "rerun into existing output", "refused, unchanged")
+def _(ctx: Ctx) -> Outcome:
+    shutil.copytree(ctx.fx.eval_run(), ctx.p("out"))
+    write_voc(ctx.p("voc"))
+    r, created = ctx.tool("eval.py", *ctx.fx.eval_args())
+    return ctx.error(r, "results.json", created=created)
+
+
+@case("eval", "output holding only a config.yaml", "refused, unchanged")
+def _(ctx: Ctx) -> Outcome:
+    os.makedirs(ctx.p("out"))
+    with open(ctx.p("out", "config.yaml"), "w") as f:
+        f.write("# my notes\nmodel: {gamma: 0.3}\n")
+    write_voc(ctx.p("voc"))
+    r, created = ctx.tool("eval.py", *ctx.fx.eval_args())
+    return ctx.error(r, "config.yaml", created=created)
+
+
+@case("eval", "output is a file", "error")
+def _(ctx: Ctx) -> Outcome:
+    garbage(ctx.p("out"), b"my file\n")
+    write_voc(ctx.p("voc"))
+    r, created = ctx.tool("eval.py", *ctx.fx.eval_args())
+    return ctx.error(r, "output", created=created)
+
+
+@case("eval", "sweep rerun: a setting's folder exists", "refused, unchanged")
+def _(ctx: Ctx) -> Outcome:
+    write_voc(ctx.p("voc"))
+    sweep = "sweep={model.gamma:[0.1,0.3]}"
+    first, _ = ctx.tool("eval.py", *ctx.fx.eval_args(), sweep, allowed=["out/*"])
+    if first.rc != 0:
+        return ctx.success(first)
+    points = sorted(d for d in os.listdir(ctx.p("out")) if os.path.isdir(ctx.p("out", d)))
+    if len(points) != 2:
+        return Outcome(WRONG, f"a sweep of 2 settings wrote folders {points}")
+    for name in os.listdir(ctx.p("out")):  # the summary gone: only the settings' folders remain
+        if os.path.isfile(ctx.p("out", name)):
+            os.remove(ctx.p("out", name))
+    r, created = ctx.tool("eval.py", *ctx.fx.eval_args(), sweep)
+    return ctx.error(r, points[0], created=created)
+
+
+@case("eval", "model=target with a target run", "exit 0")
+def _(ctx: Ctx) -> Outcome:
+    ids = write_voc(ctx.p("voc"), border=False)
+    run = ctx.fx.copy_run(ctx, ctx.fx.target_run())
+    r, _ = ctx.tool("eval.py", *ctx.fx.eval_args(), "model=target", f"model.checkpoint={run}/last.pt",
+                    "save_predictions=true")
+    return ctx.success(r, lambda: miou_problem(ctx.p("out"), ctx.p("voc"), ids))
+
+
+@case("eval", "two concurrent evaluations into one new output", "one exit 0, one exit 2")
+def _(ctx: Ctx) -> Outcome:
+    ids = write_voc(ctx.p("voc"), [(60, 80)] * 6, border=False)
+    before = ctx.snap()
+    procs = [ctx.popen("eval.py", *ctx.fx.eval_args(), "save_predictions=true") for _ in range(2)]
+    done = [ctx.finish(p, 400) for p in procs]
+    ctx.compare(before, allowed=["out/*", "out/*/*", "out/*/*/*"])
+    return _one_winner(ctx, done, "output", lambda: miou_problem(ctx.p("out"), ctx.p("voc"), ids))
+
+
+def _one_winner(ctx: Ctx, done: list[Proc], key: str, check: Callable[[], str | None]) -> Outcome:
+    codes = sorted(p.rc for p in done)
+    tb = [p for p in done if "Traceback" in p.err]
+    if tb:
+        return Outcome(TRACEBACK, tb[0].last, f"exit codes {codes}")
+    if codes != [0, 2]:
+        return Outcome(WRONG if 0 in codes else TRACEBACK, f"exit codes {codes}, expected [0, 2]",
+                       " | ".join(p.last for p in done))
+    loser = next(p for p in done if p.rc == 2)
+    verdict = ctx.error(loser, key)
+    if verdict.klass != OK:
+        return verdict
+    problem = check()
+    return Outcome(WRONG, problem, loser.last) if problem else Outcome(OK, loser.last)
+
+
+def _eval_signal(signum: int) -> Callable[[Ctx], Outcome]:
+    def run(ctx: Ctx) -> Outcome:
+        write_voc(ctx.p("voc"), [(300, 400)] * 40)
+        args = [a for a in ctx.fx.eval_args() if not a.startswith("slide.scale")] + ["slide.scale=[2048,448]"]
+        before = ctx.snap()
+        proc = ctx.popen("eval.py", *args)
+        deadline = time.time() + 120
+        while not os.path.isdir(ctx.p("out")) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        time.sleep(6)  # the model built, windows under way
+        if proc.poll() is None:
+            proc.send_signal(signum)
+        r = ctx.finish(proc, 120)
+        created = ctx.compare(before)
+        one_line = [ln for ln in r.err.splitlines() if ln.strip() and "interrupted" in ln.lower()]
+        return ctx.interrupted(r, signum, lambda: (f"left behind: {', '.join(created)}" if created else None)
+                               or (None if len(one_line) == 1 else f"{len(one_line)} 'interrupted' lines"))
+
+    return run
+
+
+add("eval", "SIGINT during the evaluation", "exit 130, nothing left", _eval_signal(signal.SIGINT))
+add("eval", "SIGTERM during the evaluation", "exit 143, nothing left", _eval_signal(signal.SIGTERM))
+
+
+# ---------------------------------------------------------------- demo: settings and files
+
+DEMO_SETTINGS = [
+    ("alpha=2", "alpha"), ("alpha=nan", "alpha"), ("alpha=-0.1", "alpha"), ("query=[-1,0]", "query"),
+    ("query=[1]", "query"), ("query=[1000,5]", "query"), ("query=[nan,3]", "query"), ("model.gamma=nan", "model.gamma"),
+    ("model.delta=inf", "model.delta"), ("slide.stride=[0,0]", "slide.stride"), ("slide.window_batch=-1", "slide.window_batch"),
+    ("prompts=[]", "prompt"), ("prompts=[cat,cat]", "cat"), ('prompts=[""]', "empty"), ("prompts=null", "prompts"),
+    ("prompts_file=nothing.txt", "nothing.txt"), ("precision=fp8", "precision"), ("device=tpu", "device"),
+    ("alhpa=0.3", "alpha"), ("model.maskclip.temperature=0", "model.maskclip.temperature"),
+    ("figure=maybe", "figure"), ("overwrite=2", "overwrite"),
+]
+
+
+def _demo(extra: Sequence[str], *names: str, prepare: Callable[[Ctx], None] | None = None,
+          env: dict[str, str] | None = None, image: str = "photo.png") -> Callable[[Ctx], Outcome]:
+    def run(ctx: Ctx) -> Outcome:
+        save_image(ctx.p("photo.png"), 40, 56)
+        if prepare:
+            prepare(ctx)
+        r, created = ctx.tool("demo.py", *ctx.fx.demo_args(image), *extra, env=env)
+        return ctx.error(r, *names, created=created)
+
+    return run
+
+
+for _setting, _name in DEMO_SETTINGS:
+    add("demo", _setting, "error", _demo([_setting], _name))
+
+add("demo", "prompts and prompts_file", "error",
+    _demo(["prompts_file=cls.txt"], "prompts_file", prepare=lambda c: garbage(c.p("cls.txt"), b"cat\n") and None))
+add("demo", "prompts_file not UTF-8", "error",
+    _demo(["prompts=null", "prompts_file=cls.txt"], "cls.txt", prepare=lambda c: garbage(c.p("cls.txt"), NON_UTF8)
+          and None))
+add("demo", "prompts_file is a folder", "error",
+    _demo(["prompts=null", "prompts_file=cls.txt"], "cls.txt", prepare=lambda c: os.makedirs(c.p("cls.txt"))))
+add("demo", "prompts_file empty", "error",
+    _demo(["prompts=null", "prompts_file=cls.txt"], "cls.txt", prepare=lambda c: garbage(c.p("cls.txt"), b"") and None))
+add("demo", "prompts_file 300 classes", "error",
+    _demo(["prompts=null", "prompts_file=cls.txt"], "300",
+          prepare=lambda c: garbage(c.p("cls.txt"), "\n".join(f"class {i}" for i in range(300)).encode()) and None))
+add("demo", "image missing", "error", _demo([], "nothing.png", image="nothing.png"))
+add("demo", "image garbage", "error", _demo([], "bad.png", image="bad.png",
+                                            prepare=lambda c: garbage(c.p("bad.png")) and None))
+add("demo", "image empty file", "error", _demo([], "bad.png", image="bad.png",
+                                               prepare=lambda c: garbage(c.p("bad.png"), b"") and None))
+add("demo", "image truncated", "error",
+    _demo([], "cut.jpg", image="cut.jpg",
+          prepare=lambda c: (Image.fromarray(random_image(200, 300)).save(c.p("cut.jpg")), truncate(c.p("cut.jpg")))
+          and None))
+add("demo", "image decompression bomb", "error",
+    _demo([], "big.png", image="big.png", env=BOMB_ENV, prepare=lambda c: save_image(c.p("big.png"), 100, 100) and None))
+add("demo", "empty image folder", "error", _demo([], "empty", image="empty", prepare=lambda c: os.makedirs(c.p("empty"))))
+add("demo", "glob matching nothing", "error", _demo([], "*.webp", image="*.webp"))
+add("demo", "query with a folder", "error",
+    _demo(["query=[1,1]"], "query", image="many", prepare=lambda c: save_image(c.p("many", "a.png")) and None))
+add("demo", "output is a file", "error", _demo([], "output", prepare=lambda c: garbage(c.p("out")) and None))
+add("demo", "model.checkpoint garbage", "error", _demo(["model.checkpoint=bad.pt"], "bad.pt",
+                                                       prepare=lambda c: garbage(c.p("bad.pt")) and None))
+add("demo", "model.clip.pretrained truncated", "error",
+    _demo(["model.clip.pretrained=cut.pt"], "cut.pt", prepare=lambda c: _copy_truncated(c.fx.clip, "cut.pt")(c) and None))
+
+
+@case("demo", "rerun into existing outputs", "refused, unchanged")
+def _(ctx: Ctx) -> Outcome:
+    save_image(ctx.p("photo.png"), 40, 56)
+    first, _ = ctx.tool("demo.py", *ctx.fx.demo_args())
+    if first.rc != 0:
+        return ctx.success(first)
+    r, created = ctx.tool("demo.py", *ctx.fx.demo_args(), "prompts=[cat,sofa]")
+    return ctx.error(r, "photo_", created=created)
+
+
+def _demo_ok(h: int, w: int, mode: str = "RGB", name: str = "photo.png") -> Callable[[Ctx], Outcome]:
+    def run(ctx: Ctx) -> Outcome:
+        array = random_image(h, w)
+        if mode == "I;16":
+            Image.fromarray((array[..., 0].astype(np.uint16) * 257)).save(ctx.p(name))
+        elif mode == "RGBA":
+            Image.fromarray(np.dstack([array, np.full((h, w), 128, np.uint8)])).save(ctx.p(name))
+        elif mode == "P":
+            Image.fromarray(array).convert("P").save(ctx.p(name))
+        elif mode == "CMYK":
+            Image.fromarray(array).convert("CMYK").save(ctx.p(name))
+        else:
+            Image.fromarray(array).save(ctx.p(name))
+        r, _ = ctx.tool("demo.py", *ctx.fx.demo_args(name))
+        return ctx.success(r, lambda: demo_problem(ctx, os.path.splitext(name)[0], (h, w)))
+
+    return run
+
+
+add("demo", "image 1x1", "exit 0, 1x1 labels", _demo_ok(1, 1))
+add("demo", "image 1xN", "exit 0, 1xN labels", _demo_ok(1, 90))
+add("demo", "image Nx1", "exit 0, Nx1 labels", _demo_ok(90, 1))
+add("demo", "image 16-bit grayscale", "exit 0", _demo_ok(30, 40, "I;16"))
+add("demo", "image RGBA", "exit 0", _demo_ok(30, 40, "RGBA"))
+add("demo", "image palette", "exit 0", _demo_ok(30, 40, "P"))
+add("demo", "image CMYK JPEG", "exit 0", _demo_ok(30, 40, "CMYK", "photo.jpg"))
+
+
+@case("demo", "folder with a decompression bomb", "exit 0, bomb skipped and counted")
+def _(ctx: Ctx) -> Outcome:
+    save_image(ctx.p("many", "a_small.png"), 20, 30)
+    save_image(ctx.p("many", "b_big.png"), 100, 100)
+    garbage(ctx.p("many", "c_broken.jpg"))
+    r, _ = ctx.tool("demo.py", *ctx.fx.demo_args("many"), env=BOMB_ENV)
+
+    def check() -> str | None:
+        if "skipped 2" not in r.last or "b_big.png" not in r.last or "c_broken.jpg" not in r.last:
+            return f"the last line does not count the 2 skipped files: {r.last}"
+        if any(n.startswith(("b_big", "c_broken")) for n in os.listdir(ctx.p("out"))):
+            return "outputs written for a skipped image"
+        return demo_problem(ctx, "a_small", (20, 30))
+
+    return ctx.success(r, check)
+
+
+def _text_cache(corrupt: Callable[[str], None]) -> Callable[[Ctx], Outcome]:
+    """Fill a text cache, corrupt every entry, run again: recomputed, same labels."""
+
+    def run(ctx: Ctx) -> Outcome:
+        save_image(ctx.p("photo.png"), 40, 56)
+        env = {"XDG_CACHE_HOME": ctx.p("cache")}
+        first, _ = ctx.tool("demo.py", *ctx.fx.demo_args(output="out1"), env=env)
+        if first.rc != 0:
+            return ctx.success(first)
+        folder = ctx.p("cache", "clip_dinoiser", "text")
+        entries = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+        if not entries:
+            return Outcome(WRONG, "no text-cache entries written", first.last)
+        for name in entries:
+            corrupt(os.path.join(folder, name))
+        r, _ = ctx.tool("demo.py", *ctx.fx.demo_args(output="out2"), env=env, allowed=["cache/*"])
+
+        def check() -> str | None:
+            a = np.asarray(Image.open(ctx.p("out1", "photo_labels.png")))
+            b = np.asarray(Image.open(ctx.p("out2", "photo_labels.png")))
+            return None if np.array_equal(a, b) else "labels differ from the run with a sound cache"
+
+        return ctx.success(r, check)
+
+    return run
+
+
+def _entry_of_shape(path: str) -> None:
+    import torch
+
+    torch.save({"embedding": torch.zeros(5), "name": "x"}, path)
+
+
+def _entry_2d(path: str) -> None:
+    import torch
+
+    torch.save({"embedding": torch.zeros(2, 32), "name": "x"}, path)
+
+
+def _entry_nan(path: str) -> None:
+    import torch
+
+    torch.save({"embedding": torch.full((32,), float("nan")), "name": "x"}, path)
+
+
+def _entry_not_a_dict(path: str) -> None:
+    import torch
+
+    torch.save(torch.zeros(32), path)
+
+
+add("demo", "text cache: entries of the wrong shape", "exit 0, recomputed", _text_cache(_entry_of_shape))
+add("demo", "text cache: 2-D entries", "exit 0, recomputed", _text_cache(_entry_2d))
+add("demo", "text cache: NaN entries", "exit 0, recomputed", _text_cache(_entry_nan))
+add("demo", "text cache: entries not a mapping", "exit 0, recomputed", _text_cache(_entry_not_a_dict))
+add("demo", "text cache: garbage entries", "exit 0, recomputed", _text_cache(lambda p: garbage(p) and None))
+add("demo", "text cache: truncated entries", "exit 0, recomputed", _text_cache(lambda p: truncate(p) and None))
+add("demo", "text cache: entries are folders", "exit 0, recomputed",
+    _text_cache(lambda p: (os.remove(p), os.makedirs(p)) and None))
+
+
+# ---------------------------------------------------------------- app: bad configurations must not serve
+
+APP_SETTINGS = [
+    ("port=0", "port"), ("port=70000", "port"), ("port=nan", "port"), ("port=-1", "port"), ("alpha=2", "alpha"),
+    ("alpha=nan", "alpha"), ("slide.stride=[0,0]", "slide.stride"), ("precision=fp8", "precision"),
+    ("device=tpu", "device"), ("prt=8080", "port"), ("model.gamma=nan", "model.gamma"),
+    ("examples=[missing.jpg]", "missing.jpg"), ("model.maskclip.temperature=0", "model.maskclip.temperature"),
+]
+
+
+def _app(extra: Sequence[str], *names: str, prepare: Callable[[Ctx], list[str] | None] | None = None,
+         port: int | None = None) -> Callable[[Ctx], Outcome]:
+    def run(ctx: Ctx) -> Outcome:
+        more = (prepare(ctx) if prepare else None) or []
+        args = [a for a in ctx.fx.app_args(port) if not any(a.startswith(e.split("=")[0] + "=") for e in extra)]
+        r, created = ctx.tool("app.py", *args, *extra, *more, timeout=90)
+        return ctx.error(r, *names, created=created)
+
+    return run
+
+
+for _setting, _name in APP_SETTINGS:
+    add("app", _setting, "error before serving", _app([_setting], _name))
+add("app", "examples=[garbage.jpg]", "error before serving",
+    _app(["examples=[bad.jpg]"], "bad.jpg", prepare=lambda c: garbage(c.p("bad.jpg")) and None))
+add("app", "examples=[a folder]", "error before serving",
+    _app(["examples=[pics]"], "pics", prepare=lambda c: os.makedirs(c.p("pics"))))
+add("app", "model.checkpoint garbage", "error before serving",
+    _app(["model.checkpoint=bad.pt"], "bad.pt", prepare=lambda c: garbage(c.p("bad.pt")) and None))
+
+
+@case("app", "port already in use", "error, one line")
+def _(ctx: Ctx) -> Outcome:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        r, created = ctx.tool("app.py", *ctx.fx.app_args(port), timeout=120)
+    return ctx.error(r, str(port), created=created)
+
+
+@case("app", "SIGTERM to a serving app", "exit 143, one line")
+def _(ctx: Ctx) -> Outcome:
+    proc = ctx.popen("app.py", *ctx.fx.app_args())
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        for line in proc.stderr:
+            lines.append(line)
+            if "ready:" in line:
+                ready.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    ready.wait(180)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    reader.join(10)
+    r = Proc(proc.cmd_list, proc.returncode, proc.stdout.read() if proc.stdout else "", "".join(lines))
+    ctx.procs.append(r)
+    if not ready.is_set():
+        return Outcome(TRACEBACK, r.last or "never served", f"exit {r.rc}")
+    return ctx.interrupted(r, signal.SIGTERM)
+
+
+# ---------------------------------------------------------------- app: the page's handlers (in this process)
+
+
+def _handler(call: Callable[[Any, Any, Ctx], Any], *names: str, ok: Callable[[Any], str | None] | None = None,
+             env: dict[str, str] | None = None) -> Callable[[Ctx], Outcome]:
+    """``call(module, segmenter, ctx)``: a ``gr.Error`` naming ``names`` expected (or, with ``ok``,
+    a result that ``ok`` accepts)."""
+
+    def run(ctx: Ctx) -> Outcome:
+        module, segmenter = ctx.fx.app_module()
+        import gradio as gr
+
+        before = ctx.snap()
+        with _environ(env):
+            try:
+                result = call(module, segmenter, ctx)
+            except gr.Error as e:
+                ctx.compare(before)
+                message = str(getattr(e, "message", e))
+                if ok is not None:
+                    return Outcome(TRACEBACK, message, "gr.Error for a valid input")
+                missing = [n for n in names if n.lower() not in message.lower()]
+                if "\n" in message.strip() or missing:
+                    return Outcome(UNCLEAR, message, f"does not name {', '.join(missing)}" if missing else "")
+                if ctx.dir in message or ctx.fx.base in message:
+                    return Outcome(UNCLEAR, message, "shows the server's folder")
+                return Outcome(OK, message)
+            except Exception as e:
+                ctx.compare(before)
+                return Outcome(TRACEBACK, f"{type(e).__name__}: {e}".splitlines()[0], _tb())
+        ctx.compare(before, allowed=["downloads/*"])
+        if ok is None:
+            return Outcome(WRONG, "no error for a bad upload")
+        problem = ok(result)
+        return Outcome(WRONG, problem) if problem else Outcome(OK, "answered")
+
+    return run
+
+
+@contextlib.contextmanager
+def _environ(extra: dict[str, str] | None):
+    saved = {k: os.environ.get(k) for k in (extra or {})}
+    os.environ.update(extra or {})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _tb() -> str:
+    return "".join(traceback.format_exc().splitlines(True)[-6:])
+
+
+def _segment(path_of: Callable[[Ctx], str | None], prompts: str = "cat, dog, background"):
+    def call(module, segmenter, ctx: Ctx):
+        os.makedirs(ctx.p("downloads"), exist_ok=True)
+        return segmenter.segment(path_of(ctx), prompts, True, True, ctx.p("downloads"))
+
+    return call
+
+
+def _photo(ctx: Ctx, h: int = 40, w: int = 56) -> str:
+    return save_image(ctx.p("upload.png"), h, w)
+
+
+add("app-handler", "upload missing", "gr.Error naming it",
+    _handler(_segment(lambda c: c.p("gone.png")), "gone.png"))
+add("app-handler", "upload is a folder", "gr.Error naming it",
+    _handler(_segment(lambda c: os.makedirs(c.p("pics")) or c.p("pics")), "pics"))
+add("app-handler", "upload garbage", "gr.Error naming it",
+    _handler(_segment(lambda c: garbage(c.p("bad.png"))), "bad.png"))
+add("app-handler", "upload truncated", "gr.Error naming it",
+    _handler(_segment(lambda c: truncate(save_image(c.p("cut.png"), 200, 300))), "cut.png"))
+add("app-handler", "upload decompression bomb", "gr.Error naming it",
+    _handler(_segment(lambda c: save_image(c.p("big.png"), 100, 100)), "big.png", env=BOMB_ENV))
+add("app-handler", "no upload", "gr.Error", _handler(_segment(lambda c: None), "upload"))
+add("app-handler", "empty class list", "gr.Error", _handler(_segment(_photo, " , ,"), "class"))
+add("app-handler", "300 classes", "gr.Error", _handler(_segment(_photo, ",".join(f"c{i}" for i in range(300))), "256"))
+add("app-handler", "a class twice", "gr.Error", _handler(_segment(_photo, "cat, dog, Cat"), "cat"))
+add("app-handler", "upload 1x1", "answered",
+    _handler(_segment(lambda c: _photo(c, 1, 1)), ok=lambda r: None if r[0].data.labels.shape == (1, 1)
+             else f"labels {r[0].data.labels.shape}"))
+add("app-handler", "upload 1xN", "answered",
+    _handler(_segment(lambda c: _photo(c, 1, 70)), ok=lambda r: None if r[0].data.labels.shape == (1, 70)
+             else f"labels {r[0].data.labels.shape}"))
+add("app-handler", "click before Segment", "gr.Error", _handler(lambda m, s, c: s.click(None, [1, 1]), "Segment"))
+
+
+def _click_outside(module, segmenter, ctx: Ctx):
+    result = _segment(_photo)(module, segmenter, ctx)
+    return segmenter.click(result[0], [500, 3])
+
+
+add("app-handler", "click outside the image", "gr.Error", _handler(_click_outside, "inside"))
+add("app-handler", "preview of a garbage upload", "gr.Error naming it",
+    _handler(lambda m, s, c: m.show_upload(garbage(c.p("bad.png"))), "bad.png"))
+
+
+# ---------------------------------------------------------------- train: settings
+
+TRAIN_SETTINGS = [
+    ("train.corr_lr=nan", "train.corr_lr"), ("train.found_lr=inf", "train.found_lr"), ("train.corr_lr=0", "train.corr_lr"),
+    ("train.step_lr_gamma=-1", "train.step_lr_gamma"), ("train.milestones=[-1]", "train.milestones"),
+    ("train.milestones=[nan]", "train.milestones"), ("train.im_size=8", "train.im_size"),
+    ("train.batch_size=0", "train.batch_size"), ("train.epochs=-1", "train.epochs"), ("train.ds_size=0", "train.ds_size"),
+    ("train.seed=-1", "train.seed"), ("train.save_every=0", "train.save_every"),
+    ("train.keep_checkpoints=0", "train.keep_checkpoints"), ("train.stop_after=0", "train.stop_after"),
+    ("train.num_workers=-2", "train.num_workers"), ("model.gamma=nan", "model.gamma"), ("model.delta=-5", "model.delta"),
+    ("model.proj_dim=-16", "model.proj_dim"), ("eval.limit=0", "eval.limit"), ("eval.slide.stride=[0,0]", "eval.slide.stride"),
+    ("eval.num_workers=-1", "eval.num_workers"), ("train.lr=0.1", "corr_lr"), ("precision=fp8", "precision"),
+    ("device=tpu", "device"), ("train.batch_size=abc", "train.batch_size"), ("teachers.dino.type=bogus", "bogus"),
+    ("teachers.found.antialias=maybe", "teachers.found.antialias"), ("train.epochs=1e9", "train.epochs"),
+    ("train.milestones=[10,5]", "train.milestones"),
+]
+
+
+def _source(ctx: Ctx, what: str) -> str:
+    return {"heads": ctx.fx.heads, "decoder": ctx.fx.decoder}.get(what) or ctx.fx.teacher[what]
+
+
+def _train(extra: Sequence[str], *names: str, prepare: Callable[[Ctx], list[str] | None] | None = None,
+           data: str | None = None, env: dict[str, str] | None = None) -> Callable[[Ctx], Outcome]:
+    def run(ctx: Ctx) -> Outcome:
+        more = (prepare(ctx) if prepare else None) or []
+        r, created = ctx.tool("train.py", *ctx.fx.train_args(data), *extra, *more, env=env)
+        return ctx.error(r, *names, created=created)
+
+    return run
+
+
+for _setting, _name in TRAIN_SETTINGS:
+    add("train", _setting, "error", _train([_setting], _name))
+
+add("train", "eval.enabled with a missing benchmark", "error",
+    _train(["eval.enabled=true", "eval.data.root=nowhere"], "nowhere"))
+for _key, _src in (("teachers.found.decoder", "decoder"), ("teachers.dino.pretrained", "dino"),
+                   ("teachers.found.pretrained", "found"), ("train.init", "heads")):
+    add("train", f"{_key} missing", "error", _train([f"{_key}=missing.pt"], "missing.pt"))
+    add("train", f"{_key} garbage", "error", _train([], "bad.pt", prepare=lambda c, k=_key: [
+        f"{k}={garbage(c.p('bad.pt'))}"]))
+    add("train", f"{_key} truncated", "error", _train([], "cut.pt", prepare=lambda c, k=_key, s=_src: [
+        f"{k}={_copy_truncated(_source(c, s), 'cut.pt')(c)}"]))
+    add("train", f"{_key} is a folder", "error", _train([], "w.pt", prepare=lambda c, k=_key: [
+        f"{k}={_folder('w.pt')(c)}"]))
+add("train", "teachers.found.decoder is the heads file", "error",
+    _train([], "heads.pt", prepare=lambda c: [f"teachers.found.decoder={c.fx.heads}"]))
+add("train", "train.init is DINO's weights", "error",
+    _train([], "dino.pth", prepare=lambda c: [f"train.init={c.fx.teacher['dino']}"]))
+add("train", "model.clip.pretrained garbage", "error",
+    _train([], "bad.pt", prepare=lambda c: [f"model.clip.pretrained={garbage(c.p('bad.pt'))}"]))
+add("train", "train.data missing", "error", _train([], "nowhere", data="nowhere"))
+add("train", "train.data is a file", "error", _train([], "file.png", data="file.png",
+                                                     prepare=lambda c: save_image(c.p("file.png")) and None))
+add("train", "train.data without images", "error", _train([], "empty", data="empty",
+                                                          prepare=lambda c: os.makedirs(c.p("empty"))))
+add("train", "train.data with a garbage image", "error",
+    _train([], "broken.jpg", data="imgs",
+           prepare=lambda c: (write_images(c.p("imgs"), 4), garbage(c.p("imgs", "broken.jpg"))) and None))
+add("train", "train.data with a decompression bomb", "error",
+    _train(["train.ds_size=null"], "big.png", data="imgs", env=BOMB_ENV,
+           prepare=lambda c: (write_images(c.p("imgs"), 4, (20, 30)), save_image(c.p("imgs", "big.png"), 100, 100))
+           and None))
+add("train", "train.output is a file", "error", _train([], "train.output",
+                                                       prepare=lambda c: garbage(c.p("run")) and None))
+
+
+def _train_ok(prepare: Callable[[Ctx], list[str]], check: Callable[[Ctx, Proc], str | None],
+              env: dict[str, str] | None = None) -> Callable[[Ctx], Outcome]:
+    def run(ctx: Ctx) -> Outcome:
+        more = prepare(ctx)
+        r, _ = ctx.tool("train.py", *ctx.fx.train_args("imgs"), *more, env=env)
+        return ctx.success(r, lambda: check(ctx, r))
+
+    return run
+
+
+def _iterations(expected: int) -> Callable[[Ctx, Proc], str | None]:
+    def check(ctx: Ctx, r: Proc) -> str | None:
+        lines = open(ctx.p("run", "metrics.jsonl")).read().splitlines()
+        if len(lines) != expected:
+            return f"{len(lines)} iterations, expected {expected}"
+        return None if os.path.isfile(ctx.p("run", "last.pt")) else "no last.pt"
+
+    return check
+
+
+def _loop_folder(ctx: Ctx) -> list[str]:
+    write_images(ctx.p("imgs"), 4, nested=False)
+    os.symlink("..", ctx.p("imgs", "loop"))
+    os.symlink(".", ctx.p("imgs", "self"))
+    return ["train.ds_size=null", "train.epochs=1"]
+
+
+add("train", "symlink loops in the image folder", "exit 0, 2 iterations (4 images)", _train_ok(_loop_folder, _iterations(2)))
+add("train", "bad images skipped (train.skip_bad_images)", "exit 0, 2 iterations",
+    _train_ok(lambda c: (write_images(c.p("imgs"), 4, (20, 30)), save_image(c.p("imgs", "big.png"), 100, 100),
+                         garbage(c.p("imgs", "broken.jpg"))) and ["train.skip_bad_images=true", "train.ds_size=null",
+                                                                   "train.epochs=1"],
+              _iterations(2), env=BOMB_ENV))
+add("train", "thin training images (1xN, Nx1)", "exit 0",
+    _train_ok(lambda c: (save_image(c.p("imgs", "a.png"), 1, 90), save_image(c.p("imgs", "b.png"), 90, 1),
+                         save_image(c.p("imgs", "c.png"), 1, 1), save_image(c.p("imgs", "d.png"), 50, 60)) and
+              ["train.ds_size=null", "train.epochs=1"], _iterations(2)))
+
+
+# ---------------------------------------------------------------- train: run folders, resume, signals
+
+
+@case("train", "new run into an existing run", "refused, unchanged")
+def _(ctx: Ctx) -> Outcome:
+    run = ctx.fx.copy_run(ctx, ctx.fx.train_run())
+    r, created = ctx.tool("train.py", *ctx.fx.train_args(output=run), "train.seed=5")
+    return ctx.error(r, "train.output", created=created)
+
+
+@case("train", "train.output holding only a config.yaml", "refused, unchanged")
+def _(ctx: Ctx) -> Outcome:
+    os.makedirs(ctx.p("run"))
+    garbage(ctx.p("run", "config.yaml"), b"# my settings\ntrain: {epochs: 3}\n")
+    r, created = ctx.tool("train.py", *ctx.fx.train_args(output="run"))
+    return ctx.error(r, "config.yaml", created=created)
+
+
+def _resume(change: Callable[[Ctx, str], list[str] | None], *names: str, source: str = "train",
+            allowed: Sequence[str] = ()) -> Callable[[Ctx], Outcome]:
+    def run(ctx: Ctx) -> Outcome:
+        run_dir = ctx.fx.copy_run(ctx, ctx.fx.train_run() if source == "train" else ctx.fx.stopped_run())
+        more = change(ctx, run_dir) or []
+        r, created = ctx.tool("train.py", f"train.resume={run_dir}", *more, allowed=allowed)
+        return ctx.error(r, *names, created=created)
+
+    return run
+
+
+add("train", "resume of a missing folder", "error", _resume(lambda c, r: ["train.resume=nowhere"], "nowhere"))
+add("train", "resume without config.yaml", "error", _resume(lambda c, r: os.remove(c.p(r, "config.yaml")), "config.yaml"))
+add("train", "resume: config.yaml garbage YAML", "error",
+    _resume(lambda c, r: garbage(c.p(r, "config.yaml"), b"train: [unclosed\n  - : :\n") and None, "config.yaml"))
+add("train", "resume: config.yaml not UTF-8", "error",
+    _resume(lambda c, r: garbage(c.p(r, "config.yaml"), b"train:\n  epochs: 3 \xff\n") and None, "config.yaml"))
+add("train", "resume: config.yaml empty", "error",
+    _resume(lambda c, r: garbage(c.p(r, "config.yaml"), b"") and None, "config.yaml"))
+add("train", "resume: config.yaml a list", "error",
+    _resume(lambda c, r: garbage(c.p(r, "config.yaml"), b"- a\n- b\n") and None, "config.yaml"))
+add("train", "resume: config.yaml with train.corr_lr .nan", "error",
+    _resume(lambda c, r: _edit_yaml(c.p(r, "config.yaml"), "corr_lr:", "  corr_lr: .nan"), "train.corr_lr",
+            source="stopped"))
+add("train", "resume: config.yaml is a folder", "error",
+    _resume(lambda c, r: _replace_with_folder(c.p(r, "config.yaml")), "config.yaml"))
+add("train", "resume with changed settings", "error",
+    _resume(lambda c, r: ["train.batch_size=1", "model.gamma=0.3"], "train.batch_size", "model.gamma", source="stopped"))
+add("train", "resume with train.epochs below the checkpoint", "error",
+    _resume(lambda c, r: ["train.epochs=1"], "train.epochs"))
+add("train", "resume of a finished run", "error", _resume(lambda c, r: [], "train.epochs"))
+add("train", "resume with train.epochs=nan", "error", _resume(lambda c, r: ["train.epochs=nan"], "train.epochs"))
+add("train", "resume: every checkpoint garbage", "error", _resume(lambda c, r: _spoil_checkpoints(c.p(r)), "iter_",
+                                                                 source="stopped"))
+add("train", "resume: no checkpoint", "error",
+    _resume(lambda c, r: shutil.rmtree(c.p(r, "checkpoints")), "checkpoint", source="stopped"))
+add("train", "resume: a checkpoint of another shape", "error",
+    _resume(lambda c, r: shutil.copy(c.fx.heads, c.p(r, "checkpoints", "iter_0000002.pt")) and None, "iter_0000002.pt",
+            source="stopped"))
+
+
+def _spoil_checkpoints(run: str) -> None:
+    for name in os.listdir(os.path.join(run, "checkpoints")):
+        garbage(os.path.join(run, "checkpoints", name))
+
+
+def _edit_yaml(path: str, starts: str, replacement: str) -> None:
+    lines = open(path).read().splitlines()
+    lines = [replacement if ln.strip().startswith(starts) else ln for ln in lines]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+@case("train", "resume: newest checkpoint truncated", "exit 0, falls back")
+def _(ctx: Ctx) -> Outcome:
+    run = ctx.fx.copy_run(ctx, ctx.fx.stopped_run())
+    write_images(ctx.p("more"), 1)
+    shutil.copy(ctx.p(run, "checkpoints", "iter_0000002.pt"), ctx.p(run, "checkpoints", "iter_0000003.pt"))
+    truncate(ctx.p(run, "checkpoints", "iter_0000003.pt"))
+    r, _ = ctx.tool("train.py", f"train.resume={run}", allowed=[f"{run}/checkpoints/*", f"{run}/last.pt"])
+    return ctx.success(r, lambda: _iterations(6)(ctx, r))
+
+
+@case("train", "stop_after=3 with save_every=2, then resume", "iteration 3 saved; resume exit 0")
+def _(ctx: Ctx) -> Outcome:
+    first, _ = ctx.tool("train.py", *ctx.fx.train_args(output="run"), "train.stop_after=3")
+    verdict = ctx.success(first, lambda: None if 3 in checkpoints(ctx.p("run")) else
+                          f"checkpoints {checkpoints(ctx.p('run'))}: iteration 3 not saved")
+    if verdict.klass != OK:
+        return verdict
+    r, _ = ctx.tool("train.py", "train.resume=run", allowed=["run/checkpoints/*", "run/last.pt"])
+    return ctx.success(r, lambda: _iterations(6)(ctx, r))
+
+
+def _train_signal(signum: int) -> Callable[[Ctx], Outcome]:
+    def run(ctx: Ctx) -> Outcome:
+        before = ctx.snap()
+        proc = ctx.popen("train.py", *ctx.fx.train_args(output="run"), "train.epochs=2000", "train.save_every=100000",
+                         "train.num_workers=1")
+        deadline = time.time() + 240
+        while not os.path.isdir(ctx.p("run", "checkpoints")) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        time.sleep(3)
+        if proc.poll() is None:
+            proc.send_signal(signum)
+        r = ctx.finish(proc, 180)
+        ctx.compare(before)
+
+        def check() -> str | None:
+            if "train.resume=" not in r.last:
+                return "no resume command in the last line"
+            try:
+                iteration = int(r.last.split("iteration ")[1].split(" ")[0])
+            except (IndexError, ValueError):
+                return "the last line names no iteration"
+            saved = checkpoints(ctx.p("run"))
+            if iteration not in saved:
+                return f"iteration {iteration} announced, checkpoints {saved}"
+            return None
+
+        verdict = ctx.interrupted(r, signum, check)
+        if verdict.klass != OK:
+            return verdict
+        saved = max(checkpoints(ctx.p("run")))
+        again, _ = ctx.tool("train.py", "train.resume=run", "train.stop_after=1", allowed=["run/checkpoints/*"])
+        return ctx.success(again, lambda: None if saved + 1 in checkpoints(ctx.p("run")) else
+                           f"resumed from {saved} with train.stop_after=1: checkpoints {checkpoints(ctx.p('run'))}")
+
+    return run
+
+
+add("train", "SIGINT during training", "exit 130, saved, resumable", _train_signal(signal.SIGINT))
+add("train", "SIGTERM during training", "exit 143, saved, resumable", _train_signal(signal.SIGTERM))
+
+
+@case("train", "two concurrent trainings into one train.output", "one exit 0, one exit 2")
+def _(ctx: Ctx) -> Outcome:
+    before = ctx.snap()
+    procs = [ctx.popen("train.py", *ctx.fx.train_args(output="run")) for _ in range(2)]
+    done = [ctx.finish(p, 400) for p in procs]
+    ctx.compare(before, allowed=["run/*", "run/*/*"])
+
+    def check() -> str | None:
+        from clip_dinoiser.models import load_heads_state
+        from clip_dinoiser.readers import read_config
+
+        load_heads_state(ctx.p("run", "last.pt"))
+        read_config(ctx.p("run", "config.yaml"))
+        return _iterations(6)(ctx, done[0])
+
+    return _one_winner(ctx, done, "train.output", check)
+
+
+# ---------------------------------------------------------------- train_target
+
+TARGET_SETTINGS = [
+    ("train.lr=nan", "train.lr"), ("train.momentum=2", "train.momentum"), ("train.weight_decay=-1", "train.weight_decay"),
+    ("train.poly_power=0", "train.poly_power"), ("train.min_lr=-1", "train.min_lr"), ("train.crop=[0,0]", "train.crop"),
+    ("train.scale=[64]", "train.scale"), ("train.ratio_range=[0,1]", "train.ratio_range"),
+    ("train.conf_thresh=2", "train.conf_thresh"), ("train.self_train_from=0", "train.self_train_from"),
+    ("train.iterations=0", "train.iterations"), ("train.batch_size=nan", "train.batch_size"),
+    ("target.output_stride=0", "target.output_stride"), ("target.dropout=1", "target.dropout"),
+    ("target.dilations=[0]", "target.dilations"), ("target.c1_channels=-1", "target.c1_channels"),
+    ("target.arch=bogus", "target.arch"), ("target.backbone=bogus", "target.backbone"),
+    ("train.benchmark=bogus", "train.benchmark"), ("annotator.gamma=nan", "annotator.gamma"),
+    ("train.lrr=0.1", "lr"), ("precision=fp8", "precision"), ("device=tpu", "device"),
+    ("train.vocabulary=null", "train.vocabulary"), ("train.data=nowhere", "nowhere"),
+    ("train.vocabulary=nothing.txt", "nothing.txt"), ("annotator.name=bogus", "bogus"),
+    ("train.min_lr=1", "train.min_lr"),
+]
+
+
+def _target(extra: Sequence[str], *names: str, prepare: Callable[[Ctx], list[str] | None] | None = None
+            ) -> Callable[[Ctx], Outcome]:
+    def run(ctx: Ctx) -> Outcome:
+        more = (prepare(ctx) if prepare else None) or []
+        r, created = ctx.tool("train_target.py", *ctx.fx.target_args(), *extra, *more)
+        return ctx.error(r, *names, created=created)
+
+    return run
+
+
+for _setting, _name in TARGET_SETTINGS:
+    add("train_target", _setting, "error", _target([_setting], _name))
+
+add("train_target", "train.vocabulary not UTF-8", "error",
+    _target([], "voc.txt", prepare=lambda c: [f"train.vocabulary={garbage(c.p('voc.txt'), NON_UTF8)}"]))
+add("train_target", "train.vocabulary empty", "error",
+    _target([], "voc.txt", prepare=lambda c: [f"train.vocabulary={garbage(c.p('voc.txt'), b'')}"]))
+add("train_target", "train.data without images", "error",
+    _target([], "empty", prepare=lambda c: os.makedirs(c.p("empty")) or ["train.data=empty"]))
+add("train_target", "train.data with a garbage image", "error",
+    _target([], "broken.png", prepare=lambda c: (write_images(c.p("imgs"), 4), garbage(c.p("imgs", "broken.png")))
+            and ["train.data=imgs"]))
+add("train_target", "target.pretrained garbage", "error",
+    _target([], "bad.pt", prepare=lambda c: [f"target.pretrained={garbage(c.p('bad.pt'))}"]))
+add("train_target", "annotator.checkpoint garbage", "error",
+    _target([], "bad.pt", prepare=lambda c: [f"annotator.checkpoint={garbage(c.p('bad.pt'))}"]))
+
+
+def _voc_train_root(ctx: Ctx, split: bool) -> list[str]:
+    write_voc(ctx.p("voc"), split="train")
+    if not split:
+        shutil.rmtree(ctx.p("voc", "ImageSets"))
+    return ["train.benchmark=voc20", "train.data=voc", "train.vocabulary=null"]
+
+
+def _voc_empty_split(ctx: Ctx) -> list[str]:
+    args = _voc_train_root(ctx, True)
+    open(ctx.p("voc", "ImageSets", "Segmentation", "train.txt"), "w").close()
+    return args
+
+
+add("train_target", "voc20 without its split folder", "error",
+    _target([], "ImageSets", prepare=lambda c: _voc_train_root(c, False)))
+add("train_target", "voc20 with an empty split", "error", _target([], "train.txt", prepare=lambda c: _voc_empty_split(c)))
+
+
+@case("train_target", "resume of a finished run", "error")
+def _(ctx: Ctx) -> Outcome:
+    run = ctx.fx.copy_run(ctx, ctx.fx.target_run())
+    r, created = ctx.tool("train_target.py", f"train.resume={run}")
+    return ctx.error(r, "train.iterations", created=created)
+
+
+@case("train_target", "resume with changed settings", "error")
+def _(ctx: Ctx) -> Outcome:
+    run = ctx.fx.copy_run(ctx, ctx.fx.target_run())
+    r, created = ctx.tool("train_target.py", f"train.resume={run}", "train.lr=0.5")
+    return ctx.error(r, "train.lr", created=created)
+
+
+@case("train_target", "new run into an existing run", "refused, unchanged")
+def _(ctx: Ctx) -> Outcome:
+    run = ctx.fx.copy_run(ctx, ctx.fx.target_run())
+    r, created = ctx.tool("train_target.py", *ctx.fx.target_args(output=run))
+    return ctx.error(r, "train.output", created=created)
+
+
+@case("train_target", "stop_after=3 with save_every=2, then resume", "iteration 3 saved; resume exit 0")
+def _(ctx: Ctx) -> Outcome:
+    first, _ = ctx.tool("train_target.py", *ctx.fx.target_args(), "train.stop_after=3")
+    verdict = ctx.success(first, lambda: None if 3 in checkpoints(ctx.p("run")) else
+                          f"checkpoints {checkpoints(ctx.p('run'))}: iteration 3 not saved")
+    if verdict.klass != OK:
+        return verdict
+    r, _ = ctx.tool("train_target.py", "train.resume=run", allowed=["run/checkpoints/*", "run/last.pt"])
+    return ctx.success(r, lambda: None if os.path.isfile(ctx.p("run", "last.pt")) else "no last.pt")
+
+
+@case("train_target", "SIGTERM during training", "exit 143, saved")
+def _(ctx: Ctx) -> Outcome:
+    proc = ctx.popen("train_target.py", *ctx.fx.target_args(), "train.iterations=100000", "train.save_every=100000")
+    deadline = time.time() + 240
+    while not os.path.isfile(ctx.p("run", "metrics.jsonl")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(1)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    r = ctx.finish(proc, 180)
+
+    def check() -> str | None:
+        try:
+            iteration = int(r.last.split("iteration ")[1].split(" ")[0])
+        except (IndexError, ValueError):
+            return "the last line names no iteration"
+        if "train.resume=" not in r.last:
+            return "no resume command"
+        return None if iteration in checkpoints(ctx.p("run")) else f"iteration {iteration} not saved"
+
+    return ctx.interrupted(r, signal.SIGTERM, check)
+
+
+# ---------------------------------------------------------------- summarize
+
+
+def _summarize(prepare: Callable[[Ctx], list[str]], *names: str) -> Callable[[Ctx], Outcome]:
+    def run(ctx: Ctx) -> Outcome:
+        args = prepare(ctx)
+        r, created = ctx.tool("summarize.py", *args)
+        return ctx.error(r, *names, created=created)
+
+    return run
+
+
+def _eval_copy(ctx: Ctx, name: str = "a") -> str:
+    dest = ctx.p("runs", name)
+    shutil.copytree(ctx.fx.eval_run(), dest)
+    return dest
+
+
+def _broken(file: str, data: bytes) -> Callable[[Ctx], list[str]]:
+    def prepare(ctx: Ctx) -> list[str]:
+        _eval_copy(ctx, "a")
+        run = _eval_copy(ctx, "b")
+        if file == "metrics.jsonl":
+            shutil.rmtree(run)
+            shutil.copytree(ctx.fx.train_run(), run)
+        garbage(os.path.join(run, file), data)
+        return ["runs"]
+
+    return prepare
+
+
+add("summarize", "folder missing", "error", _summarize(lambda c: ["nowhere"], "nowhere"))
+add("summarize", "folder is a file", "error", _summarize(lambda c: [garbage(c.p("file.txt")) and "file.txt"], "file.txt"))
+add("summarize", "no runs in the folder", "error", _summarize(lambda c: os.makedirs(c.p("runs")) or ["runs"], "runs"))
+add("summarize", "results.json garbage", "error", _summarize(_broken("results.json", b"{not json"), "results.json"))
+add("summarize", "results.json not UTF-8", "error", _summarize(_broken("results.json", b'{"voc": "\xff"}'), "results.json"))
+add("summarize", "results.json a list", "error", _summarize(_broken("results.json", b"[1, 2]"), "results.json"))
+add("summarize", "results.json mIoU a string", "error",
+    _summarize(_broken("results.json", b'{"voc": {"mIoU": "high"}}'), "results.json"))
+add("summarize", "results.json benchmark a list", "error",
+    _summarize(_broken("results.json", b'{"voc": [1, 2]}'), "results.json"))
+add("summarize", "results.json empty", "error", _summarize(_broken("results.json", b""), "results.json"))
+add("summarize", "config.yaml garbage", "error", _summarize(_broken("config.yaml", b"a: [b\n - : :"), "config.yaml"))
+add("summarize", "config.yaml not UTF-8", "error", _summarize(_broken("config.yaml", b"model: \xff\n"), "config.yaml"))
+add("summarize", "config.yaml a list", "error", _summarize(_broken("config.yaml", b"- a\n- b\n"), "config.yaml"))
+add("summarize", "config.yaml is a folder", "error",
+    _summarize(lambda c: (_eval_copy(c), _replace_with_folder(c.p("runs", "a", "config.yaml"))) and ["runs"],
+               "config.yaml"))
+add("summarize", "metrics.jsonl garbage line", "error", _summarize(_broken("metrics.jsonl", b'{"loss": 1}\n{oops\n'),
+                                                                   "metrics.jsonl"))
+add("summarize", "metrics.jsonl not UTF-8", "error", _summarize(_broken("metrics.jsonl", b'{"loss": 1}\n\xff\n'),
+                                                                "metrics.jsonl"))
+add("summarize", "metrics.jsonl line a list", "error", _summarize(_broken("metrics.jsonl", b'{"loss": 1}\n[1, 2]\n'),
+                                                                  "metrics.jsonl"))
+add("summarize", "metrics.jsonl value a string", "error",
+    _summarize(_broken("metrics.jsonl", b'{"loss": 1}\n{"loss": "high"}\n'), "metrics.jsonl"))
+add("summarize", "--output is a file", "error",
+    _summarize(lambda c: (_eval_copy(c), garbage(c.p("sum"))) and ["runs", "--output", "sum"], "sum"))
+add("summarize", "no argument", "error", _summarize(lambda c: [], "folders"))
+
+
+@case("summarize", "eval and training runs", "exit 0, tables")
+def _(ctx: Ctx) -> Outcome:
+    _eval_copy(ctx, "a")
+    shutil.copytree(ctx.fx.train_run(), ctx.p("runs", "t"))
+    r, _ = ctx.tool("summarize.py", "runs", "--output", "sum")
+    return ctx.success(r, lambda: None if {"summary.md", "summary.csv"} <= set(os.listdir(ctx.p("sum")))
+                       else f"wrote {os.listdir(ctx.p('sum'))}")
+
+
+@case("summarize", "metrics.jsonl with NaN and inf", "exit 0")
+def _(ctx: Ctx) -> Outcome:
+    shutil.copytree(ctx.fx.train_run(), ctx.p("runs", "t"))
+    with open(ctx.p("runs", "t", "metrics.jsonl"), "a") as f:
+        f.write('{"iteration": 7, "loss": NaN, "lr": Infinity}\n')
+    r, _ = ctx.tool("summarize.py", "runs", "--output", "sum")
+    return ctx.success(r, lambda: None if os.path.isfile(ctx.p("sum", "summary.md")) else "no summary.md")
+
+
+# ---------------------------------------------------------------- benchmark.py (argument errors only)
+
+BENCHMARK_ARGS = [
+    (["eval", "--device", "tpu"], "device"), (["startup", "--repeat", "0"], "--repeat"),
+    (["eval", "--json", "nowhere/out.json"], "nowhere"), (["eval", "--clip", "missing.json"], "missing.json"),
+    (["eval", "--images", "-1"], "--images"), (["train", "--workers", "-1"], "--workers"),
+    (["train", "--iters", "nan"], "--iters"), (["bogus"], "bogus"), (["eval", "--window-batch", "0"], "--window-batch"),
+    (["target", "--crop", "0"], "--crop"), (["train", "--batch", "0"], "--batch"),
+]
+
+
+def _benchmark(args: list[str], name: str, prepare: Callable[[Ctx], None] | None = None) -> Callable[[Ctx], Outcome]:
+    def run(ctx: Ctx) -> Outcome:
+        if prepare:
+            prepare(ctx)
+        r, created = ctx.tool("benchmark.py", *args, timeout=120)
+        return ctx.error(r, name, created=created)
+
+    return run
+
+
+for _args, _name in BENCHMARK_ARGS:
+    add("benchmark", " ".join(_args), "error", _benchmark(_args, _name))
+add("benchmark", "--json is a folder", "error",
+    _benchmark(["eval", "--json", "out", "--device", "tpu"], "out", prepare=lambda c: os.makedirs(c.p("out"))))
+add("benchmark", "--json into a file's folder", "error",
+    _benchmark(["eval", "--json", "f/out.json"], "f", prepare=lambda c: garbage(c.p("f")) and None))
+add("benchmark", "startup --clip garbage JSON", "error",
+    _benchmark(["startup", "--clip", "bad.json", "--repeat", "1"], "bad.json",
+               prepare=lambda c: garbage(c.p("bad.json"), b"{not json") and None))
+
+
+# ---------------------------------------------------------------- the Python API (in this process)
+
+
+def _api(call: Callable[[Ctx], Any], *names: str, ok: Callable[[Any], str | None] | None = None,
+         env: dict[str, str] | None = None) -> Callable[[Ctx], Outcome]:
+    """``call(ctx)``: a one-line ``UserError`` / ``OSError`` naming ``names`` expected (or, with
+    ``ok``, a result that ``ok`` accepts)."""
+
+    def run(ctx: Ctx) -> Outcome:
+        from clip_dinoiser.errors import UserError
+
+        before = ctx.snap()
+        with _environ(env):
+            try:
+                result = call(ctx)
+            except (UserError, OSError) as e:
+                ctx.compare(before)
+                message = str(e)
+                if ok is not None:
+                    return Outcome(TRACEBACK, f"{type(e).__name__}: {message}".splitlines()[0], "an error for a "
+                                   "valid input")
+                missing = [n for n in names if n.lower() not in message.lower()]
+                if "\n" in message.strip() or missing:
+                    return Outcome(UNCLEAR, message.splitlines()[0] if message else type(e).__name__,
+                                   f"does not name {', '.join(missing)}" if missing else "more than one line")
+                return Outcome(OK, f"{type(e).__name__}: {message}")
+            except Exception as e:
+                ctx.compare(before)
+                return Outcome(TRACEBACK, f"{type(e).__name__}: {e}".splitlines()[0], _tb())
+        ctx.compare(before)
+        if ok is None:
+            return Outcome(WRONG, f"no error, returned {type(result).__name__}")
+        problem = ok(result)
+        return Outcome(WRONG, problem) if problem else Outcome(OK, "returned a correct result")
+
+    return run
+
+
+def _load(**kw: Any) -> Callable[[Ctx], Any]:
+    def call(ctx: Ctx):
+        import clip_dinoiser
+
+        settings = {"weights": ctx.fx.heads, "device": "cpu", "clip": {"name": ctx.fx.clip_json,
+                                                                       "pretrained": ctx.fx.clip},
+                    "proj_dim": 16, "slide": SLIDE_DICT}
+        settings.update({k: (v(ctx) if callable(v) else v) for k, v in kw.items()})
+        return clip_dinoiser.load("clip_dinoiser", **settings)
+
+    return call
+
+
+add("api", "load(gamma=nan)", "error", _api(_load(gamma=float("nan")), "gamma"))
+add("api", "load(delta=-5)", "error", _api(_load(delta=-5), "delta"))
+add("api", "load(device='tpu')", "error", _api(_load(device="tpu"), "device"))
+add("api", "load(precision='fp8')", "error", _api(_load(precision="fp8"), "precision"))
+add("api", "load(slide stride 0)", "error", _api(_load(slide={"stride": [0, 0]}), "slide.stride"))
+add("api", "load(slide unknown key)", "error", _api(_load(slide={"strid": [8, 8]}), "strid"))
+add("api", "load(weights missing)", "error", _api(_load(weights="missing.pt"), "missing.pt"))
+add("api", "load(weights garbage)", "error", _api(_load(weights=lambda c: garbage(c.p("bad.pt"))), "bad.pt"))
+add("api", "load(unknown key gama)", "error", _api(_load(gama=0.3), "gama"))
+add("api", "load(name bogus)", "error", _api(lambda c: __import__("clip_dinoiser").load("bogus", device="cpu"), "bogus"))
+add("api", "load(clip weights garbage)", "error",
+    _api(_load(clip=lambda c: {"name": c.fx.clip_json, "pretrained": garbage(c.p("bad.pt"))}), "bad.pt"))
+add("api", "load(temperature=0)", "error", _api(_load(maskclip={"temperature": 0}), "temperature"))
+
+
+def _seg(image: Callable[[Ctx], Any], classes: Any = ("cat", "dog")) -> Callable[[Ctx], Any]:
+    return lambda ctx: ctx.fx.segmenter().segment(image(ctx), list(classes) if isinstance(classes, tuple) else classes)
+
+
+def _shape_ok(h: int, w: int, k: int = 2) -> Callable[[Any], str | None]:
+    def ok(result) -> str | None:
+        if result.labels.shape != (h, w) or result.probs.shape != (k, h, w):
+            return f"labels {result.labels.shape}, probs {result.probs.shape}"
+        if not np.array_equal(result.labels, result.probs.argmax(0)):
+            return "labels are not the argmax of probs"
+        if not np.allclose(result.probs.sum(0), 1, atol=1e-4):
+            return "probabilities do not sum to 1"
+        return None
+
+    return ok
+
+
+add("api", "segment(missing path)", "error", _api(_seg(lambda c: c.p("gone.jpg")), "gone.jpg"))
+add("api", "segment(a folder)", "error", _api(_seg(lambda c: c.dir), os.sep))
+add("api", "segment(garbage file)", "error", _api(_seg(lambda c: garbage(c.p("bad.png"))), "bad.png"))
+add("api", "segment(truncated file)", "error",
+    _api(_seg(lambda c: truncate(save_image(c.p("cut.png"), 200, 300))), "cut.png"))
+add("api", "segment(decompression bomb)", "error",
+    _api(_seg(lambda c: save_image(c.p("big.png"), 100, 100)), "big.png", env=BOMB_ENV))
+add("api", "segment(0 x 5 array)", "error", _api(_seg(lambda c: np.zeros((0, 5, 3), np.uint8)), "shape"))
+add("api", "segment(float array with NaN)", "error",
+    _api(_seg(lambda c: np.full((8, 8, 3), np.nan, np.float32)), "[0, 1]"))
+add("api", "segment(float array above 1)", "error", _api(_seg(lambda c: np.full((8, 8, 3), 3.0)), "[0, 1]"))
+add("api", "segment(4-D array)", "error", _api(_seg(lambda c: np.zeros((1, 8, 8, 3), np.uint8)), "shape"))
+add("api", "segment(an int)", "error", _api(_seg(lambda c: 5), "image"))
+add("api", "segment(None)", "error", _api(_seg(lambda c: None), "image"))
+add("api", "segment(classes=[])", "error", _api(_seg(lambda c: random_image(8, 8), []), "empty"))
+add("api", "segment(classes with a twin)", "error", _api(_seg(lambda c: random_image(8, 8), ["cat", "Cat"]), "cat"))
+add("api", "segment(classes=[''])", "error", _api(_seg(lambda c: random_image(8, 8), [""]), "empty"))
+add("api", "segment(classes=None)", "error", _api(_seg(lambda c: random_image(8, 8), None), "class"))
+add("api", "segment(1x1 array)", "correct shapes", _api(_seg(lambda c: random_image(1, 1)), ok=_shape_ok(1, 1)))
+add("api", "segment(1xN array)", "correct shapes", _api(_seg(lambda c: random_image(1, 75)), ok=_shape_ok(1, 75)))
+add("api", "segment(Nx1 array)", "correct shapes", _api(_seg(lambda c: random_image(75, 1)), ok=_shape_ok(75, 1)))
+add("api", "segment(16-bit PNG)", "correct shapes",
+    _api(_seg(lambda c: save_16bit(c.p("a.png"), np.arange(30 * 40).reshape(30, 40) * 50)), ok=_shape_ok(30, 40)))
+add("api", "segment(RGBA array)", "correct shapes",
+    _api(_seg(lambda c: np.dstack([random_image(20, 30), np.zeros((20, 30), np.uint8)])), ok=_shape_ok(20, 30)))
+add("api", "segment(classes as one string)", "correct shapes",
+    _api(_seg(lambda c: random_image(20, 30), "cat"), ok=_shape_ok(20, 30, 1)))
+add("api", "segment(empty list of images)", "[]", _api(_seg(lambda c: []), ok=lambda r: None if r == [] else repr(r)))
+
+
+# ================================================================= running
+
+
+def select(cases: list[Case], patterns: Sequence[str]) -> list[Case]:
+    if not patterns:
+        return cases
+    return [c for c in cases if any(fnmatch.fnmatch(c.key, p) or p in c.key for p in patterns)]
+
+
+def run_case(fx: Fixtures, c: Case, index: int, base: str) -> tuple[Outcome, Ctx]:
+    slug = "".join(ch if ch.isalnum() else "_" for ch in c.key)[:60]
+    ctx = Ctx(fx, os.path.join(base, "cases", f"{index:03d}_{slug}"))
+    try:
+        outcome = c.fn(ctx)
+    except Exception as e:  # a fault of the battery itself (or a fixture): reported, the battery goes on
+        outcome = Outcome(TRACEBACK, f"battery: {type(e).__name__}: {e}".splitlines()[0], _tb())
+    if ctx.lost:
+        outcome = Outcome(LOST, "; ".join(ctx.lost[:4]), f"{outcome.klass}: {outcome.message}")
+    return outcome, ctx
+
+
+def table(rows: list[tuple[Case, Outcome]], markdown: bool) -> str:
+    def cut(s: str, n: int) -> str:
+        s = " ".join(s.split())
+        return s if len(s) <= n else s[: n - 1] + "…"
+
+    head = ("case", "tool", "expected", "outcome", "message")
+    data = [(c.name, c.tool, c.expect, o.klass, o.message) for c, o in rows]
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(cut(x, 140).replace("|", "\\|") for x in row) + " |" for row in data]
+        return "\n".join(lines)
+    widths = [min(max([len(h)] + [len(r[i]) for r in data]), lim) for i, (h, lim) in enumerate(zip(head, (44, 12, 26, 12,
+                                                                                                       200)))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths[:-1]) + "  {}"
+    out = [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
+    out += [fmt.format(*(cut(x, w) for x, w in zip(row[:-1], widths[:-1])), cut(row[-1], 110)) for row in data]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", action="append", default=[], help="run the cases whose tool/name matches (repeatable)")
+    p.add_argument("--keep", action="store_true", help="keep the scratch folder (printed)")
+    p.add_argument("--list", action="store_true", help="list the cases and exit")
+    p.add_argument("--markdown", help="also write the table, counts and details as Markdown here")
+    args = p.parse_args(argv)
+    chosen = select(CASES, args.only)
+    if args.list:
+        for c in chosen:
+            print(f"{c.tool:<13} {c.name:<50} {c.expect}")
+        print(f"{len(chosen)} cases")
+        return 0
+    if not chosen:
+        print(f"error: no case matches {args.only}", file=sys.stderr)
+        return 2
+    base = tempfile.mkdtemp(prefix="fault_battery_")
+    os.environ.update({"XDG_CACHE_HOME": os.path.join(base, "cache"), "HF_HUB_OFFLINE": "1",
+                       "GRADIO_ANALYTICS_ENABLED": "False"})
+    os.environ.pop("CLIP_DINOISER_MAX_IMAGE_PIXELS", None)
+    t0 = time.time()
+    print(f"building fixtures in {base} ...", flush=True)
+    fx = Fixtures(base)
+    rows: list[tuple[Case, Outcome]] = []
+    details: list[str] = []
+    try:
+        for i, c in enumerate(chosen, 1):
+            t = time.time()
+            outcome, ctx = run_case(fx, c, i, base)
+            rows.append((c, outcome))
+            print(f"[{i:3d}/{len(chosen)}] {outcome.klass:<12} {c.key}  ({time.time() - t:.1f} s)  "
+                  f"{' '.join(outcome.message.split())[:120]}", flush=True)
+            if outcome.klass != OK:
+                details.append(detail(c, outcome, ctx))
+    finally:
+        if not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
+    counts = {k: sum(o.klass == k for _, o in rows) for k in CLASSES}
+    summary = "  ".join(f"{k}: {v}" for k, v in counts.items())
+    print()
+    print(table(rows, markdown=False))
+    print(f"\n{len(rows)} cases in {(time.time() - t0) / 60:.1f} min: {summary}")
+    if details:
+        print("\nNot ok:\n\n" + "\n\n".join(details))
+    if args.keep:
+        print(f"\nscratch folder kept: {base}")
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(table(rows, markdown=True) + "\n\n")
+            f.write("| class | cases |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in counts.items()))
+            f.write(f"| total | {len(rows)} |\n")
+            if details:
+                f.write("\n## Not ok\n\n" + "\n\n".join("```\n" + d + "\n```" for d in details) + "\n")
+    return 0 if counts[OK] == len(rows) else 1
+
+
+def detail(c: Case, outcome: Outcome, ctx: Ctx) -> str:
+    lines = [f"* {c.key} [{outcome.klass}] expected: {c.expect}", f"  finding: {outcome.message}"]
+    if outcome.note:
+        lines.append("  note: " + outcome.note.strip().replace("\n", "\n        "))
+    for proc in ctx.procs[-2:]:
+        lines.append(f"  command (in {ctx.dir}): {proc.shown()}")
+        tail = [ln for ln in proc.err.splitlines() if ln.strip()][-8:]
+        lines.append(f"  exit: {proc.rc}{' (timed out)' if proc.timed_out else ''}; stderr tail:")
+        lines += [f"    {ln[:300]}" for ln in tail]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
