@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 from ..config import config_error
 from ..errors import UserError
-from .signals import Interrupted, stop_at_once
+from .signals import Interrupted, handled, stop_at_once
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def user_errors_as_one_line(fn: Callable[..., Any]) -> Callable[..., Any]:
             print(f"error: {one_line(e)}", file=sys.stderr)
             sys.exit(2)
         except Interrupted as e:
-            print(interrupted_message(e), file=sys.stderr)
+            print(interrupted_message(handled(e)), file=sys.stderr)
             sys.exit(e.exit_code)
 
     return wrapper

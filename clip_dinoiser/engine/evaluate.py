@@ -24,7 +24,7 @@ from ..models.maskclip import Decoding
 from ..models.text import Classes, read_vocabulary_file
 from . import distributed as dist
 from .inference import SlidingWindows
-from .signals import ignore_signals
+from .signals import ignore_signals, raise_if_stopped
 
 log = logging.getLogger(__name__)
 
@@ -359,6 +359,7 @@ class Evaluator:
         """Batches of (image, label, original size, paths) on ``device``; a bad label value is an error."""
         copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         for batch in self.batches(items):
+            raise_if_stopped()  # a signal whose exception was swallowed stops the evaluation here
             for path, bad in zip(batch["seg_map_path"], batch["bad_labels"]):
                 if bad:
                     raise UserError(f"{bench.name}: annotation {path} has labels {bad} outside "

@@ -28,7 +28,7 @@ from ..files import save_atomic
 from ..readers import read_weights
 from . import distributed as dist
 from .runs import METRICS, RunFolder
-from .signals import Interrupted, StopRequest, ignore_signals
+from .signals import Interrupted, StopRequest, handled, ignore_signals, raise_if_stopped
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +177,7 @@ def run_loop(task: Task, sampler: ResumableBatchSampler, tcfg: Mapping[str, Any]
     try:
         with StopRequest() as stop:
             for it, batch in enumerate(loader, start):
+                raise_if_stopped()
                 loss, scalars = _step(task, module, batch, device, optimizer, scheduler)
                 done = it + 1
                 curves.add(done, {"loss": loss.detach(), **scalars, **_learning_rates(optimizer)})
@@ -193,7 +194,7 @@ def run_loop(task: Task, sampler: ResumableBatchSampler, tcfg: Mapping[str, Any]
             raise Interrupted(stop.signum)
     except Interrupted as e:  # after a second signal, the iteration under way is lost; the last save stays
         e.run_dir, e.iteration = (run.path if run else None), (saved if saved > 0 else None)
-        raise
+        raise handled(e) from None
     finally:
         bar.close()
         curves.close()

@@ -8,7 +8,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import sys
 from collections.abc import Iterator
+from typing import ClassVar
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,14 @@ class Interrupted(KeyboardInterrupt):
 class StopRequest:
     """While active, SIGINT and SIGTERM set ``signum`` (the loop stops after its current step
     and saves); a second signal raises ``Interrupted`` at once. With ``immediate``, the first
-    signal raises. Outside the main thread signals keep their default behaviour."""
+    signal raises. Outside the main thread signals keep their default behaviour.
+
+    An exception raised by a signal handler can land where Python swallows it (a finalizer, the
+    logging module's lock release: "Exception ignored in ..."), so a signal that raises is also
+    kept in ``StopRequest.pending`` (the process's, as signals are), and long loops call
+    ``raise_if_stopped`` between steps."""
+
+    pending: ClassVar[int | None] = None  # a signal that raised, not yet handled
 
     def __init__(self, *, immediate: bool = False) -> None:
         self.immediate = immediate
@@ -56,10 +65,19 @@ class StopRequest:
                 self._previous[s] = signal.signal(s, self._handle)
         except ValueError:  # not the main thread
             self._previous = {}
+        self._hook = sys.unraisablehook
+        sys.unraisablehook = self._unraisable
         return self
+
+    def _unraisable(self, unraisable) -> None:
+        """An ``Interrupted`` swallowed where it landed is not shown (``raise_if_stopped`` raises it
+        again where it can be handled); anything else is reported as Python would."""
+        if not isinstance(unraisable.exc_value, Interrupted):
+            self._hook(unraisable)
 
     def _handle(self, signum: int, frame) -> None:
         if self.immediate or self.signum is not None:
+            StopRequest.pending = signum
             raise Interrupted(signum)
         self.signum = signum
         log.warning("%s: stopping after this iteration (again to stop at once)", signal.Signals(signum).name)
@@ -68,6 +86,19 @@ class StopRequest:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
         self._previous = {}
+        sys.unraisablehook = self._hook
+
+
+def raise_if_stopped() -> None:
+    """Raise ``Interrupted`` for a signal whose exception was swallowed where it landed."""
+    if StopRequest.pending is not None:
+        raise Interrupted(StopRequest.pending)
+
+
+def handled(e: Interrupted) -> Interrupted:
+    """Mark the signal of ``e`` as acted upon (the next run in this process starts clean)."""
+    StopRequest.pending = None
+    return e
 
 
 def ignore_signals(_worker_id: int = 0) -> None:
