@@ -176,4 +176,4 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     register_configs()
-    launch(main, schema=EvalConfig, groups={"model": "clip_dinoiser", "data": "voc"})
+    launch(main, schema=EvalConfig, groups={"model": "clip_dinoiser", "data": "voc", "corruption": "clean"})
