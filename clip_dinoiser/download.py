@@ -30,6 +30,7 @@ from .files import default_cache_dir
 log = logging.getLogger(__name__)
 
 RELEASED_NAME = "released"
+MIRROR_ENV = "CLIP_DINOISER_RELEASES_URL"  # a mirror holding the released files under their cache names (read per call)
 
 
 @dataclass(frozen=True)
@@ -111,10 +112,20 @@ def resolve_released(value: str | None, which: str, url: str | None = None, cach
         return value
     spec = RELEASED[which]
     folder = cache_dir or os.path.join(default_cache_dir(), "weights")
-    return fetch(url or spec.url, spec.git_blob, os.path.join(folder, spec.filename), key=key)
+    mirror = os.environ.get(MIRROR_ENV)
+    url = url or (f"{mirror.rstrip('/')}/{spec.filename}" if mirror else spec.url)
+    return fetch(url, spec.git_blob, os.path.join(folder, spec.filename), key=key)
 
 
-HUB_HOST = "huggingface.co"  # open_clip and timm weights come from the Hugging Face hub
+def hub_address() -> tuple[str, int]:
+    """(host, port) of the Hugging Face hub that open_clip and timm download from
+    (``HF_ENDPOINT``, default huggingface.co)."""
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    parts = urlsplit(constants.ENDPOINT)
+    return parts.hostname or "huggingface.co", parts.port or (443 if parts.scheme == "https" else 80)
 
 
 def hub_reachable(timeout: float = 2.0) -> bool:
@@ -122,7 +133,7 @@ def hub_reachable(timeout: float = 2.0) -> bool:
     if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return True
     try:
-        socket.create_connection((HUB_HOST, 443), timeout=timeout).close()
+        socket.create_connection(hub_address(), timeout=timeout).close()
         return True
     except OSError:
         return False
@@ -140,7 +151,7 @@ def hub_offline_if_unreachable() -> Iterator[bool]:
 
     previous = constants.HF_HUB_OFFLINE
     if not previous and not hub_reachable():
-        log.info("%s cannot be reached: using the local hub cache only", HUB_HOST)
+        log.info("%s cannot be reached: using the local hub cache only", hub_address()[0])
         constants.HF_HUB_OFFLINE = True
     try:
         yield constants.HF_HUB_OFFLINE
