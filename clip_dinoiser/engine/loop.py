@@ -57,8 +57,11 @@ class Task(Protocol):
         """(the loss to minimise, scalars to log) for one batch on the device; ``module`` is
         ``self.module`` or its DDP wrapper (call that one, so gradients are averaged)."""
 
-    def save_final(self, path: str) -> None:
-        """Write the trained result (``last.pt``) in the task's own format."""
+    def prepare(self, start: int) -> None:
+        """Before the first iteration (``start``: the one a resumed run continues from): train mode."""
+
+    def save_final(self, path: str) -> str:
+        """Write the trained result (``last.pt``) in the task's own format; returns a line for the log."""
 
 
 def latest_checkpoint(run_dir: str) -> str | None:
@@ -260,6 +263,70 @@ def _save_checkpoint(run: RunFolder, iteration: int, module: nn.Module, optimize
                  "scheduler": scheduler.state_dict()}, path)
     for old in sorted(glob.glob(os.path.join(run.path, CHECKPOINTS, "iter_*.pt")))[:-keep]:
         os.remove(old)
+
+
+RUN_FILES = ("config.yaml", "train.log", "last.pt", CHECKPOINTS, METRICS, TENSORBOARD, "results.json", "results.csv")
+
+
+def run_folder(cfg: Mapping[str, Any]) -> RunFolder:
+    """A training run's folder (``train.output``, or ``train.resume``'s), not yet claimed."""
+    tcfg = cfg["train"]
+    if tcfg.get("resume"):
+        return RunFolder(tcfg["resume"], RUN_FILES, key="train.resume", resume=True)
+    return RunFolder(tcfg["output"], RUN_FILES, key="train.output", overwrite=bool(cfg.get("overwrite")))
+
+
+def start_run(cfg: Mapping[str, Any], saved: Mapping[str, Any] | None = None) -> RunFolder:
+    """Claim the run folder; a new run then clears an earlier run's files (``overwrite=true``)
+    and writes its ``config.yaml`` (``saved``: what to record, default ``cfg``)."""
+    run = run_folder(cfg).claim()
+    if not cfg["train"].get("resume"):
+        if cfg.get("overwrite"):
+            run.clear()
+        run.write_config(saved if saved is not None else cfg)
+    return run
+
+
+def in_run_folder(cfg: Mapping[str, Any], device: torch.device, run: RunFolder | None, body, *,
+                  start: Any = start_run) -> str | None:
+    """``body(cfg, device, rank, world, run folder or None)`` under torchrun's process group (joined
+    here, left only if made here), in the run folder: the caller's (claimed), else claimed here by
+    ``start(cfg)`` on rank 0 and released after. Other ranks get no folder."""
+    with dist.process_group(device) as (rank, world):
+        if device.type == "cuda" and world > 1:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        own = run is None and rank == 0
+        run = start(cfg) if own else run
+        try:
+            return body(cfg, device, rank, world, run if rank == 0 else None)
+        finally:
+            if own:
+                run.release()
+
+
+def run_task(task: Task, sampler: ResumableBatchSampler, tcfg: Mapping[str, Any], run: RunFolder | None,
+             device: torch.device, rank: int, world: int) -> str | None:
+    """A whole run of ``task``: its optimizer, the newest checkpoint on resume (iterations left,
+    or a one-line error), the loop, then ``last.pt``; returns its path, or None when
+    ``train.stop_after`` ended this call."""
+    optimizer, scheduler = task.make_optimizer()
+    run_dir = tcfg.get("resume") or tcfg["output"]
+    start = restore(run_dir, task.module, optimizer, scheduler) if tcfg.get("resume") else 0
+    check_schedule(sampler.total, start, run_dir)
+    sampler.start = start
+    task.prepare(start)
+    if run is not None:
+        os.makedirs(run.file(CHECKPOINTS), exist_ok=True)
+    done = run_loop(task, sampler, tcfg, run, device, rank, world, start, optimizer, scheduler)
+    if done < sampler.total:
+        log.info("stopped after iteration %d of %d (train.stop_after): continue with train.resume=%s", done,
+                 sampler.total, run_dir)
+        return None
+    last = os.path.join(run_dir, "last.pt")
+    if rank == 0:
+        log.info("done: %d iterations; %s", sampler.total, task.save_final(last))
+    dist.barrier()
+    return last
 
 
 def batch_split_check(batch_size: int, n: int, world: int) -> None:

@@ -34,15 +34,19 @@ from ..models import build_model, check_model_config
 from ..models.target import build_target, check_target_config, convert_sync_batchnorm
 from ..values import check_precision
 from ..vocabulary import Vocabulary, read_vocabulary_file
-from . import distributed as dist
 from .inference import autocast
-from .loop import CHECKPOINTS, TENSORBOARD, batch_split_check, check_schedule, restore, run_loop
-from .runs import METRICS, RunFolder
+from .loop import (
+    batch_split_check,
+    in_run_folder,
+    run_folder,
+    run_task,
+    start_run,  # noqa: F401 (the training tool claims the run folder with it)
+)
+from .runs import RunFolder
 
 log = logging.getLogger(__name__)
 
 IGNORE = 255
-RUN_FILES = ("config.yaml", "train.log", "last.pt", CHECKPOINTS, METRICS, TENSORBOARD, "results.json", "results.csv")
 
 
 def split_and_vocabulary(tcfg: TargetTrainSettings) -> tuple[str, list[str], Vocabulary]:
@@ -94,13 +98,6 @@ def check_run_inputs(cfg: Mapping[str, Any], *, folder: bool = True) -> None:
     check_target_config(parse(TargetConfig, cfg.get("target"), "target"))
     check_model_config(cfg["annotator"])
     split_and_vocabulary(tcfg)
-
-
-def run_folder(cfg: Mapping[str, Any]) -> RunFolder:
-    tcfg = cfg["train"]
-    if tcfg.get("resume"):
-        return RunFolder(tcfg["resume"], RUN_FILES, key="train.resume", resume=True)
-    return RunFolder(tcfg["output"], RUN_FILES, key="train.output", overwrite=bool(cfg.get("overwrite")))
 
 
 def poly_schedule(optimizer: torch.optim.Optimizer, total: int, power: float, min_lr: float):
@@ -178,8 +175,15 @@ class TargetTraining:
         loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE, reduction="none").mean()
         return loss, label_statistics(labels, self.names, source)
 
-    def save_final(self, path: str) -> None:
+    def prepare(self, start: int) -> None:
+        self.iteration = start
+        self.module.train()
+        if self.record["target"]["norm_eval"]:
+            _freeze_norms(self.module)
+
+    def save_final(self, path: str) -> str:
         save_atomic(self.final_state(), path)
+        return f"the target network in {path} (evaluate: python tools/eval.py model=target model.checkpoint={path})"
 
     def final_state(self) -> dict[str, Any]:
         """``last.pt``: the network's weights and everything needed to rebuild it (``model=target``)."""
@@ -232,27 +236,7 @@ def train(cfg: Mapping[str, Any], device: torch.device, run: RunFolder | None = 
     and ``precision`` (``TrainTargetConfig``); ``run`` as ``engine.train.train``'s."""
     cfg = {**cfg, "train": plain(parse(TargetTrainSettings, cfg["train"], "train"))}
     check_run_inputs(cfg, folder=run is None and os.environ.get("RANK", "0") == "0")
-    with dist.process_group(device) as (rank, world):
-        if device.type == "cuda" and world > 1:
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        own = run is None and rank == 0
-        run = start_run(cfg) if own else run
-        try:
-            return _train_target(cfg, device, rank, world, run if rank == 0 else None)
-        finally:
-            if own:
-                run.release()
-
-
-def start_run(cfg: Mapping[str, Any]) -> RunFolder:
-    """Claim the run folder; a new run then clears an earlier run's files (``overwrite=true``)
-    and writes its ``config.yaml``."""
-    run = run_folder(cfg).claim()
-    if not cfg["train"].get("resume"):
-        if cfg.get("overwrite"):
-            run.clear()
-        run.write_config(cfg)
-    return run
+    return in_run_folder(cfg, device, run, _train_target)
 
 
 def _train_target(cfg: Mapping[str, Any], device: torch.device, rank: int, world: int,
@@ -261,28 +245,7 @@ def _train_target(cfg: Mapping[str, Any], device: torch.device, rank: int, world
     task = build_task(cfg, device, world)
     batch_size, total = int(tcfg["batch_size"]), iterations(parse(TargetTrainSettings, tcfg, "train"))
     batch_split_check(batch_size, len(task.files), world)
-    optimizer, scheduler = task.make_optimizer()
-    run_dir = tcfg.get("resume") or tcfg["output"]
     epochs = max(1, math.ceil(total * batch_size / max(len(task.files), 1)))
     sampler = ResumableBatchSampler(len(task.files), batch_size, epochs, int(tcfg["seed"]), rank=rank, world=world,
                                     iterations=total)
-    start = restore(run_dir, task.module, optimizer, scheduler) if tcfg.get("resume") else 0
-    check_schedule(total, start, run_dir)
-    sampler.start, task.iteration = start, start
-    task.module.train()
-    if task.record["target"]["norm_eval"]:
-        _freeze_norms(task.module)
-    if run is not None:
-        os.makedirs(run.file(CHECKPOINTS), exist_ok=True)
-    done = run_loop(task, sampler, tcfg, run, device, rank, world, start, optimizer, scheduler)
-    if done < total:
-        log.info("stopped after iteration %d of %d (train.stop_after): continue with train.resume=%s", done, total,
-                 run_dir)
-        return None
-    last = os.path.join(run_dir, "last.pt")
-    if rank == 0:
-        task.save_final(last)
-        log.info("done: %d iterations; the target network in %s (evaluate: python tools/eval.py model=target "
-                 "model.checkpoint=%s)", total, last, last)
-    dist.barrier()
-    return last
+    return run_task(task, sampler, tcfg, run, device, rank, world)

@@ -23,26 +23,15 @@ from ..errors import ConfigError, UserError
 from ..models import CLIPDINOiser, build_model, check_model_config, load_heads, save_heads
 from ..teachers import Teacher, build_teachers, by_head, check_teacher_files
 from ..values import check_precision
-from . import distributed as dist
 from .inference import autocast
-from .loop import (
-    CHECKPOINTS,
-    METRICS,
-    TENSORBOARD,
-    batch_split_check,
-    check_schedule,
-    latest_checkpoint,
-    restore,
-    run_loop,
-)
+from .loop import CHECKPOINTS, batch_split_check, in_run_folder, latest_checkpoint, run_folder, run_task
+from .loop import start_run as start_training
 from .runs import RunFolder
 
 log = logging.getLogger(__name__)
 
 # train.<key> holding the learning rate of each head
 HEAD_LR = MappingProxyType({"correlation": "corr_lr", "objectness": "found_lr"})
-# What a training run writes in its folder (checked before any work; replaced only with overwrite=true).
-RUN_FILES = ("config.yaml", "train.log", "last.pt", CHECKPOINTS, METRICS, TENSORBOARD, "results.json", "results.csv")
 
 
 def make_optimizer(heads: nn.Module, teachers: Mapping[str, Teacher],
@@ -69,14 +58,6 @@ def resume_checkpoint(run_dir: str) -> str:
     if path is None:
         raise FileNotFoundError(f"no checkpoint ({CHECKPOINTS}/iter_*.pt) in {run_dir} to resume from (train.resume)")
     return path
-
-
-def run_folder(cfg: Mapping[str, Any]) -> RunFolder:
-    """The run's folder (``train.output``, or ``train.resume``'s), not yet claimed."""
-    tcfg = cfg["train"]
-    if tcfg.get("resume"):
-        return RunFolder(tcfg["resume"], RUN_FILES, key="train.resume", resume=True)
-    return RunFolder(tcfg["output"], RUN_FILES, key="train.output", overwrite=bool(cfg.get("overwrite")))
 
 
 def check_run_inputs(cfg: Mapping[str, Any], *, folder: bool = True) -> None:
@@ -168,8 +149,12 @@ class Distiller:
             scheduler.step()
         return loss, scalars
 
-    def save_final(self, path: str) -> None:
+    def prepare(self, start: int) -> None:
+        self.student.heads.train()
+
+    def save_final(self, path: str) -> str:
         save_heads(self.student.heads, path, epoch=int(self.settings["epochs"]) - 1)
+        return f"heads in {path}"
 
 
 def build_distiller(cfg: Mapping[str, Any], device: torch.device, files: list[str] | None = None) -> Distiller:
@@ -231,29 +216,12 @@ def train(cfg: Mapping[str, Any], device: torch.device, run: RunFolder | None = 
     """
     cfg = {**cfg, "train": plain(parse(TrainSettings, cfg["train"], "train"))}  # checked, with the defaults
     check_run_inputs(cfg, folder=run is None and os.environ.get("RANK", "0") == "0")
-    with dist.process_group(device) as (rank, world):
-        if device.type == "cuda" and world > 1:
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        if rank != 0:
-            return _train(cfg, device, rank, world, None)
-        own = run is None
-        run = run or start_run(cfg)
-        try:
-            return _train(cfg, device, rank, world, run)
-        finally:
-            if own:
-                run.release()
+    return in_run_folder(cfg, device, run, _train, start=start_run)
 
 
 def start_run(cfg: Mapping[str, Any]) -> RunFolder:
-    """Claim the run folder; a new run then clears an earlier run's files (``overwrite=true``)
-    and writes its ``config.yaml``."""
-    run = run_folder(cfg).claim()
-    if not cfg["train"].get("resume"):
-        if cfg.get("overwrite"):
-            run.clear()
-        run.write_config(saved_config(cfg))
-    return run
+    """The run folder claimed (``loop.start_run``), its ``config.yaml`` recording the settings as run."""
+    return start_training(cfg, saved_config(cfg))
 
 
 def saved_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -264,29 +232,10 @@ def saved_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 def _train(cfg: Mapping[str, Any], device: torch.device, rank: int, world: int, run: RunFolder | None) -> str | None:
     tcfg = cfg["train"]
-    resuming = bool(tcfg.get("resume"))
     files = training_images(tcfg)
     batch_size = int(tcfg["batch_size"])
     batch_split_check(batch_size, len(files), world)
     task = build_distiller(cfg, device, files)
-    task.student.heads.train()
-    optimizer, scheduler = task.make_optimizer()
-    run_dir = tcfg.get("resume") or tcfg["output"]
     sampler = ResumableBatchSampler(len(files), batch_size, int(tcfg["epochs"]), int(tcfg["seed"]), rank=rank,
                                     world=world)
-    start = restore(run_dir, task.module, optimizer, scheduler) if resuming else 0
-    check_schedule(sampler.total, start, run_dir)
-    sampler.start = start
-    if run is not None:
-        os.makedirs(run.file(CHECKPOINTS), exist_ok=True)
-    done = run_loop(task, sampler, tcfg, run, device, rank, world, start, optimizer, scheduler)
-    if done < sampler.total:
-        log.info("stopped after iteration %d of %d (train.stop_after): continue with train.resume=%s", done,
-                 sampler.total, run_dir)
-        return None
-    last = os.path.join(run_dir, "last.pt")
-    if rank == 0:
-        task.save_final(last)
-        log.info("done: %d iterations; heads in %s", sampler.total, last)
-    dist.barrier()
-    return last
+    return run_task(task, sampler, tcfg, run, device, rank, world)
