@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import http.server
 import os
+import socket
 import subprocess
 import sys
 import threading
-import socket
 from types import MappingProxyType
 
 import pytest

@@ -167,7 +167,7 @@ def bench_train(device: torch.device, iters: int, batch: int, workers: int, n_im
     found_vit = FrozenViT(load_timm_vit(t["found"].arch, None))
     found = FOUNDTeacher(found_vit, torch.nn.Conv2d(found_vit.dim, 1, 1), antialias=False).to(device)
     teachers = {"dino": dino, "found": found}
-    optimizer, scheduler = make_optimizer(model.heads, teachers, plain(TrainSettings(data="")))
+    optimizer, scheduler = make_optimizer(model.heads, teachers, plain(TrainSettings(data="", output="unused")))
     images = torch.rand(batch, 3, 448, 448, device=device)
     out: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "batch": batch}
     for precision in ("fp32", "bf16"):
@@ -238,7 +238,7 @@ def bench_target(device: torch.device, iters: int, batch: int, crop: int) -> dic
     annotator = build_dinoiser(device)
     target = build_target(TargetConfig(pretrained=None), annotator.text.dim).to(device).train()
     target.set_classes(annotator.text.current.embeddings)
-    settings = plain(TargetTrainSettings(iterations=1000))
+    settings = plain(TargetTrainSettings(iterations=1000, output="unused"))
     images = torch.rand(batch, 3, crop, crop, device=device)
     valid = torch.ones(batch, crop, crop, dtype=torch.bool, device=device)
     out: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "batch": batch,
