@@ -86,3 +86,20 @@ def test_cuda_confusion_counts_are_exact_for_171_classes():
     assert torch.equal(conf.cpu(), torch.from_numpy(counts))
     theirs = torch.stack(IoUMetric.intersect_and_union(pred.cuda(), label.cuda().long(), k, 255))
     assert torch.equal(area_stats(pred.cuda(), label.cuda(), k).cpu(), theirs.long())
+
+
+def test_cuda_maskclip_plus_training_bf16(tmp_path, tiny_clip_file, tiny_heads_file):
+    """MaskCLIP+ on the GPU in bf16 (annotator and target under autocast): a finite loss, last.pt written."""
+    import json
+
+    from clip_dinoiser.engine import target_train
+
+    from .test_maskclip_plus import _cfg, voc_without_labels
+
+    root = voc_without_labels(str(tmp_path / "data"))
+    cfg = _cfg(tmp_path, tiny_clip_file, tiny_heads_file, root, iterations=3, self_train_from=None)
+    cfg["precision"] = "bf16"
+    last = target_train.train(cfg, torch.device("cuda"))
+    assert os.path.isfile(last)
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert len(rows) == 3 and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)

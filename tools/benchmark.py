@@ -156,9 +156,10 @@ def _bench_eval(evaluator: Evaluator, device: torch.device, n_images: int, windo
     return out
 
 
-def bench_train(device: torch.device, iters: int, batch: int, workers: int, n_images: int) -> dict:
+def heads_task(device: torch.device):
+    """CLIP-DINOiser with the paper's teachers (ViT-B/16-sized, random weights), and its optimizer."""
     from clip_dinoiser.config import TrainSettings, paper_teachers, plain
-    from clip_dinoiser.engine.train import Distiller, make_optimizer
+    from clip_dinoiser.engine.train import make_optimizer
     from clip_dinoiser.teachers import DINOTeacher, FOUNDTeacher, FrozenViT, load_timm_vit
 
     model = build_dinoiser(device)
@@ -167,7 +168,13 @@ def bench_train(device: torch.device, iters: int, batch: int, workers: int, n_im
     found_vit = FrozenViT(load_timm_vit(t["found"].arch, None))
     found = FOUNDTeacher(found_vit, torch.nn.Conv2d(found_vit.dim, 1, 1), antialias=False).to(device)
     teachers = {"dino": dino, "found": found}
-    optimizer, scheduler = make_optimizer(model.heads, teachers, plain(TrainSettings(data="", output="unused")))
+    return model, teachers, make_optimizer(model.heads, teachers, plain(TrainSettings(data="", output="unused")))
+
+
+def bench_train(device: torch.device, iters: int, batch: int, workers: int, n_images: int) -> dict:
+    from clip_dinoiser.engine.train import Distiller
+
+    model, teachers, (optimizer, scheduler) = heads_task(device)
     images = torch.rand(batch, 3, 448, 448, device=device)
     out: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "batch": batch}
     for precision in ("fp32", "bf16"):
@@ -229,13 +236,15 @@ def bench_train(device: torch.device, iters: int, batch: int, workers: int, n_im
 
 def bench_target(device: torch.device, iters: int, batch: int, crop: int) -> dict:
     """MaskCLIP+ training steps (annotator pass + DeepLabv2-R101 forward/backward + SGD) next to
-    the heads' distillation step, same batch, in one run (random weights; speed does not depend
-    on them). ``crop``: MaskCLIP+'s is 512 (480 for Context)."""
+    the heads' distillation step, same batch and image size, in one run (random weights; speed
+    does not depend on them). ``crop``: MaskCLIP+'s is 512 (480 for Context)."""
     from clip_dinoiser.config import TargetConfig, TargetTrainSettings, plain
     from clip_dinoiser.engine.target_train import TargetTraining
+    from clip_dinoiser.engine.train import Distiller
     from clip_dinoiser.models.target import build_target
 
-    annotator = build_dinoiser(device)
+    model, teachers, (heads_opt, heads_sched) = heads_task(device)
+    annotator = model
     target = build_target(TargetConfig(pretrained=None), annotator.text.dim).to(device).train()
     target.set_classes(annotator.text.current.embeddings)
     settings = plain(TargetTrainSettings(iterations=1000, output="unused"))
@@ -257,6 +266,10 @@ def bench_target(device: torch.device, iters: int, batch: int, crop: int) -> dic
         sec = timed(step, device, warmup=2, repeat=iters)
         out[f"target_step_iters_per_s_{precision}"] = 1 / sec
         out[f"projected_4000_iters_minutes_{precision}"] = 4000 * sec / 60
+        distiller = Distiller(model, teachers, gamma=model.decoding.gamma, precision=precision)
+        heads = timed(lambda d=distiller: d.step(images, heads_opt, heads_sched), device, warmup=2, repeat=iters)
+        out[f"heads_step_iters_per_s_{precision}"] = 1 / heads
+        out[f"target_step_over_heads_step_{precision}"] = heads / sec
     return out
 
 
