@@ -354,7 +354,8 @@ def run_tests(copy: str, tests: list[str], timeout: float, log: str) -> tuple[st
 
 def run(args: argparse.Namespace) -> None:
     copy = os.path.abspath(args.copy)
-    mutants = sample(all_mutants(args.files, copy), args.per_file, args.seed, copy)
+    mutants = sample(all_mutants(None, copy), args.per_file, args.seed, copy)  # the same sample, whatever --files
+    mutants = [mu for mu in mutants if not args.files or mu.file in args.files]
     if args.only_survivors:
         left = {r["id"] for r in _read(args.only_survivors) if r["status"] == "survived"}
         mutants = [mu for mu in mutants if mu.id in left]
@@ -400,13 +401,14 @@ def _read(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def report(before: str, after: str | None) -> str:
-    """Scores (killed / all; timeouts count as killed) and the mutants that survive every suite."""
+def report(before: str, afters: list[str]) -> str:
+    """Scores (killed / all; timeouts count as killed) and the mutants that survive every suite
+    (``before``: all mutants; ``afters``: later runs, e.g. on the survivors, with more tests)."""
     first = _read(before)
-    second = {r["id"]: r for r in _read(after)} if after else {}
     dead = {"killed", "timeout"}
+    killed_later = {r["id"] for after in afters for r in _read(after) if r["status"] in dead}
     killed_before = [r for r in first if r["status"] in dead]
-    survivors = [r for r in first if r["status"] not in dead and second.get(r["id"], r)["status"] not in dead]
+    survivors = [r for r in first if r["status"] not in dead and r["id"] not in killed_later]
     n = len(first)
     lines = [f"mutants: {n} in {len({r['file'] for r in first})} files",
              f"before: {len(killed_before)} killed, {n - len(killed_before)} survived "
@@ -437,11 +439,12 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--timeout", type=float, default=180.0, help="seconds per mutant")
     r.add_argument("--threads", type=int, default=2)
     rep.add_argument("before")
-    rep.add_argument("after", nargs="?")
+    rep.add_argument("after", nargs="*")
     args = p.parse_args(argv)
     if args.command == "list":
-        for mu in sample(all_mutants(args.files), args.per_file, args.seed):
-            print(f"{mu.file}:{mu.line}\t{mu.change}")
+        for mu in sample(all_mutants(), args.per_file, args.seed):
+            if not args.files or mu.file in args.files:
+                print(f"{mu.file}:{mu.line}\t{mu.change}")
     elif args.command == "run":
         if args.make_copy:
             make_copy(args.copy)
