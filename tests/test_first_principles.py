@@ -417,3 +417,19 @@ def test_distiller_resizes_training_images_as_configured(task):
     settings = {**task.settings, "antialias": True, "im_size": 96}
     other = Distiller(task.student, task.teachers, gamma=GAMMA, settings=settings, files=task.files).dataset()
     assert (other.antialias, other.size) == (True, 96)
+
+
+def test_binary_targets_at_exact_ties_follow_the_reference(tiny_teachers, monkeypatch):
+    """Ties decide a bit: DINO's target keeps a correlation equal to gamma (the reference zeroes
+    those below gamma, then keeps what is > 0), FOUND's drops a probability equal to 0.5 (> 0.5)."""
+    from clip_dinoiser.teachers import build_teachers
+
+    teachers = build_teachers(tiny_teachers)
+    dino, found = teachers["dino"], teachers["found"]
+    corrs = torch.tensor([[[0.2, 0.19999, 0.0, -0.3], [1.0, 0.2000001, 0.25, 0.1]]])
+    monkeypatch.setattr(dino, "correlations", lambda images: corrs)
+    target = dino.target(torch.zeros(1, 3, 16, 32), (1, 2), 0.2)
+    assert target.tolist() == [[[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 0.0]]]
+    probs = torch.tensor([[[[0.5, 0.5000001], [0.4999999, 1.0]]]])
+    monkeypatch.setattr(found, "probabilities", lambda images, size=None: probs)
+    assert found.target(torch.zeros(1, 3, 16, 16), (2, 2), 0.2).tolist() == [[[[0.0, 1.0], [0.0, 1.0]]]]
