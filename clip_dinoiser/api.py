@@ -84,9 +84,15 @@ class Segmenter:
         (comma-separated synonyms allowed in a name)."""
         from .engine.inference import resize_keep_ratio, slide_inference, to_tensor
 
+        if isinstance(classes, str):
+            classes = [classes]
+        if not isinstance(classes, Sequence) or not classes:
+            raise UserError(f"classes={classes!r}: give a list of class names, e.g. ['cat', 'sofa']")
         single = not isinstance(images, list | tuple)
+        if not single and not images:
+            raise UserError("images=[]: give an image, or a list of at least one")
         arrays = [as_rgb(x) for x in ([images] if single else images)]
-        self.model.set_vocabulary(parse_vocabulary(list(classes) if not isinstance(classes, str) else [classes]))
+        self.model.set_vocabulary(parse_vocabulary(list(classes)))
         names = list(self.model.class_names)
         resized = [to_tensor(resize_keep_ratio(a, self.slide.scale), self.device) for a in arrays]
         probs = slide_inference(self.model, resized, cfg=self.slide, out_sizes=[a.shape[:2] for a in arrays],

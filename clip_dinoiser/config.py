@@ -344,6 +344,38 @@ def field_kind(cls: type, dotted: str) -> Kind:
     return f.metadata["kind"]
 
 
+def field_type(cls: type, dotted: str) -> str | None:
+    """The annotation (as written) of the field ``dotted`` of the dataclass ``cls``, or None."""
+    head, _, rest = dotted.partition(".")
+    fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+    if head not in fields:
+        return None
+    if not rest:
+        return str(fields[head].type)
+    nested = _SCHEMAS.get(str(fields[head].type).split(" ")[0])
+    return field_type(nested, rest) if nested is not None else None
+
+
+def check_switches(overrides: list[str], schema: type) -> None:
+    """A switch (a ``bool`` field) given on the command line must say true, false or (where
+    allowed) null: OmegaConf would take ``overwrite=2`` as true."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides([o for o in overrides if not o.startswith("-")])
+    except Exception:  # hydra's own grammar errors are reported by hydra
+        return
+    for o in parsed:
+        kind = field_type(schema, o.key_or_group) or ""
+        if not kind.startswith("bool"):
+            continue
+        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+        allowed = ("true", "false", "null") if "None" in kind else ("true", "false")
+        for value in values:
+            if str(value).lower() not in allowed:
+                raise ConfigError(f"{o.key_or_group}={value}: a switch is {' or '.join(allowed)}")
+
+
 def known_keys(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 

@@ -244,7 +244,7 @@ def bench_target(device: torch.device, iters: int, batch: int, crop: int) -> dic
     from clip_dinoiser.models.target import build_target
 
     model, teachers, (heads_opt, heads_sched) = heads_task(device)
-    annotator = model
+    annotator = build_dinoiser(device)  # frozen by the target task: not the heads' model
     target = build_target(TargetConfig(pretrained=None), annotator.text.dim).to(device).train()
     target.set_classes(annotator.text.current.embeddings)
     settings = plain(TargetTrainSettings(iterations=1000, output="unused"))

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..config import BenchmarkConfig, DataConfig, SlideConfig, parse
 from ..errors import ConfigError, UserError
-from ..readers import read_label
+from ..readers import read_label, read_text
 from ..vocabulary import read_vocabulary_file
 from .datasets import COCOObjectDataset, PascalVOC20Dataset
 
@@ -188,9 +188,12 @@ def check_layout(bench: Benchmark, root: str) -> None:
         split = os.path.join(root, bench.split)
         if not os.path.isfile(split):
             raise FileNotFoundError(f"{bench.name}: split file not found: {split}")
-        with open(split) as f:
-            if not any(line.strip() for line in f):
-                raise FileNotFoundError(f"{bench.name}: no images found: the split file {split} is empty")
+        if not read_text(split, "split file").strip():
+            raise FileNotFoundError(f"{bench.name}: no images found: the split file {split} is empty")
+    else:
+        folder, suffix = os.path.join(root, bench.img_dir), bench.img_suffix or ""
+        if not any(f.endswith(suffix) for _, _, files in os.walk(folder, followlinks=True) for f in files):
+            raise FileNotFoundError(f"{bench.name}: no images found under {folder} (and no split file)")
 
 
 class ReadOrFail:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-from ..config import config_error
+from ..config import check_switches, config_error
 from ..errors import UserError
 from .signals import Interrupted, handled, stop_at_once
 
@@ -65,10 +65,11 @@ def interrupted_message(e: Interrupted) -> str:
     """What was kept when a run was stopped by a signal, and how to go on."""
     if e.run_dir is None:
         return f"interrupted ({e.name}): stopped, no results written"
+    tool = f"tools/{os.path.basename(sys.argv[0])}" if sys.argv and sys.argv[0].endswith(".py") else "tools/train.py"
     if e.iteration is None:
-        return (f"interrupted ({e.name}) before an iteration could be saved; python tools/train.py "
+        return (f"interrupted ({e.name}) before an iteration could be saved; python {tool} "
                 f"train.resume={e.run_dir} continues from its newest checkpoint, if any")
-    return (f"interrupted ({e.name}): iteration {e.iteration} saved; continue with python tools/train.py "
+    return (f"interrupted ({e.name}): iteration {e.iteration} saved; continue with python {tool} "
             f"train.resume={e.run_dir}")
 
 
@@ -90,6 +91,12 @@ def launch(main: Callable[[], Any], *, schema: type | None = None, groups: dict[
         sys.exit(0)
 
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # hydra raises its errors instead of printing them
+    if schema is not None:
+        try:
+            check_switches(sys.argv[1:], schema)
+        except UserError as e:
+            print(f"error: {one_line(e)}", file=sys.stderr)
+            sys.exit(2)
     try:
         main()
     except (HydraException, OmegaConfBaseException) as e:

@@ -312,7 +312,8 @@ class Evaluator:
         class names (``vocabulary`` None), and any ``decoding`` field replaced."""
         vocab = read_vocabulary_file(vocabulary or bench.vocabulary_file, "data.vocabulary" if vocabulary else None)
         if len(vocab) != bench.num_classes:
-            raise UserError(f"{bench.name}: vocabulary has {len(vocab)} classes, the benchmark {bench.num_classes}")
+            raise UserError(f"data.vocabulary={vocabulary or bench.vocabulary_file} names {len(vocab)} classes; "
+                            f"{bench.name} has {bench.num_classes}")
         refine = bench.bg_refine if bg_refine is None else bg_refine
         return Setting(replace(model.decoding, bg_refine=refine, **decoding), model.text.classes(vocab))
 

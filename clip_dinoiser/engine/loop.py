@@ -145,13 +145,13 @@ def _iteration_of(line: str) -> int:
         return 1 << 62  # an unreadable line is dropped on resume
 
 
-def check_schedule(total: int, start: int, run_dir: str) -> None:
-    """A resumed run must have iterations left: ``train.epochs`` cannot end before the checkpoint."""
+def check_schedule(total: int, start: int, run_dir: str, length_key: str = "train.epochs") -> None:
+    """A resumed run must have iterations left: its length (``length_key``) cannot end before the checkpoint."""
     if start > total:
-        raise ConfigError(f"train.epochs gives {total} iterations but {run_dir} is at iteration {start}: a run "
-                          "cannot be shortened (raise train.epochs, or start a new run)")
+        raise ConfigError(f"{length_key} gives {total} iterations but {run_dir} is at iteration {start}: a run "
+                          f"cannot be shortened (raise {length_key}, or start a new run)")
     if start == total and os.path.isfile(os.path.join(run_dir, "last.pt")):
-        raise ConfigError(f"{run_dir} finished all its {total} iterations: raise train.epochs to train on")
+        raise ConfigError(f"{run_dir} finished all its {total} iterations: raise {length_key} to train on")
 
 
 def run_loop(task: Task, sampler: ResumableBatchSampler, tcfg: Mapping[str, Any], run: RunFolder | None,
@@ -312,7 +312,8 @@ def run_task(task: Task, sampler: ResumableBatchSampler, tcfg: Mapping[str, Any]
     optimizer, scheduler = task.make_optimizer()
     run_dir = tcfg.get("resume") or tcfg["output"]
     start = restore(run_dir, task.module, optimizer, scheduler) if tcfg.get("resume") else 0
-    check_schedule(sampler.total, start, run_dir)
+    check_schedule(sampler.total, start, run_dir, "train.epochs" if sampler.iterations is None else
+                   "train.iterations")
     sampler.start = start
     task.prepare(start)
     if run is not None:

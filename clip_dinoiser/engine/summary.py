@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import UserError
 from ..files import write_atomic
 from ..readers import read_config, read_json, read_text
 from .runs import METRICS
@@ -68,21 +69,45 @@ def load_run(folder: str) -> Run:
     from omegaconf import OmegaConf
 
     path = os.path.join(folder, "config.yaml")
-    settings = _flatten(OmegaConf.to_container(read_config(path))) if os.path.isfile(path) else {}
+    settings = _flatten(OmegaConf.to_container(read_config(path))) if os.path.lexists(path) else {}
     results_path = os.path.join(folder, "results.json")
-    results = read_json(results_path) if os.path.isfile(results_path) else {}
-    if not isinstance(results, dict):
-        raise ValueError(f"results file {results_path} does not hold a mapping of benchmarks")
-    curves = []
-    if os.path.isfile(os.path.join(folder, METRICS)):
-        for n, line in enumerate(read_text(os.path.join(folder, METRICS), "metrics file").splitlines(), 1):
-            if line.strip():
-                try:
-                    curves.append(json.loads(line))
-                except json.JSONDecodeError:
-                    raise ValueError(f"metrics file {os.path.join(folder, METRICS)}: line {n} is not JSON") from None
+    results = check_results(read_json(results_path), results_path) if os.path.lexists(results_path) else {}
+    curves = read_curves(os.path.join(folder, METRICS)) if os.path.lexists(os.path.join(folder, METRICS)) else []
     kind = "train" if any(k.startswith("train.") for k in settings) or curves else "eval"
     return Run(folder, kind, settings, results, curves)
+
+
+def _number(value: Any) -> bool:
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+
+
+def check_results(results: Any, path: str) -> dict[str, Any]:
+    """A ``results.json`` as the evaluation writes it (benchmark -> {mIoU, ...}), or a one-line error."""
+    if not isinstance(results, dict):
+        raise UserError(f"results file {path} does not hold a mapping of benchmarks")
+    for name, entry in results.items():
+        if name == "average_mIoU" and _number(entry):
+            continue
+        if not isinstance(entry, dict) or not _number(entry.get("mIoU")) or not _number(entry.get("paper_mIoU")):
+            raise UserError(f"results file {path}: '{name}' is not a benchmark's result ({{mIoU: number, ...}})")
+    return results
+
+
+def read_curves(path: str) -> list[dict[str, float]]:
+    """``metrics.jsonl``: one object per line, an integer ``iteration`` and numbers; or a one-line error."""
+    curves = []
+    for n, line in enumerate(read_text(path, "metrics file").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise UserError(f"metrics file {path}: line {n} is not JSON") from None
+        if (not isinstance(row, dict) or not isinstance(row.get("iteration"), int)
+                or not all(_number(v) for v in row.values())):
+            raise UserError(f"metrics file {path}: line {n} is not {{iteration: integer, name: number, ...}}")
+        curves.append(row)
+    return curves
 
 
 def varying_keys(runs: Sequence[Run]) -> list[str]:

@@ -96,7 +96,10 @@ def check_run_inputs(cfg: Mapping[str, Any], *, folder: bool = True) -> None:
         run_folder(cfg).check()
     check_precision(cfg.get("precision", "fp32"))
     check_target_config(parse(TargetConfig, cfg.get("target"), "target"))
-    check_model_config(cfg["annotator"])
+    check_model_config(cfg["annotator"], "annotator")
+    if tcfg.min_lr > tcfg.lr:
+        raise ConfigError(f"train.min_lr={tcfg.min_lr} is above train.lr={tcfg.lr}: the poly schedule decays from "
+                          "lr to min_lr")
     split_and_vocabulary(tcfg)
 
 

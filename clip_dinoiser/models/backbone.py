@@ -29,7 +29,7 @@ from ..download import hub_offline_if_unreachable
 from ..errors import UserError
 from ..files import check_local_file
 from ..ops import pad_to_multiple
-from ..readers import read_weights
+from ..readers import read_json, read_weights
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,9 @@ def register_model_config(name: str) -> str:
 
     if not os.path.isfile(name):
         raise FileNotFoundError(f"CLIP model config not found: {name}")
+    config = read_json(name, "CLIP model config")
+    if not isinstance(config, dict) or not {"embed_dim", "vision_cfg", "text_cfg"} <= set(config):
+        raise UserError(f"CLIP model config {name} is not an open_clip model config (embed_dim, vision_cfg, text_cfg)")
     open_clip.add_model_config(name)
     return os.path.splitext(os.path.basename(name))[0]
 
@@ -221,10 +224,10 @@ class CLIPBackbone(nn.Module):
         blocks = visual.transformer.resblocks
         n = len(blocks)
         if not -n <= feats_idx < n - 1 and feats_idx != -1:
-            raise UserError(f"feats_idx={feats_idx} out of range for a {n}-block ViT")
+            raise UserError(f"model.feats_idx={feats_idx} out of range for a {n}-block ViT")
         self.feats_idx = feats_idx % n
         if self.feats_idx == n - 1:
-            raise UserError("feats_idx must not be the last block (it is replaced by the value path)")
+            raise UserError("model.feats_idx must not be the last block (it is replaced by the value path)")
         self.patch_size = _pair(visual.conv1.kernel_size)
         self.width = visual.conv1.out_channels
         self.out_dim = visual.proj.shape[1] if visual.proj is not None else self.width

@@ -149,19 +149,20 @@ def check_model_files(cfg: ModelConfig) -> None:
                                 f"(got {cfg.checkpoint})")
 
 
-def model_config(cfg: ModelConfig | Mapping[str, Any]) -> ModelConfig:
+def model_config(cfg: ModelConfig | Mapping[str, Any], prefix: str = "model") -> ModelConfig:
     """``cfg`` as a checked ``ModelConfig``: an unknown key or a wrong type is a ``ConfigError``
     naming it, as are the model name and the extension points (which are imported here)."""
-    cfg = parse(ModelConfig, cfg, "model")
-    locate(cfg.name, MODEL_BUILDERS, "model.name")  # a built-in, or the import path of your own builder
-    locate(cfg.clip.backbone, BACKBONES, "model.clip.backbone")
-    locate(cfg.pooling, POOLINGS, "model.pooling")
+    cfg = parse(ModelConfig, cfg, prefix)
+    locate(cfg.name, MODEL_BUILDERS, f"{prefix}.name")  # a built-in, or the import path of your own builder
+    locate(cfg.clip.backbone, BACKBONES, f"{prefix}.clip.backbone")
+    locate(cfg.pooling, POOLINGS, f"{prefix}.pooling")
     return cfg
 
 
-def check_model_config(cfg: ModelConfig | Mapping[str, Any]) -> ModelConfig:
-    """``model_config`` and its local files, checked before any weights are loaded."""
-    cfg = model_config(cfg)
+def check_model_config(cfg: ModelConfig | Mapping[str, Any], prefix: str = "model") -> ModelConfig:
+    """``model_config`` and its local files, checked before any weights are loaded (``prefix``:
+    where the config sits, for messages: ``model``, ``annotator``)."""
+    cfg = model_config(cfg, prefix)
     check_model_files(cfg)
     return cfg
 

@@ -74,7 +74,7 @@ class TextEmbeddingCache:
             return None
         try:
             entry = read_weights(path, "text-cache entry")
-            embedding = entry["embedding"]
+            embedding = entry.get("embedding") if isinstance(entry, dict) else None
             if not isinstance(embedding, Tensor) or embedding.ndim != 1 or (dim is not None and len(embedding) != dim):
                 raise ValueError(f"an embedding of shape {tuple(getattr(embedding, 'shape', ()))}, the model's "
                                  f"is ({dim},)")
