@@ -27,11 +27,12 @@ MAX_PIXELS_ENV = "CLIP_DINOISER_MAX_IMAGE_PIXELS"  # Pillow's decompression-bomb
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")  # what a folder of images holds
 
 
-def _exists(path: str, what: str) -> None:
+def _exists(path: str, what: str, key: str | None = None) -> None:
+    where = f" ({key})" if key else ""
     if os.path.isdir(path):
-        raise IsADirectoryError(f"{what} {path} is a folder, not {'an image ' if 'image' in what else 'a '}file")
+        raise IsADirectoryError(f"{what} {path}{where} is a folder, not {'an image ' if 'image' in what else 'a '}file")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what} not found: {path}")
+        raise FileNotFoundError(f"{what} not found: {path}{where}")
 
 
 def _reason(e: BaseException) -> str:
@@ -125,7 +126,7 @@ def read_weights(path: str, what: str, key: str | None = None) -> Any:
     import torch
 
     where = f" ({key})" if key else ""
-    _exists(path, what)
+    _exists(path, what, key)
     try:
         if path.endswith(".safetensors"):
             from safetensors.torch import load_file
@@ -138,7 +139,7 @@ def read_weights(path: str, what: str, key: str | None = None) -> Any:
 
 def read_text(path: str, what: str, key: str | None = None) -> str:
     """A UTF-8 text file (a BOM is dropped)."""
-    _exists(path, what)
+    _exists(path, what, key)
     try:
         with open(path, encoding="utf-8-sig") as f:
             return f.read()

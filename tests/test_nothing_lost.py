@@ -92,7 +92,7 @@ def test_reruns_never_replace_earlier_results(tmp_path, tiny, clip_json_demo):  
     before = snapshot(tmp_path / "sw")
     one_line_error(tool("eval.py", *sweep, cwd=tmp_path), "this run would replace")  # each setting's folder
     one_line_error(tool("eval.py", *sweep[:4], "sweep={model.gamma:[0.1,0.10]}", *sweep[5:], cwd=tmp_path),
-                   "gamma=0.1 appears twice")
+                   "sweep model.gamma: the value 0.1 is given twice")
     assert snapshot(tmp_path / "sw") == before
     (tmp_path / "only_config").mkdir()
     (tmp_path / "only_config" / "config.yaml").write_text("model: {gamma: 0.4}\n")

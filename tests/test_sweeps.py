@@ -48,7 +48,7 @@ def test_sweep_points_grid_and_checks():
         sweep_points({"model.gamma": [float("nan")]})
     with pytest.raises(ConfigError, match=r"sweep model.maskclip.temperature=0: must be a finite number > 0"):
         sweep_points({"model.maskclip.temperature": [0]})
-    with pytest.raises(ConfigError, match=r"sweep: gamma=0.1 appears twice"):
+    with pytest.raises(ConfigError, match=r"sweep model.gamma: the value 0.1 is given twice"):
         sweep_points({"model.gamma": [0.1, 0.10]})
 
 

@@ -47,14 +47,14 @@ def sweep_points(sweep: Mapping[str, Sequence[Any]] | None) -> list[dict[str, An
         if isinstance(values, str) or not isinstance(values, Sequence) or not values:
             raise ConfigError(f"sweep {key}: give a list of values, e.g. {key}:[0.1,0.2]")
     keys = list(sweep)
-    grid = itertools.product(*[[_check(k, v) for v in sweep[k]] for k in keys])
-    points = [dict(zip(keys, values)) for values in grid]
-    names = [point_name(p) for p in points]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise ConfigError(f"sweep: {', '.join(twice)} appears twice (each setting is scored once, in a folder of its "
-                          "own): remove the repeated value")
-    return points
+    checked = {k: [_check(k, v) for v in sweep[k]] for k in keys}
+    for key, values in checked.items():
+        names = [point_name({key: v}) for v in values]
+        twice = sorted({n.split("=", 1)[1] for n in names if names.count(n) > 1})
+        if twice:
+            raise ConfigError(f"sweep {key}: the value {', '.join(twice)} is given twice (each setting is scored "
+                              "once, in a folder of its own): remove the repeated value")
+    return [dict(zip(keys, values)) for values in itertools.product(*checked.values())]
 
 
 def point_name(point: Mapping[str, Any]) -> str:
