@@ -204,12 +204,16 @@ def text_height(band: np.ndarray) -> int:
     return longest
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_the_server_says_when_the_model_is_loaded_and_the_page_is_up(server):
     err = server.output("stderr")
     assert re.search(r"model ready in \d+\.\d s", err)
     assert err.index("model ready") < err.index(f"CLIP-DINOiser demo ready: {server.url}")
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_the_result_panels_are_large_and_their_text_legible(segmented):
     """Each panel at least as wide as the input; titles and legends >= 12 CSS pixels high on the screen."""
     page, _ = segmented
@@ -228,6 +232,8 @@ def test_the_result_panels_are_large_and_their_text_legible(segmented):
     page.get_by_role("tab", name="Segmentation").click()
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_the_overlay_and_the_label_map_download(segmented, tmp_path):
     page, photo = segmented
     files = {}
@@ -256,6 +262,8 @@ def ring_centre(before: np.ndarray, after: np.ndarray) -> tuple[float, float]:
     return float(xs.mean()), float(ys.mean())
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_a_click_marks_the_point_and_runs_no_backbone_pass(segmented, server):
     from playwright.sync_api import expect
 
@@ -297,6 +305,8 @@ def test_a_click_marks_the_point_and_runs_no_backbone_pass(segmented, server):
     assert "Traceback" not in server.output()
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_bad_uploads_are_answered_in_the_page_without_a_traceback(server, browser):
     """A folder, a vanished file, a decompression bomb, a broken file, no classes: a message each."""
     from playwright.sync_api import expect

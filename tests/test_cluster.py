@@ -67,16 +67,15 @@ def test_a_corrupted_evaluation_is_reproducible_across_runs_and_loader_processes
     root = make_benchmark(str(tmp_path / "data"), "voc", n=3)
     args = ["data=voc", f"data.root={root}", "data.corruption=speckle_noise", "data.severity=4", *SMALL, *tiny]
     runs = [eval_tool(*args, f"output=r{i}", *extra, cwd=tmp_path) for i, extra in
-            enumerate([[], [], ["num_workers=2"]])]
+            enumerate([[], ["num_workers=2"]])]  # in this process, and in two loader processes
     assert all(r.returncode == 0 for r in runs), runs[0].stderr[-2000:]
-    scores = {miou(tmp_path / f"r{i}") for i in range(3)}
-    assert len(scores) == 1
-    clean = eval_tool("data=voc", f"data.root={root}", "output=clean", *SMALL, *tiny, cwd=tmp_path)
-    assert clean.returncode == 0 and miou(tmp_path / "clean") not in scores  # the corruption changed the images
+    a, b = (json.loads((tmp_path / f"r{i}" / "results.json").read_text())["voc"] for i in range(2))
+    assert a["mIoU"] == b["mIoU"] and a["class_IoU"] == b["class_IoU"]
     bad = eval_tool("data=voc", f"data.root={root}", "data.corruption=frost", "output=bad", *SMALL, *tiny, cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: data.corruption=frost: unknown corruption")
 
 
+@pytest.mark.slow
 def test_the_robustness_sweep_writes_its_table_and_plot(tmp_path, tiny):
     root = make_benchmark(str(tmp_path / "data"), "voc", n=2)
     r = eval_tool("-m", "data=voc", f"data.root={root}", "model=clip_dinoiser,maskclip",
@@ -104,6 +103,7 @@ def test_the_robustness_sweep_writes_its_table_and_plot(tmp_path, tiny):
     assert "## Robustness" in (rob / "summary.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_submitit_local_sweep_gives_the_results_of_the_plain_multirun(tmp_path, tiny):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason='needs pip install -e ".[cluster]"')
     root = make_benchmark(str(tmp_path / "data"), "voc", n=2)
@@ -119,6 +119,7 @@ def test_a_submitit_local_sweep_gives_the_results_of_the_plain_multirun(tmp_path
     assert (tmp_path / "local" / "summary.csv").read_text() == (tmp_path / "plain" / "summary.csv").read_text()
 
 
+@pytest.mark.slow
 def test_torchrun_on_two_nodes_equals_one_process(tmp_path, tiny):
     """Two torchrun launches with --nnodes=2 (rendezvous on localhost), one process each: the
     corrupted evaluation (seeded per image, so ranks agree) equals the single process's."""

@@ -250,6 +250,7 @@ def _eval_cmd(tmp_path, data_dir, clip_file, heads, out, *extra):
             "slide.stride=[32,32]", *extra]
 
 
+@pytest.mark.slow
 def test_eval_cli_all_benchmarks_and_torchrun_two_processes_agree(tmp_path, data_dir, tiny_clip_file,
                                                                   tiny_heads_file):
     from .conftest import TINY_CLIP_CFG

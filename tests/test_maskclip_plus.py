@@ -144,6 +144,7 @@ def test_the_targets_classifier_is_the_vocabularys_text_embeddings(tiny_clip_fil
     assert all(torch.equal(before[k], v) for k, v in target.state_dict().items())
 
 
+@pytest.mark.slow
 def test_target_learns_an_exact_annotator_and_eval_scores_it_as_numpy(tmp_path, tiny):
     """Trained on colour-coded images labelled by the exact colour annotator, the target
     reproduces the labels of held-out images (agreement >= 0.9), and tools/eval.py's mIoU on
@@ -202,8 +203,8 @@ def voc_without_labels(data_dir, n: int = 4) -> str:
 def _cfg(tmp_path, tiny_clip_file, tiny_heads_file, root, **train):
     name, path = tiny_clip_file
     settings = {"benchmark": "voc20", "data": root, "output": str(tmp_path / "run"), "batch_size": 2,
-                "iterations": 6, "num_workers": 0, "crop": [32, 32], "scale": [48, 32], "save_every": 2,
-                "self_train_from": 5, **train}
+                "iterations": 4, "num_workers": 0, "crop": [32, 32], "scale": [48, 32], "save_every": 2,
+                "self_train_from": 4, **train}
     return {"annotator": {"name": "clip_dinoiser", "clip": {"name": name, "pretrained": path},
                           "checkpoint": tiny_heads_file, "proj_dim": 16},
             "target": dict(TINY_TARGET), "train": settings, "precision": "fp32"}
@@ -242,9 +243,10 @@ def test_label_files_are_never_opened_and_resume_after_ctrl_c_equals_an_uninterr
     monkeypatch.setattr(target_train.TargetTraining, "losses", losses)
     resumed = target_train.train({**cut, "train": {**cut["train"], "resume": str(tmp_path / "cut")}}, cpu)
     a, b = read_weights(full, "a")["model_state_dict"], read_weights(resumed, "b")["model_state_dict"]
-    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)  # self-training from 5 included
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)  # self-training from 4 included
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_train_the_target_like_one(tmp_path, tiny):
     """DDP on gloo with frozen BatchNorm statistics (target.norm_eval: per-process batch statistics
     would differ from the global batch's on the CPU, where SyncBatchNorm is not available)."""

@@ -50,6 +50,7 @@ def wait_for(path, proc: subprocess.Popen, timeout: float = 240) -> None:
 # ---------------------------------------------------------------- 1. one guarded writer
 
 
+@pytest.mark.slow
 def test_a_second_writer_is_refused_while_the_first_holds_the_folder(tmp_path, tiny, train_args):  # noqa: F811
     """Two real processes into one new folder: the second is refused in one line while the first
     works (the first is then stopped with Ctrl-C: it writes nothing, and nothing was mixed)."""
@@ -84,6 +85,7 @@ def yaml_settings(path) -> dict:
     return yaml.safe_load(open(path).read())
 
 
+@pytest.mark.slow
 def test_reruns_never_replace_earlier_results(tmp_path, tiny, clip_json_demo):  # noqa: F811
     root = make_benchmark(str(tmp_path / "data"), "voc", n=2)
     sweep = ["data=voc", f"data.root={root}", "output=sw", "num_workers=0", "sweep={model.gamma:[0.1,0.3]}",
@@ -136,6 +138,7 @@ def test_non_finite_and_out_of_range_numbers_are_refused_before_anything_runs(tm
 # ---------------------------------------------------------------- 3. every exit saves
 
 
+@pytest.mark.slow
 def test_sigterm_saves_training_and_stops_evaluation_cleanly(tmp_path, tiny, train_args):  # noqa: F811
     run = tmp_path / "run"
     trainer = popen("train.py", *train_args, f"train.output={run}", "train.epochs=2000", "train.save_every=100000",

@@ -113,6 +113,7 @@ def test_eval_settings_fail_before_any_model_is_built(tmp_path, overrides, messa
     assert sorted(os.listdir(tmp_path)) == ["data", "garbage.pt"]
 
 
+@pytest.mark.slow
 def test_eval_keeps_earlier_results_and_writes_valid_json(tmp_path, tiny):
     root = make_benchmark(str(tmp_path / "data"), "coco_stuff", n=1)  # most of the 171 classes absent: NaN IoU
     args = ["data=coco_stuff", f"data.root={root}", "output=out", "num_workers=0", *SMALL_SLIDE, *tiny]
@@ -171,6 +172,7 @@ def train_args(tmp_path, tiny_clip_file, tiny_teachers) -> list[str]:
             *[f"+teachers.{k}.kwargs.{n}={v}" for k in ("dino", "found") for n, v in t[k]["kwargs"].items()]]
 
 
+@pytest.mark.slow
 def test_resume_takes_the_runs_settings_and_refuses_changes(tmp_path, train_args):
     run = str(tmp_path / "run")
     first = tool("train.py", *train_args, f"train.output={run}", "train.stop_after=2", cwd=tmp_path)
@@ -189,6 +191,7 @@ def test_resume_takes_the_runs_settings_and_refuses_changes(tmp_path, train_args
     assert "train.epochs: 3 -> 4" in (tmp_path / "run" / "train.log").read_text()
 
 
+@pytest.mark.slow
 def test_new_run_into_an_existing_run_is_refused_unless_overwrite(tmp_path, train_args):
     run = str(tmp_path / "run")
     assert tool("train.py", *train_args, f"train.output={run}", cwd=tmp_path).returncode == 0
@@ -241,6 +244,7 @@ def test_truncated_newest_checkpoint_falls_back_and_ctrl_c_saves_exactly(tmp_pat
     assert all(torch.equal(a[k], b[k]) for k in a)  # equal to the uninterrupted run
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_the_training_tool_saves_and_says_how_to_resume(tmp_path, train_args):
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "tools", "train.py"), *train_args,

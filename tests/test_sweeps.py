@@ -140,6 +140,7 @@ def test_cli_sweep_writes_runs_summary_and_predictions_that_rescore_exactly(tmp_
     assert png.size[0] >= 600 and png.size[1] >= 350 and np.asarray(png.convert("L")).std() > 5  # drawn, not blank
 
 
+@pytest.mark.slow
 def test_training_multirun_trains_evaluates_and_summarizes_each_run(tmp_path, tiny_clip_file, tiny_teachers):
     """tools/train.py -m model.feats_idx=-2,-3: two runs in their own folders below the sweep folder,
     each scored at its end, one summary listing both with the swept value."""

@@ -268,6 +268,7 @@ def test_train_cli_checks_every_path_before_loading_a_model(tmp_path, overrides,
     assert sorted(os.listdir(tmp_path)) == ["decoder.pt", "empty_run", "imgs", "taken"]  # no run folder made
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_train_like_one(tmp_path, tiny_clip_file, tiny_teachers):
     """DDP on gloo: each process takes half of every batch; the averaged gradients equal the
     single-process ones, so the heads agree to float rounding.
