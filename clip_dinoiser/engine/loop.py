@@ -98,7 +98,7 @@ class Curves:
         self._tb = None
         if run is None:
             return
-        self.path = run.file(METRICS)
+        self.path = run.record(METRICS)
         if os.path.isfile(self.path):
             with open(self.path, encoding="utf-8") as f:
                 kept = [ln for ln in f if ln.strip() and _iteration_of(ln) <= start]
@@ -106,7 +106,7 @@ class Curves:
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(run.file(TENSORBOARD), purge_step=start + 1)
+            self._tb = SummaryWriter(run.record(TENSORBOARD), purge_step=start + 1)
         except ImportError:  # the tensorboard package is optional
             self._tb = None
 
@@ -317,7 +317,7 @@ def run_task(task: Task, sampler: ResumableBatchSampler, tcfg: Mapping[str, Any]
     sampler.start = start
     task.prepare(start)
     if run is not None:
-        os.makedirs(run.file(CHECKPOINTS), exist_ok=True)
+        os.makedirs(run.record(CHECKPOINTS), exist_ok=True)
     done = run_loop(task, sampler, tcfg, run, device, rank, world, start, optimizer, scheduler)
     if done < sampler.total:
         log.info("stopped after iteration %d of %d (train.stop_after): continue with train.resume=%s", done,

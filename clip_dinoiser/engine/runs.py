@@ -130,10 +130,10 @@ class RunFolder:
         if discard:
             for name in reversed(self.written):
                 path = self.file(name)
-                if os.path.isfile(path):
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path)
+                elif os.path.lexists(path):
                     os.remove(path)
-                elif os.path.isdir(path) and not os.listdir(path):
-                    os.rmdir(path)
             self.written.clear()
         if self._claimed:
             marker = os.path.join(self.path, MARKER)
