@@ -87,10 +87,11 @@ class Segmenter:
         if isinstance(classes, str):
             classes = [classes]
         if not isinstance(classes, Sequence) or not classes:
-            raise UserError(f"classes={classes!r}: give a list of class names, e.g. ['cat', 'sofa']")
+            what = "is empty" if isinstance(classes, Sequence) else "is not a list"
+            raise UserError(f"classes={classes!r} {what}: give a list of class names, e.g. ['cat', 'sofa']")
         single = not isinstance(images, list | tuple)
         if not single and not images:
-            raise UserError("images=[]: give an image, or a list of at least one")
+            return []  # an empty batch: nothing to segment
         arrays = [as_rgb(x) for x in ([images] if single else images)]
         self.model.set_vocabulary(parse_vocabulary(list(classes)))
         names = list(self.model.class_names)

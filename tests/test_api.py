@@ -75,6 +75,11 @@ def test_api_takes_paths_pil_images_arrays_and_lists(tmp_path, tiny_load):
     with pytest.raises(FileNotFoundError, match="image not found: nothing.jpg"):
         segmenter.segment("nothing.jpg", classes)
     assert isinstance(segmenter.slide, SlideConfig) and segmenter.device.type == "cpu"
+    assert segmenter.segment([], classes) == []  # an empty batch in, an empty batch out
+    with pytest.raises(ValueError, match=r"classes=\[\] is empty"):
+        segmenter.segment(images[0], [])
+    with pytest.raises(ValueError, match="classes=None is not a list"):
+        segmenter.segment(images[0], None)
 
 
 def test_unknown_settings_name_the_key(tiny_load):

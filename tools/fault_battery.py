@@ -1,6 +1,6 @@
 """Fault battery: bad inputs and faults thrown at every tool, each outcome classified.
 
-    python tools/fault_battery.py                     # every case (about 200; 20-30 min on 2 CPU cores)
+    python tools/fault_battery.py                     # every case (about 375; 25-40 min on 2 shared CPU cores)
     python tools/fault_battery.py --only 'eval*'      # cases whose "tool/name" matches (fnmatch, or a substring)
     python tools/fault_battery.py --list              # the cases, not run
     python tools/fault_battery.py --keep --markdown battery.md   # keep the scratch folder; the table as Markdown
@@ -40,6 +40,7 @@ import dataclasses
 import fnmatch
 import hashlib
 import importlib.util
+import io
 import json
 import os
 import shlex
@@ -194,8 +195,15 @@ class Proc:
 
     @property
     def last(self) -> str:
+        """The last line of stderr (where the tools write their errors and logs)."""
         lines = [ln.strip() for ln in self.err.splitlines() if ln.strip()]
         return lines[-1] if lines else ""
+
+    @property
+    def last_any(self) -> str:
+        """The last line of stdout (the tools' logs), else of stderr."""
+        lines = [ln.strip() for ln in self.out.splitlines() if ln.strip()]
+        return lines[-1] if lines else self.last
 
     def shown(self) -> str:
         return " ".join(shlex.quote(a) for a in self.cmd)
@@ -342,7 +350,7 @@ class Ctx:
                 problem = f"result unreadable: {type(e).__name__}: {e}"
             if problem:
                 return Outcome(WRONG, problem, proc.last)
-        return Outcome(OK, proc.last or "exit 0")
+        return Outcome(OK, proc.last_any or "exit 0")
 
     def interrupted(self, proc: Proc, signum: int, check: Callable[[], str | None] | None = None) -> Outcome:
         name = signal.Signals(signum).name
@@ -525,8 +533,8 @@ class Fixtures:
             import clip_dinoiser
 
             self._lazy["segmenter"] = clip_dinoiser.load(
-                "clip_dinoiser", weights=self.heads, device="cpu", clip={"name": self.clip_json, "pretrained": self.clip},
-                proj_dim=16, slide=SLIDE_DICT)
+                "clip_dinoiser", weights=self.heads, device="cpu",
+                clip={"name": self.clip_json, "pretrained": self.clip}, proj_dim=16, slide=SLIDE_DICT)
         return self._lazy["segmenter"]
 
     def app_module(self):
@@ -602,10 +610,12 @@ EVAL_SETTINGS = [
     ("model.delta=-5", "model.delta"), ("model.delta=nan", "model.delta"),
     ("model.maskclip.temperature=0", "model.maskclip.temperature"),
     ("model.maskclip.temperature=-inf", "model.maskclip.temperature"),
-    ("model.maskclip.ks_thresh=nan", "model.maskclip.ks_thresh"), ("model.maskclip.pd_thresh=2", "model.maskclip.pd_thresh"),
+    ("model.maskclip.ks_thresh=nan", "model.maskclip.ks_thresh"),
+    ("model.maskclip.pd_thresh=2", "model.maskclip.pd_thresh"),
     ("model.proj_dim=0", "model.proj_dim"), ("model.kernel_size=2", "model.kernel_size"),
     ("model.feats_idx=99", "model.feats_idx"), ("model.feats_idx=1.5", "model.feats_idx"),
-    ("slide.stride=[0,0]", "slide.stride"), ("slide.crop=[-64,64]", "slide.crop"), ("slide.scale=[inf,64]", "slide.scale"),
+    ("slide.stride=[0,0]", "slide.stride"), ("slide.crop=[-64,64]", "slide.crop"),
+    ("slide.scale=[inf,64]", "slide.scale"),
     ("slide.window_batch=nan", "slide.window_batch"), ("slide.stride=[32]", "slide.stride"),
     ("slide.crop=[64,64,64]", "slide.crop"), ("loader_batch=0", "loader_batch"), ("num_workers=-1", "num_workers"),
     ("limit=0", "limit"), ("save_examples=-1", "save_examples"), ("precision=fp8", "precision"),
@@ -962,9 +972,10 @@ add("eval", "SIGTERM during the evaluation", "exit 143, nothing left", _eval_sig
 DEMO_SETTINGS = [
     ("alpha=2", "alpha"), ("alpha=nan", "alpha"), ("alpha=-0.1", "alpha"), ("query=[-1,0]", "query"),
     ("query=[1]", "query"), ("query=[1000,5]", "query"), ("query=[nan,3]", "query"), ("model.gamma=nan", "model.gamma"),
-    ("model.delta=inf", "model.delta"), ("slide.stride=[0,0]", "slide.stride"), ("slide.window_batch=-1", "slide.window_batch"),
+    ("model.delta=inf", "model.delta"), ("slide.stride=[0,0]", "slide.stride"),
+    ("slide.window_batch=-1", "slide.window_batch"),
     ("prompts=[]", "prompt"), ("prompts=[cat,cat]", "cat"), ('prompts=[""]', "empty"), ("prompts=null", "prompts"),
-    ("prompts_file=nothing.txt", "nothing.txt"), ("precision=fp8", "precision"), ("device=tpu", "device"),
+    ("precision=fp8", "precision"), ("device=tpu", "device"),
     ("alhpa=0.3", "alpha"), ("model.maskclip.temperature=0", "model.maskclip.temperature"),
     ("figure=maybe", "figure"), ("overwrite=2", "overwrite"),
 ]
@@ -985,6 +996,7 @@ def _demo(extra: Sequence[str], *names: str, prepare: Callable[[Ctx], None] | No
 for _setting, _name in DEMO_SETTINGS:
     add("demo", _setting, "error", _demo([_setting], _name))
 
+add("demo", "prompts_file missing", "error", _demo(["prompts=null", "prompts_file=nothing.txt"], "nothing.txt"))
 add("demo", "prompts and prompts_file", "error",
     _demo(["prompts_file=cls.txt"], "prompts_file", prepare=lambda c: garbage(c.p("cls.txt"), b"cat\n") and None))
 add("demo", "prompts_file not UTF-8", "error",
@@ -1007,8 +1019,10 @@ add("demo", "image truncated", "error",
           prepare=lambda c: (Image.fromarray(random_image(200, 300)).save(c.p("cut.jpg")), truncate(c.p("cut.jpg")))
           and None))
 add("demo", "image decompression bomb", "error",
-    _demo([], "big.png", image="big.png", env=BOMB_ENV, prepare=lambda c: save_image(c.p("big.png"), 100, 100) and None))
-add("demo", "empty image folder", "error", _demo([], "empty", image="empty", prepare=lambda c: os.makedirs(c.p("empty"))))
+    _demo([], "big.png", image="big.png", env=BOMB_ENV,
+          prepare=lambda c: save_image(c.p("big.png"), 100, 100) and None))
+add("demo", "empty image folder", "error",
+    _demo([], "empty", image="empty", prepare=lambda c: os.makedirs(c.p("empty"))))
 add("demo", "glob matching nothing", "error", _demo([], "*.webp", image="*.webp"))
 add("demo", "query with a folder", "error",
     _demo(["query=[1,1]"], "query", image="many", prepare=lambda c: save_image(c.p("many", "a.png")) and None))
@@ -1016,7 +1030,8 @@ add("demo", "output is a file", "error", _demo([], "output", prepare=lambda c: g
 add("demo", "model.checkpoint garbage", "error", _demo(["model.checkpoint=bad.pt"], "bad.pt",
                                                        prepare=lambda c: garbage(c.p("bad.pt")) and None))
 add("demo", "model.clip.pretrained truncated", "error",
-    _demo(["model.clip.pretrained=cut.pt"], "cut.pt", prepare=lambda c: _copy_truncated(c.fx.clip, "cut.pt")(c) and None))
+    _demo(["model.clip.pretrained=cut.pt"], "cut.pt",
+          prepare=lambda c: _copy_truncated(c.fx.clip, "cut.pt")(c) and None))
 
 
 @case("demo", "rerun into existing outputs", "refused, unchanged")
@@ -1033,7 +1048,7 @@ def _demo_ok(h: int, w: int, mode: str = "RGB", name: str = "photo.png") -> Call
     def run(ctx: Ctx) -> Outcome:
         array = random_image(h, w)
         if mode == "I;16":
-            Image.fromarray((array[..., 0].astype(np.uint16) * 257)).save(ctx.p(name))
+            Image.fromarray(array[..., 0].astype(np.uint16) * 257).save(ctx.p(name))
         elif mode == "RGBA":
             Image.fromarray(np.dstack([array, np.full((h, w), 128, np.uint8)])).save(ctx.p(name))
         elif mode == "P":
@@ -1065,8 +1080,9 @@ def _(ctx: Ctx) -> Outcome:
     r, _ = ctx.tool("demo.py", *ctx.fx.demo_args("many"), env=BOMB_ENV)
 
     def check() -> str | None:
-        if "skipped 2" not in r.last or "b_big.png" not in r.last or "c_broken.jpg" not in r.last:
-            return f"the last line does not count the 2 skipped files: {r.last}"
+        last = r.last_any  # the demo logs on stdout
+        if "skipped 2" not in last or "b_big.png" not in last or "c_broken.jpg" not in last:
+            return f"the last line does not count the 2 skipped files: {last}"
         if any(n.startswith(("b_big", "c_broken")) for n in os.listdir(ctx.p("out"))):
             return "outputs written for a skipped image"
         return demo_problem(ctx, "a_small", (20, 30))
@@ -1219,7 +1235,7 @@ def _handler(call: Callable[[Any, Any, Ctx], Any], *names: str, ok: Callable[[An
         import gradio as gr
 
         before = ctx.snap()
-        with _environ(env):
+        with _environ(env), contextlib.redirect_stderr(io.StringIO()):  # the app's "[app] ..." lines
             try:
                 result = call(module, segmenter, ctx)
             except gr.Error as e:
@@ -1311,18 +1327,21 @@ add("app-handler", "preview of a garbage upload", "gr.Error naming it",
 # ---------------------------------------------------------------- train: settings
 
 TRAIN_SETTINGS = [
-    ("train.corr_lr=nan", "train.corr_lr"), ("train.found_lr=inf", "train.found_lr"), ("train.corr_lr=0", "train.corr_lr"),
+    ("train.corr_lr=nan", "train.corr_lr"), ("train.found_lr=inf", "train.found_lr"),
+    ("train.corr_lr=0", "train.corr_lr"),
     ("train.step_lr_gamma=-1", "train.step_lr_gamma"), ("train.milestones=[-1]", "train.milestones"),
     ("train.milestones=[nan]", "train.milestones"), ("train.im_size=8", "train.im_size"),
-    ("train.batch_size=0", "train.batch_size"), ("train.epochs=-1", "train.epochs"), ("train.ds_size=0", "train.ds_size"),
+    ("train.batch_size=0", "train.batch_size"), ("train.epochs=-1", "train.epochs"),
+    ("train.ds_size=0", "train.ds_size"),
     ("train.seed=-1", "train.seed"), ("train.save_every=0", "train.save_every"),
     ("train.keep_checkpoints=0", "train.keep_checkpoints"), ("train.stop_after=0", "train.stop_after"),
-    ("train.num_workers=-2", "train.num_workers"), ("model.gamma=nan", "model.gamma"), ("model.delta=-5", "model.delta"),
-    ("model.proj_dim=-16", "model.proj_dim"), ("eval.limit=0", "eval.limit"), ("eval.slide.stride=[0,0]", "eval.slide.stride"),
+    ("train.num_workers=-2", "train.num_workers"), ("model.gamma=nan", "model.gamma"),
+    ("model.delta=-5", "model.delta"), ("model.proj_dim=-16", "model.proj_dim"), ("eval.limit=0", "eval.limit"),
+    ("eval.slide.stride=[0,0]", "eval.slide.stride"),
     ("eval.num_workers=-1", "eval.num_workers"), ("train.lr=0.1", "corr_lr"), ("precision=fp8", "precision"),
     ("device=tpu", "device"), ("train.batch_size=abc", "train.batch_size"), ("teachers.dino.type=bogus", "bogus"),
     ("teachers.found.antialias=maybe", "teachers.found.antialias"), ("train.epochs=1e9", "train.epochs"),
-    ("train.milestones=[10,5]", "train.milestones"),
+    ("train.milestones=[inf]", "train.milestones"),
 ]
 
 
@@ -1372,6 +1391,10 @@ add("train", "train.data with a decompression bomb", "error",
     _train(["train.ds_size=null"], "big.png", data="imgs", env=BOMB_ENV,
            prepare=lambda c: (write_images(c.p("imgs"), 4, (20, 30)), save_image(c.p("imgs", "big.png"), 100, 100))
            and None))
+add("train", "train.data with a truncated image (header readable)", "error",
+    _train(["train.ds_size=null"], "cut.png", data="imgs",
+           prepare=lambda c: (write_images(c.p("imgs"), 3), truncate(save_image(c.p("imgs", "cut.png"), 200, 300), 0.4))
+           and None))
 add("train", "train.output is a file", "error", _train([], "train.output",
                                                        prepare=lambda c: garbage(c.p("run")) and None))
 
@@ -1403,7 +1426,8 @@ def _loop_folder(ctx: Ctx) -> list[str]:
     return ["train.ds_size=null", "train.epochs=1"]
 
 
-add("train", "symlink loops in the image folder", "exit 0, 2 iterations (4 images)", _train_ok(_loop_folder, _iterations(2)))
+add("train", "symlink loops in the image folder", "exit 0, 2 iterations (4 images)",
+    _train_ok(_loop_folder, _iterations(2)))
 add("train", "bad images skipped (train.skip_bad_images)", "exit 0, 2 iterations",
     _train_ok(lambda c: (write_images(c.p("imgs"), 4, (20, 30)), save_image(c.p("imgs", "big.png"), 100, 100),
                          garbage(c.p("imgs", "broken.jpg"))) and ["train.skip_bad_images=true", "train.ds_size=null",
@@ -1445,7 +1469,8 @@ def _resume(change: Callable[[Ctx, str], list[str] | None], *names: str, source:
 
 
 add("train", "resume of a missing folder", "error", _resume(lambda c, r: ["train.resume=nowhere"], "nowhere"))
-add("train", "resume without config.yaml", "error", _resume(lambda c, r: os.remove(c.p(r, "config.yaml")), "config.yaml"))
+add("train", "resume without config.yaml", "error",
+    _resume(lambda c, r: os.remove(c.p(r, "config.yaml")), "config.yaml"))
 add("train", "resume: config.yaml garbage YAML", "error",
     _resume(lambda c, r: garbage(c.p(r, "config.yaml"), b"train: [unclosed\n  - : :\n") and None, "config.yaml"))
 add("train", "resume: config.yaml not UTF-8", "error",
@@ -1460,17 +1485,18 @@ add("train", "resume: config.yaml with train.corr_lr .nan", "error",
 add("train", "resume: config.yaml is a folder", "error",
     _resume(lambda c, r: _replace_with_folder(c.p(r, "config.yaml")), "config.yaml"))
 add("train", "resume with changed settings", "error",
-    _resume(lambda c, r: ["train.batch_size=1", "model.gamma=0.3"], "train.batch_size", "model.gamma", source="stopped"))
+    _resume(lambda c, r: ["train.batch_size=1", "model.gamma=0.3"], "train.batch_size", "model.gamma",
+            source="stopped"))
 add("train", "resume with train.epochs below the checkpoint", "error",
     _resume(lambda c, r: ["train.epochs=1"], "train.epochs"))
 add("train", "resume of a finished run", "error", _resume(lambda c, r: [], "train.epochs"))
 add("train", "resume with train.epochs=nan", "error", _resume(lambda c, r: ["train.epochs=nan"], "train.epochs"))
-add("train", "resume: every checkpoint garbage", "error", _resume(lambda c, r: _spoil_checkpoints(c.p(r)), "iter_",
-                                                                 source="stopped"))
+add("train", "resume: every checkpoint garbage", "error",
+    _resume(lambda c, r: _spoil_checkpoints(c.p(r)), "checkpoints", source="stopped"))
 add("train", "resume: no checkpoint", "error",
     _resume(lambda c, r: shutil.rmtree(c.p(r, "checkpoints")), "checkpoint", source="stopped"))
 add("train", "resume: a checkpoint of another shape", "error",
-    _resume(lambda c, r: shutil.copy(c.fx.heads, c.p(r, "checkpoints", "iter_0000002.pt")) and None, "iter_0000002.pt",
+    _resume(lambda c, r: shutil.copy(c.fx.heads, c.p(r, "checkpoints", "iter_0000002.pt")) and None, "checkpoints",
             source="stopped"))
 
 
@@ -1569,7 +1595,8 @@ def _(ctx: Ctx) -> Outcome:
 # ---------------------------------------------------------------- train_target
 
 TARGET_SETTINGS = [
-    ("train.lr=nan", "train.lr"), ("train.momentum=2", "train.momentum"), ("train.weight_decay=-1", "train.weight_decay"),
+    ("train.lr=nan", "train.lr"), ("train.momentum=2", "train.momentum"),
+    ("train.weight_decay=-1", "train.weight_decay"),
     ("train.poly_power=0", "train.poly_power"), ("train.min_lr=-1", "train.min_lr"), ("train.crop=[0,0]", "train.crop"),
     ("train.scale=[64]", "train.scale"), ("train.ratio_range=[0,1]", "train.ratio_range"),
     ("train.conf_thresh=2", "train.conf_thresh"), ("train.self_train_from=0", "train.self_train_from"),
@@ -1580,7 +1607,7 @@ TARGET_SETTINGS = [
     ("train.benchmark=bogus", "train.benchmark"), ("annotator.gamma=nan", "annotator.gamma"),
     ("train.lrr=0.1", "lr"), ("precision=fp8", "precision"), ("device=tpu", "device"),
     ("train.vocabulary=null", "train.vocabulary"), ("train.data=nowhere", "nowhere"),
-    ("train.vocabulary=nothing.txt", "nothing.txt"), ("annotator.name=bogus", "bogus"),
+    ("train.vocabulary=nothing.txt", "nothing.txt"), ("annotator.name=bogus", "annotator.name"),
     ("train.min_lr=1", "train.min_lr"),
 ]
 
@@ -1607,6 +1634,10 @@ add("train_target", "train.data without images", "error",
 add("train_target", "train.data with a garbage image", "error",
     _target([], "broken.png", prepare=lambda c: (write_images(c.p("imgs"), 4), garbage(c.p("imgs", "broken.png")))
             and ["train.data=imgs"]))
+add("train_target", "train.data with a truncated image (header readable)", "error",
+    _target([], "cut.png", prepare=lambda c: (write_images(c.p("imgs"), 3),
+                                              truncate(save_image(c.p("imgs", "cut.png"), 200, 300), 0.4))
+            and ["train.data=imgs"]))
 add("train_target", "target.pretrained garbage", "error",
     _target([], "bad.pt", prepare=lambda c: [f"target.pretrained={garbage(c.p('bad.pt'))}"]))
 add("train_target", "annotator.checkpoint garbage", "error",
@@ -1628,7 +1659,7 @@ def _voc_empty_split(ctx: Ctx) -> list[str]:
 
 add("train_target", "voc20 without its split folder", "error",
     _target([], "ImageSets", prepare=lambda c: _voc_train_root(c, False)))
-add("train_target", "voc20 with an empty split", "error", _target([], "train.txt", prepare=lambda c: _voc_empty_split(c)))
+add("train_target", "voc20 with an empty split", "error", _target([], "train.txt", prepare=_voc_empty_split))
 
 
 @case("train_target", "resume of a finished run", "error")
@@ -1679,8 +1710,8 @@ def _(ctx: Ctx) -> Outcome:
             iteration = int(r.last.split("iteration ")[1].split(" ")[0])
         except (IndexError, ValueError):
             return "the last line names no iteration"
-        if "train.resume=" not in r.last:
-            return "no resume command"
+        if "train.resume=" not in r.last or "train_target.py" not in r.last:
+            return "the last line's resume command is not python tools/train_target.py train.resume=..."
         return None if iteration in checkpoints(ctx.p("run")) else f"iteration {iteration} not saved"
 
     return ctx.interrupted(r, signal.SIGTERM, check)
@@ -1718,10 +1749,12 @@ def _broken(file: str, data: bytes) -> Callable[[Ctx], list[str]]:
 
 
 add("summarize", "folder missing", "error", _summarize(lambda c: ["nowhere"], "nowhere"))
-add("summarize", "folder is a file", "error", _summarize(lambda c: [garbage(c.p("file.txt")) and "file.txt"], "file.txt"))
+add("summarize", "folder is a file", "error",
+    _summarize(lambda c: [garbage(c.p("file.txt")) and "file.txt"], "file.txt"))
 add("summarize", "no runs in the folder", "error", _summarize(lambda c: os.makedirs(c.p("runs")) or ["runs"], "runs"))
 add("summarize", "results.json garbage", "error", _summarize(_broken("results.json", b"{not json"), "results.json"))
-add("summarize", "results.json not UTF-8", "error", _summarize(_broken("results.json", b'{"voc": "\xff"}'), "results.json"))
+add("summarize", "results.json not UTF-8", "error",
+    _summarize(_broken("results.json", b'{"voc": "\xff"}'), "results.json"))
 add("summarize", "results.json a list", "error", _summarize(_broken("results.json", b"[1, 2]"), "results.json"))
 add("summarize", "results.json mIoU a string", "error",
     _summarize(_broken("results.json", b'{"voc": {"mIoU": "high"}}'), "results.json"))
@@ -1740,8 +1773,8 @@ add("summarize", "metrics.jsonl not UTF-8", "error", _summarize(_broken("metrics
                                                                 "metrics.jsonl"))
 add("summarize", "metrics.jsonl line a list", "error", _summarize(_broken("metrics.jsonl", b'{"loss": 1}\n[1, 2]\n'),
                                                                   "metrics.jsonl"))
-add("summarize", "metrics.jsonl value a string", "error",
-    _summarize(_broken("metrics.jsonl", b'{"loss": 1}\n{"loss": "high"}\n'), "metrics.jsonl"))
+add("summarize", "metrics.jsonl lines without an iteration", "error",
+    _summarize(_broken("metrics.jsonl", b'{"loss": 1}\n{"loss": 2}\n'), "metrics.jsonl"))
 add("summarize", "--output is a file", "error",
     _summarize(lambda c: (_eval_copy(c), garbage(c.p("sum"))) and ["runs", "--output", "sum"], "sum"))
 add("summarize", "no argument", "error", _summarize(lambda c: [], "folders"))
@@ -1788,8 +1821,9 @@ def _benchmark(args: list[str], name: str, prepare: Callable[[Ctx], None] | None
 
 for _args, _name in BENCHMARK_ARGS:
     add("benchmark", " ".join(_args), "error", _benchmark(_args, _name))
-add("benchmark", "--json is a folder", "error",
-    _benchmark(["eval", "--json", "out", "--device", "tpu"], "out", prepare=lambda c: os.makedirs(c.p("out"))))
+# --json is checked before --device: a folder named by --json must be the error, not the device
+add("benchmark", "--json is a folder", "error naming --json, before the run",
+    _benchmark(["eval", "--json", "out", "--device", "cpu"], "--json", prepare=lambda c: os.makedirs(c.p("out"))))
 add("benchmark", "--json into a file's folder", "error",
     _benchmark(["eval", "--json", "f/out.json"], "f", prepare=lambda c: garbage(c.p("f")) and None))
 add("benchmark", "startup --clip garbage JSON", "error",
@@ -1857,7 +1891,8 @@ add("api", "load(slide unknown key)", "error", _api(_load(slide={"strid": [8, 8]
 add("api", "load(weights missing)", "error", _api(_load(weights="missing.pt"), "missing.pt"))
 add("api", "load(weights garbage)", "error", _api(_load(weights=lambda c: garbage(c.p("bad.pt"))), "bad.pt"))
 add("api", "load(unknown key gama)", "error", _api(_load(gama=0.3), "gama"))
-add("api", "load(name bogus)", "error", _api(lambda c: __import__("clip_dinoiser").load("bogus", device="cpu"), "bogus"))
+add("api", "load(name bogus)", "error",
+    _api(lambda c: __import__("clip_dinoiser").load("bogus", device="cpu"), "bogus"))
 add("api", "load(clip weights garbage)", "error",
     _api(_load(clip=lambda c: {"name": c.fx.clip_json, "pretrained": garbage(c.p("bad.pt"))}), "bad.pt"))
 add("api", "load(temperature=0)", "error", _api(_load(maskclip={"temperature": 0}), "temperature"))
@@ -1942,8 +1977,8 @@ def table(rows: list[tuple[Case, Outcome]], markdown: bool) -> str:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         lines += ["| " + " | ".join(cut(x, 140).replace("|", "\\|") for x in row) + " |" for row in data]
         return "\n".join(lines)
-    widths = [min(max([len(h)] + [len(r[i]) for r in data]), lim) for i, (h, lim) in enumerate(zip(head, (44, 12, 26, 12,
-                                                                                                       200)))]
+    limits = (44, 12, 26, 12, 200)
+    widths = [min(max([len(h)] + [len(r[i]) for r in data]), lim) for i, (h, lim) in enumerate(zip(head, limits))]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths[:-1]) + "  {}"
     out = [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
     out += [fmt.format(*(cut(x, w) for x, w in zip(row[:-1], widths[:-1])), cut(row[-1], 110)) for row in data]
