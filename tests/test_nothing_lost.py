@@ -219,6 +219,9 @@ def test_a_link_loop_does_not_multiply_the_training_images(tmp_path):
      ["runs"], "results file runs/a/results.json is not valid JSON"),
     ("benchmark.py", lambda d: None, ["eval", "--repeat", "0"], "--repeat=0: must be an integer >= 1"),
     ("benchmark.py", lambda d: None, ["eval", "--json", "missing/x.json"], "folder"),
+    ("benchmark.py", lambda d: os.makedirs(d / "out"), ["eval", "--json", "out"], "--json out is a folder"),
+    ("benchmark.py", lambda d: (d / "b.json").write_text("{}"), ["eval", "--json", "b.json"],
+     "--json b.json exists: add --overwrite"),
 ])
 def test_broken_files_and_arguments_are_one_line_in_every_tool(tmp_path, tool_name, make, args, message):
     Image.fromarray(random_image(20, 20)).save(tmp_path / "x.png")

@@ -3,7 +3,7 @@
     python tools/benchmark.py eval  [--device cuda] [--images 400]
     python tools/benchmark.py train [--device cuda] [--iters 30]
     python tools/benchmark.py startup [--repeat 3]     # time to a ready model, cold and warm text cache
-    python tools/benchmark.py all --json out.json
+    python tools/benchmark.py all --json out.json        # a new file (--overwrite to replace one)
 
 Models are ViT-B/16-sized with random weights (speed does not depend on the weights):
 CLIP ViT-B-16 (open_clip), DINO ViT-B/16 and ViT-S/8 (timm). Every figure is measured in the
@@ -361,7 +361,8 @@ def main(argv=None) -> int:
     p.add_argument("--crop", type=int, default=512, help="target: MaskCLIP+'s crop (480 for Context)")
     p.add_argument("--workers", type=int, default=min(12, os.cpu_count() or 1))
     p.add_argument("--clip", default=CLIPConfig.name, help="open_clip model name or config JSON (eval; smoke runs)")
-    p.add_argument("--json", help="write the results here")
+    p.add_argument("--json", help="write the results here (a new file, or --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--repeat", type=int, default=10, help="timed calls per figure (1 for a smoke run)")
     args = p.parse_args(argv)
     return run(args)
@@ -375,10 +376,14 @@ def check_arguments(args: argparse.Namespace) -> torch.device:
     if args.clip.endswith(".json") and not os.path.isfile(args.clip):
         raise FileNotFoundError(f"CLIP model config not found: {args.clip} (--clip)")
     if args.json:
-        check_output_dir(os.path.dirname(os.path.abspath(args.json)), "--json")
-        if not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
-            raise FileNotFoundError(f"--json {args.json}: folder {os.path.dirname(os.path.abspath(args.json))} "
-                                    "does not exist")
+        folder = os.path.dirname(os.path.abspath(args.json))
+        check_output_dir(folder, "--json")
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"--json {args.json}: folder {folder} does not exist")
+        if os.path.isdir(args.json):
+            raise IsADirectoryError(f"--json {args.json} is a folder: give a file name, e.g. {args.json}/bench.json")
+        if os.path.exists(args.json) and not args.overwrite:
+            raise FileExistsError(f"--json {args.json} exists: add --overwrite to replace it, or give another name")
     return resolve_device(args.device)
 
 
