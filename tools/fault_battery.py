@@ -1,6 +1,6 @@
 """Fault battery: bad inputs and faults thrown at every tool, each outcome classified.
 
-    python tools/fault_battery.py                     # every case (about 375; 25-40 min on 2 shared CPU cores)
+    python tools/fault_battery.py                     # every case (377; about 26 min on 2 CPU cores)
     python tools/fault_battery.py --only 'eval*'      # cases whose "tool/name" matches (fnmatch, or a substring)
     python tools/fault_battery.py --list              # the cases, not run
     python tools/fault_battery.py --keep --markdown battery.md   # keep the scratch folder; the table as Markdown
@@ -1824,6 +1824,9 @@ for _args, _name in BENCHMARK_ARGS:
 # --json is checked before --device: a folder named by --json must be the error, not the device
 add("benchmark", "--json is a folder", "error naming --json, before the run",
     _benchmark(["eval", "--json", "out", "--device", "cpu"], "--json", prepare=lambda c: os.makedirs(c.p("out"))))
+add("benchmark", "--json an existing file", "refused, unchanged",
+    _benchmark(["eval", "--json", "old.json", "--device", "cpu"], "--overwrite",
+               prepare=lambda c: garbage(c.p("old.json"), b"{}") and None))
 add("benchmark", "--json into a file's folder", "error",
     _benchmark(["eval", "--json", "f/out.json"], "f", prepare=lambda c: garbage(c.p("f")) and None))
 add("benchmark", "startup --clip garbage JSON", "error",
