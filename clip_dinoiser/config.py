@@ -335,25 +335,26 @@ def config_error(e: OmegaConfBaseException, prefix: str = "") -> ConfigError:
     return ConfigError(f"{key}: {first}" if key else first)
 
 
+def _field(cls: Any, dotted: str) -> dataclasses.Field | None:
+    """The field ``dotted`` (``maskclip.ks_thresh``) of the dataclass ``cls``, or None."""
+    head, _, rest = dotted.partition(".")
+    fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+    f = fields.get(head)
+    if f is None or not rest:
+        return f
+    nested = _SCHEMAS.get(str(f.type).split(" ")[0])
+    return _field(nested, rest) if nested is not None else None
+
+
 def field_kind(cls: type, dotted: str) -> Kind:
     """The kind of number of the field ``dotted`` (``maskclip.ks_thresh``) of the dataclass ``cls``."""
-    head, _, rest = dotted.partition(".")
-    f = {f.name: f for f in dataclasses.fields(cls)}[head]
-    if rest:
-        return field_kind(f.default_factory if f.default_factory is not dataclasses.MISSING else type(f.default), rest)
-    return f.metadata["kind"]
+    return _field(cls, dotted).metadata["kind"]
 
 
 def field_type(cls: type, dotted: str) -> str | None:
     """The annotation (as written) of the field ``dotted`` of the dataclass ``cls``, or None."""
-    head, _, rest = dotted.partition(".")
-    fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
-    if head not in fields:
-        return None
-    if not rest:
-        return str(fields[head].type)
-    nested = _SCHEMAS.get(str(fields[head].type).split(" ")[0])
-    return field_type(nested, rest) if nested is not None else None
+    f = _field(cls, dotted)
+    return None if f is None else str(f.type)
 
 
 def check_switches(overrides: list[str], schema: type) -> None:

@@ -120,18 +120,3 @@ def check_precision(precision: str) -> None:
     if precision not in PRECISION_NAMES:
         raise ConfigError(f"precision={precision}: unknown precision (choose from {', '.join(PRECISION_NAMES)})")
 
-
-def check_number(value: Any, key: str, kind_: type = int, *, minimum: float | None = None) -> Any:
-    """``value`` as ``kind_`` (int or float), finite and at least ``minimum``: a ``ConfigError`` naming ``key``."""
-    return Kind(integer=kind_ is int, low=minimum).check(value, key)
-
-
-def check_numbers(values: Sequence[Any], key: str, kind_: type = int, *, minimum: float | None = None) -> tuple:
-    """``check_number`` for each entry of a list value (``slide.stride=[224,224]``)."""
-    if isinstance(values, str | bytes) or not isinstance(values, Sequence):
-        try:
-            values = list(values)
-        except TypeError:
-            raise ConfigError(f"{key}={values!r}: expected a list of numbers") from None
-    k = Kind(integer=kind_ is int, low=minimum)
-    return tuple(k.check(v, key) for v in values)

@@ -98,7 +98,7 @@ def run(cfg: DictConfig) -> list[list[BenchmarkResult]]:
     from clip_dinoiser.engine.evaluate import Evaluator
     from clip_dinoiser.models import build_model
 
-    main_rank = os.environ.get("RANK", "0") == "0"
+    main_rank = dist.launched_rank() == 0
     if main_rank:
         claim_all(folders)  # a second evaluation into the same folders is refused from here on
     corruption = (cfg.data.corruption, cfg.data.severity) if cfg.data.corruption else None

@@ -38,6 +38,12 @@ def process_group(device: torch.device) -> Iterator[tuple[int, int]]:
             cleanup()
 
 
+def launched_rank() -> int:
+    """This process's rank as torchrun set it (``RANK``; 0 outside torchrun), readable before the
+    process group exists: the main process claims folders and writes results."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 

@@ -64,15 +64,20 @@ class Task(Protocol):
         """Write the trained result (``last.pt``) in the task's own format; returns a line for the log."""
 
 
+def checkpoints(run_dir: str) -> list[str]:
+    """The run's checkpoints, oldest first (the names carry the iteration, zero-padded)."""
+    return sorted(glob.glob(os.path.join(run_dir, CHECKPOINTS, "iter_*.pt")))
+
+
 def latest_checkpoint(run_dir: str) -> str | None:
-    files = sorted(glob.glob(os.path.join(run_dir, CHECKPOINTS, "iter_*.pt")))
+    files = checkpoints(run_dir)
     return files[-1] if files else None
 
 
 def restore(run_dir: str, module: nn.Module, optimizer, scheduler) -> int:
     """Load the newest readable checkpoint of ``run_dir``; returns its iteration. An unreadable
     (truncated) newer one is named in a warning and the next older one is used."""
-    files = sorted(glob.glob(os.path.join(run_dir, CHECKPOINTS, "iter_*.pt")), reverse=True)
+    files = checkpoints(run_dir)[::-1]
     for path in files:
         try:
             ckpt = read_weights(path, "checkpoint")
@@ -261,7 +266,7 @@ def _save_checkpoint(run: RunFolder, iteration: int, module: nn.Module, optimize
     path = run.file(os.path.join(CHECKPOINTS, f"iter_{iteration:07d}.pt"))
     save_atomic({"iteration": iteration, "model_state_dict": module.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict()}, path)
-    for old in sorted(glob.glob(os.path.join(run.path, CHECKPOINTS, "iter_*.pt")))[:-keep]:
+    for old in checkpoints(run.path)[:-keep]:
         os.remove(old)
 
 

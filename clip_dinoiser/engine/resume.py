@@ -19,6 +19,12 @@ def _plain(value: Any) -> Any:
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
+def check_resume_folder(run_dir: str) -> None:
+    """A ``FileNotFoundError`` unless the run folder to resume (``train.resume``) exists."""
+    if not os.path.isdir(run_dir):
+        raise FileNotFoundError(f"run folder to resume not found: {run_dir} (train.resume)")
+
+
 def resume_config(cfg: DictConfig, overrides: list[str], free: Sequence[str]) -> tuple[dict, list[str]]:
     """The saved config of the run ``cfg.train.resume`` with the command line's overrides of the
     ``free`` keys applied; (config, the changes made). Any other override that differs from the
@@ -27,8 +33,7 @@ def resume_config(cfg: DictConfig, overrides: list[str], free: Sequence[str]) ->
 
     run_dir = cfg.train.resume
     saved_path = os.path.join(run_dir, "config.yaml")
-    if not os.path.isdir(run_dir):
-        raise FileNotFoundError(f"run folder to resume not found: {run_dir} (train.resume)")
+    check_resume_folder(run_dir)
     if not os.path.isfile(saved_path):
         raise FileNotFoundError(f"{saved_path} not found: cannot resume a run without its settings")
     saved = read_config(saved_path)

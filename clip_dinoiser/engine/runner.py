@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +48,7 @@ def run_training_tool(cfg: DictConfig, tool: TrainingTool) -> str | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from . import distributed as dist
     from .cli import resolve_device
 
     resuming = bool(cfg.train.resume)
@@ -60,8 +60,8 @@ def run_training_tool(cfg: DictConfig, tool: TrainingTool) -> str | None:
     parse(tool.settings, config["train"], "train")  # keys, types and numbers first: cheap
     evaluation = parse(TrainEvalConfig, config.get("eval"), "eval")
     check_precision(config.get("precision", "fp32"))
-    main_rank = os.environ.get("RANK", "0") == "0"
     device = resolve_device(config["device"])
+    main_rank = dist.launched_rank() == 0
     engine = importlib.import_module(tool.engine)
     engine.check_run_inputs(config, folder=main_rank)  # before any folder is made or model loaded
     if evaluation.enabled:  # its datasets exist, before the training

@@ -44,6 +44,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _remove(path: str) -> None:
+    """Remove a file, a link or a folder tree (a link to a folder goes, not what it points to)."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.remove(path)
+
+
 def existing_files(folder: str, names: Iterable[str]) -> list[str]:
     """The entries of ``names`` (files or folders, relative to ``folder``) that exist."""
     return [n for n in names if os.path.lexists(os.path.join(folder, n))]
@@ -129,11 +137,7 @@ class RunFolder:
         created it and it is empty."""
         if discard:
             for name in reversed(self.written):
-                path = self.file(name)
-                if os.path.isdir(path) and not os.path.islink(path):
-                    shutil.rmtree(path)
-                elif os.path.lexists(path):
-                    os.remove(path)
+                _remove(self.file(name))
             self.written.clear()
         if self._claimed:
             marker = os.path.join(self.path, MARKER)
@@ -155,8 +159,7 @@ class RunFolder:
     def clear(self) -> None:
         """Remove this run's earlier files (``overwrite=true``, before the run writes anew)."""
         for name in existing_files(self.path, self.files):
-            path = self.file(name)
-            shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+            _remove(self.file(name))
 
     def record(self, name: str) -> str:
         """Note that this process writes ``name`` (a file it opens itself, such as a log); returns its path."""

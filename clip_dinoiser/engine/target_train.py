@@ -34,6 +34,7 @@ from ..models import build_model, check_model_config
 from ..models.target import build_target, check_target_config, convert_sync_batchnorm
 from ..values import check_precision
 from ..vocabulary import Vocabulary, read_vocabulary_file
+from . import distributed as dist
 from .inference import autocast
 from .loop import (
     batch_split_check,
@@ -42,6 +43,7 @@ from .loop import (
     run_task,
     start_run,  # noqa: F401 (the training tool claims the run folder with it)
 )
+from .resume import check_resume_folder
 from .runs import RunFolder
 
 log = logging.getLogger(__name__)
@@ -90,8 +92,8 @@ def check_run_inputs(cfg: Mapping[str, Any], *, folder: bool = True) -> None:
     """Every setting, folder and file of a MaskCLIP+ run, before any model is built (``folder``:
     the run folder too)."""
     tcfg = parse(TargetTrainSettings, cfg["train"], "train")
-    if tcfg.resume and not os.path.isdir(tcfg.resume):
-        raise FileNotFoundError(f"run folder to resume not found: {tcfg.resume} (train.resume)")
+    if tcfg.resume:
+        check_resume_folder(tcfg.resume)
     if folder:
         run_folder(cfg).check()
     check_precision(cfg.get("precision", "fp32"))
@@ -238,7 +240,7 @@ def train(cfg: Mapping[str, Any], device: torch.device, run: RunFolder | None = 
     ``train.stop_after`` ended this call early. ``cfg`` holds ``annotator``, ``target``, ``train``
     and ``precision`` (``TrainTargetConfig``); ``run`` as ``engine.train.train``'s."""
     cfg = {**cfg, "train": plain(parse(TargetTrainSettings, cfg["train"], "train"))}
-    check_run_inputs(cfg, folder=run is None and os.environ.get("RANK", "0") == "0")
+    check_run_inputs(cfg, folder=run is None and dist.launched_rank() == 0)
     return in_run_folder(cfg, device, run, _train_target)
 
 

@@ -23,9 +23,11 @@ from ..errors import ConfigError, UserError
 from ..models import CLIPDINOiser, build_model, check_model_config, load_heads, save_heads
 from ..teachers import Teacher, build_teachers, by_head, check_teacher_files
 from ..values import check_precision
+from . import distributed as dist
 from .inference import autocast
 from .loop import CHECKPOINTS, batch_split_check, in_run_folder, latest_checkpoint, run_folder, run_task
 from .loop import start_run as start_training
+from .resume import check_resume_folder
 from .runs import RunFolder
 
 log = logging.getLogger(__name__)
@@ -52,8 +54,7 @@ def make_optimizer(heads: nn.Module, teachers: Mapping[str, Teacher],
 
 def resume_checkpoint(run_dir: str) -> str:
     """The checkpoint to resume ``run_dir`` from (its newest), or a ``FileNotFoundError``."""
-    if not os.path.isdir(run_dir):
-        raise FileNotFoundError(f"run folder to resume not found: {run_dir} (train.resume)")
+    check_resume_folder(run_dir)
     path = latest_checkpoint(run_dir)
     if path is None:
         raise FileNotFoundError(f"no checkpoint ({CHECKPOINTS}/iter_*.pt) in {run_dir} to resume from (train.resume)")
@@ -215,7 +216,7 @@ def train(cfg: Mapping[str, Any], device: torch.device, run: RunFolder | None = 
     once the last finished iteration is saved.
     """
     cfg = {**cfg, "train": plain(parse(TrainSettings, cfg["train"], "train"))}  # checked, with the defaults
-    check_run_inputs(cfg, folder=run is None and os.environ.get("RANK", "0") == "0")
+    check_run_inputs(cfg, folder=run is None and dist.launched_rank() == 0)
     return in_run_folder(cfg, device, run, _train, start=start_run)
 
 
