@@ -82,7 +82,7 @@ class Segmenter:
     def segment(self, images: Any, classes: Sequence[str]) -> Segmentation | list[Segmentation]:
         """Segment one image (a ``Segmentation``) or a list of images (a list) into ``classes``
         (comma-separated synonyms allowed in a name)."""
-        from .engine.inference import resize_keep_ratio, slide_inference, to_tensor
+        from .engine.inference import image_outputs
 
         if isinstance(classes, str):
             classes = [classes]
@@ -95,9 +95,7 @@ class Segmenter:
         arrays = [as_rgb(x) for x in ([images] if single else images)]
         self.model.set_vocabulary(parse_vocabulary(list(classes)))
         names = list(self.model.class_names)
-        resized = [to_tensor(resize_keep_ratio(a, self.slide.scale), self.device) for a in arrays]
-        probs = slide_inference(self.model, resized, cfg=self.slide, out_sizes=[a.shape[:2] for a in arrays],
-                                precision=self.precision)
+        probs = image_outputs(self.model, arrays, self.slide, self.precision)
         results = [Segmentation(p.argmax(dim=0).cpu().numpy(), p.cpu().numpy(), names) for p in probs]
         return results[0] if single else results
 

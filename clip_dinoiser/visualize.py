@@ -114,15 +114,10 @@ def side_by_side(panels: Sequence[tuple[str, np.ndarray]], legend: Sequence[tupl
     legend_h = _legend_entries(None, legend, (0, 0), fig_w - 2 * pad, size) + 2 * pad if legend else 0
     canvas = Image.new("RGB", (fig_w, rows * (title_h + ph) + legend_h), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
-    font = load_font(size)
     for k, (title, panel) in enumerate(panels):
         x, y = (k % columns) * (pw + pad), (k // columns) * (title_h + ph)
         canvas.paste(Image.fromarray(panel).resize((pw, ph), Image.BILINEAR), (x, y + title_h))
-        fitted = font
-        for smaller in range(size - 1, 7, -1):  # a title wider than its panel is set smaller
-            if fitted.getlength(title) <= pw - 2:
-                break
-            fitted = load_font(smaller)
+        fitted = _fitted_font(title, size, pw - 2)  # a title wider than its panel is set smaller
         draw.text((x + pw // 2, y + title_h // 2), title, fill=(0, 0, 0), font=fitted, anchor="mm")
     if legend:
         _legend_entries(draw, legend, (pad, rows * (title_h + ph) + pad), fig_w - 2 * pad, size)

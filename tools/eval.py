@@ -94,6 +94,7 @@ def run(cfg: DictConfig) -> list[list[BenchmarkResult]]:
     sweep's summary (with the robustness table for corruption sweeps) is rewritten after every job."""
     sweep_dir = multirun_folder(cfg)
     benchmarks, slide, points, folders = check_settings(cfg)
+    from clip_dinoiser.data.benchmarks import corruption_of
     from clip_dinoiser.engine import distributed as dist
     from clip_dinoiser.engine.evaluate import Evaluator
     from clip_dinoiser.models import build_model
@@ -101,9 +102,9 @@ def run(cfg: DictConfig) -> list[list[BenchmarkResult]]:
     main_rank = dist.launched_rank() == 0
     if main_rank:
         claim_all(folders)  # a second evaluation into the same folders is refused from here on
-    corruption = (cfg.data.corruption, cfg.data.severity) if cfg.data.corruption else None
     evaluator = Evaluator(slide=slide, precision=cfg.precision, loader_batch=cfg.loader_batch,
-                          num_workers=cfg.num_workers, limit=cfg.limit, progress=cfg.progress, corruption=corruption)
+                          num_workers=cfg.num_workers, limit=cfg.limit, progress=cfg.progress,
+                          corruption=corruption_of(cfg.data))
     per_point: list[list[tuple[Benchmark, BenchmarkResult]]] = [[] for _ in points]
     failed = True
     try:

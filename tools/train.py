@@ -12,23 +12,18 @@ be given anew (``train.epochs`` extends the run, and is recorded in train.log).
 
 from __future__ import annotations
 
-import logging
-
 import hydra
 from omegaconf import DictConfig
 
 from clip_dinoiser.config import TrainConfig, TrainSettings, register_configs
 from clip_dinoiser.engine.cli import launch, user_errors_as_one_line
+from clip_dinoiser.engine.resume import resume_free
 from clip_dinoiser.engine.runner import TrainingTool, run_training_tool
 
 # torch, the models and the teachers are imported once the command line is checked.
 
-log = logging.getLogger("train")
-
-# Settings that do not change what a run computes, or extend it (train.epochs); any other
-# setting given with train.resume must equal the run's own.
-RESUME_FREE = ("train.resume", "train.epochs", "train.num_workers", "train.save_every", "train.keep_checkpoints",
-               "train.stop_after", "device")
+# Any other setting given with train.resume must equal the run's own.
+RESUME_FREE = resume_free("train.epochs")
 
 
 HEADS = TrainingTool(TrainSettings, RESUME_FREE, "clip_dinoiser.engine.train",

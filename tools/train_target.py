@@ -20,11 +20,11 @@ from omegaconf import DictConfig
 
 from clip_dinoiser.config import TargetTrainSettings, TrainTargetConfig, register_configs
 from clip_dinoiser.engine.cli import launch, user_errors_as_one_line
+from clip_dinoiser.engine.resume import resume_free
 from clip_dinoiser.engine.runner import TrainingTool, run_training_tool
 
-# Settings that do not change what a run computes, or extend it (train.iterations).
-RESUME_FREE = ("train.resume", "train.iterations", "train.num_workers", "train.save_every",
-               "train.keep_checkpoints", "train.stop_after", "device")
+# Any other setting given with train.resume must equal the run's own.
+RESUME_FREE = resume_free("train.iterations")
 
 TARGET = TrainingTool(TargetTrainSettings, RESUME_FREE, "clip_dinoiser.engine.target_train",
                       lambda config, last: {"name": "target", "checkpoint": last,

@@ -255,6 +255,11 @@ class Corrupt:
         return results
 
 
+def corruption_of(data: DataConfig | Any) -> tuple[str, int] | None:
+    """(name, severity) of a data config's ``corruption`` / ``severity`` (``Corrupt``), or None: clean images."""
+    return (data.corruption, data.severity) if data.corruption else None
+
+
 def eval_pipeline(num_classes: int, scale: tuple[int, int] = SlideConfig.scale,
                   corruption: tuple[str, int] | None = None) -> list:
     """The paper's test-time transforms, applied to one of the dataset's data infos (a dict of

@@ -10,13 +10,21 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch import Tensor, nn
 
 from ..config import SlideConfig
 from ..visualize import heat_map, make_palette, overlay, panel_width, side_by_side, text_px, titled_panel
-from .inference import check_point, query_correlations, resize_keep_ratio, segment, segment_panels, to_tensor
+from .inference import (
+    check_point,
+    correlation_sources,
+    patch_map,
+    query_correlations,
+    resize_keep_ratio,
+    segment,
+    segment_panels,
+    to_tensor,
+)
 
 
 @dataclass
@@ -111,14 +119,9 @@ def image_correlations(model: nn.Module, image: np.ndarray, *,
     """What ``query_correlations`` reads for any point of ``image``, computed once: the backbone up
     to the heads' block (CLIP-DINOiser) or the DINO teacher (DINO-MaskCLIP) on the image resized
     to the test scale, whole."""
-    device = next(model.parameters()).device
-    resized = to_tensor(resize_keep_ratio(image, scale), device)[None]
-    matrices = {}
-    if hasattr(model, "heads"):
-        inter = model.backbone(resized, with_inter=True, with_dense=False).inter
-        matrices["CLIP-DINOiser"] = (model.heads(inter)[0][0].float().cpu(), tuple(model.backbone.patch_size))
-    if hasattr(model, "dino"):
-        matrices["DINO"] = (model.dino.correlations(resized)[0].float().cpu(), tuple(model.dino.vit.patch_size))
+    resized = to_tensor(resize_keep_ratio(image, scale), next(model.parameters()).device)[None]
+    sources = correlation_sources(model, resized)
+    matrices = {name: (matrix.float().cpu(), patch) for name, (matrix, patch) in sources.items()}
     return ImageCorrelations(matrices, tuple(resized.shape[-2:]), tuple(image.shape[:2]))
 
 
@@ -126,15 +129,8 @@ def correlation_maps(corrs: ImageCorrelations, point: tuple[int, int]) -> dict[s
     """Source name -> H x W correlations of the patch under ``point`` = (x, y), as
     ``query_correlations`` computes them (a ``UserError`` for a point outside the image)."""
     check_point(point, corrs.size)
-    (h0, w0), (h, w) = corrs.size, corrs.resized
-    x, y = point
-    maps = {}
-    for name, (matrix, (ph, pw)) in corrs.matrices.items():
-        gh, gw = -(-h // ph), -(-w // pw)
-        row = matrix[(int(y * h / h0) // ph) * gw + int(x * w / w0) // pw].view(gh, gw)
-        grid = F.interpolate(row[None, None], size=(gh * ph, gw * pw), mode="nearest")[..., :h, :w]
-        maps[name] = F.interpolate(grid, size=(h0, w0), mode="bilinear", align_corners=False)[0, 0].numpy()
-    return maps
+    return {name: patch_map(matrix, patch, point, corrs.resized, corrs.size)[0].numpy()
+            for name, (matrix, patch) in corrs.matrices.items()}
 
 
 def page_panels(image: np.ndarray, data: FigureData, names: list[str], *,

@@ -234,15 +234,17 @@ def segment(
     """
     if prompts is not None:
         model.set_vocabulary(prompts)
-    probs = _image_outputs(model, image, cfg, precision)
+    (probs,) = image_outputs(model, [image], cfg, precision)
     return probs.argmax(dim=0).cpu().numpy(), probs
 
 
-def _image_outputs(model: nn.Module, image: np.ndarray, cfg: SlideConfig, precision: str) -> Tensor:
-    """The test-time pipeline on one image: ``model``'s C x H x W outputs at the image's size."""
-    resized = to_tensor(resize_keep_ratio(image, cfg.scale), next(model.parameters()).device)
-    (out,) = slide_inference(model, [resized], cfg=cfg, out_sizes=[image.shape[:2]], precision=precision)
-    return out
+def image_outputs(model: nn.Module, images: Sequence[np.ndarray], cfg: SlideConfig, precision: str) -> list[Tensor]:
+    """The test-time pipeline on images (H x W x 3 uint8 RGB; their windows share model calls):
+    ``model``'s C x H x W outputs at each image's size."""
+    device = next(model.parameters()).device
+    resized = [to_tensor(resize_keep_ratio(image, cfg.scale), device) for image in images]
+    return slide_inference(model, resized, cfg=cfg, out_sizes=[image.shape[:2] for image in images],
+                           precision=precision)
 
 
 class _Panels(nn.Module):
@@ -262,7 +264,7 @@ def segment_panels(
     """CLIP-DINOiser's label map, MaskCLIP's on the same features, and the objectness map
     (H x W in [0, 1]) of one image, from one backbone pass per window (``forward_panels``)."""
     k = len(model.class_names)
-    out = _image_outputs(_Panels(model), image, cfg, precision)
+    (out,) = image_outputs(_Panels(model), [image], cfg, precision)
     return out[:k].argmax(0).cpu().numpy(), out[k : 2 * k].argmax(0).cpu().numpy(), out[2 * k].cpu().numpy()
 
 
@@ -285,24 +287,38 @@ def query_correlations(
         name -> (H x W map at the image's size, the patch-grid row of the correlation matrix).
     """
     check_point(point, image.shape)
-    h0, w0 = image.shape[:2]
-    x, y = point
-    device = next(model.parameters()).device
-    resized = to_tensor(resize_keep_ratio(image, scale), device)[None]
-    h, w = resized.shape[-2:]
-    sources = {}
-    if hasattr(model, "heads"):
-        inter = model.backbone(resized, with_inter=True, with_dense=False).inter
-        sources["CLIP-DINOiser"] = (model.heads(inter)[0], model.backbone.patch_size)
-    if hasattr(model, "dino"):
-        sources["DINO"] = (model.dino.correlations(resized), model.dino.vit.patch_size)
+    resized = to_tensor(resize_keep_ratio(image, scale), next(model.parameters()).device)[None]
+    sources = correlation_sources(model, resized)
     if not sources:
         raise UserError(f"{type(model).__name__} has no correlations to query (model=clip_dinoiser or dino_maskclip)")
     maps = {}
-    for name, (corrs, (ph, pw)) in sources.items():
-        gh, gw = -(-h // ph), -(-w // pw)
-        row = corrs[0, (int(y * h / h0) // ph) * gw + int(x * w / w0) // pw].view(gh, gw).float()
-        grid = F.interpolate(row[None, None], size=(gh * ph, gw * pw), mode="nearest")[..., :h, :w]
-        full = F.interpolate(grid, size=(h0, w0), mode="bilinear", align_corners=False)[0, 0]
+    for name, (matrix, patch) in sources.items():
+        full, row = patch_map(matrix, patch, point, tuple(resized.shape[-2:]), image.shape[:2])
         maps[name] = (full.cpu().numpy(), row)
     return maps
+
+
+def correlation_sources(model: nn.Module, resized: Tensor) -> dict[str, tuple[Tensor, tuple[int, int]]]:
+    """Source name -> (N x N patch correlations of the 1 x 3 x h x w image ``resized``, the source's
+    patch size): ``"CLIP-DINOiser"`` (the correlation head on the backbone's features), ``"DINO"``
+    (DINO-MaskCLIP's teacher); none for a model without correlations (MaskCLIP)."""
+    sources = {}
+    if hasattr(model, "heads"):
+        inter = model.backbone(resized, with_inter=True, with_dense=False).inter
+        sources["CLIP-DINOiser"] = (model.heads(inter)[0][0], tuple(model.backbone.patch_size))
+    if hasattr(model, "dino"):
+        sources["DINO"] = (model.dino.correlations(resized)[0], tuple(model.dino.vit.patch_size))
+    return sources
+
+
+def patch_map(matrix: Tensor, patch: tuple[int, int], point: tuple[int, int], resized: tuple[int, int],
+              size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """The correlations of the patch under pixel ``point`` = (x, y) of an image of ``size`` (H, W),
+    seen at ``resized`` (h, w): (H x W map, each patch's value spread over its pixels then resized
+    bilinearly; the gh x gw row of ``matrix``)."""
+    (h0, w0), (h, w), (ph, pw) = size, resized, patch
+    x, y = point
+    gh, gw = -(-h // ph), -(-w // pw)
+    row = matrix[(int(y * h / h0) // ph) * gw + int(x * w / w0) // pw].view(gh, gw).float()
+    grid = F.interpolate(row[None, None], size=(gh * ph, gw * pw), mode="nearest")[..., :h, :w]
+    return F.interpolate(grid, size=(h0, w0), mode="bilinear", align_corners=False)[0, 0], row

@@ -8,7 +8,7 @@ import math
 from typing import Any
 
 from ..config import TrainEvalConfig
-from ..data.benchmarks import Benchmark, selected_benchmarks
+from ..data.benchmarks import Benchmark, corruption_of, selected_benchmarks
 from .evaluate import BenchmarkResult, Evaluator
 from .runs import RunFolder
 
@@ -65,9 +65,8 @@ def evaluate_model(model_cfg: dict[str, Any], cfg: TrainEvalConfig, device,
 
     benchmarks = selected_benchmarks(cfg.data)
     model = build_model(model_cfg).to(device)
-    corruption = (cfg.data.corruption, cfg.data.severity) if cfg.data.corruption else None
     with Evaluator(slide=cfg.slide, precision=cfg.precision, num_workers=cfg.num_workers, limit=cfg.limit,
-                   corruption=corruption) as ev:
+                   corruption=corruption_of(cfg.data)) as ev:
         results = [(b, ev.evaluate(model, b, root, vocabulary=cfg.data.vocabulary, bg_refine=cfg.data.bg_refine))
                    for b, root in benchmarks]
     write_results(results, None, run)

@@ -15,6 +15,13 @@ from ..readers import read_config
 SESSION_ONLY = ("train.stop_after",)  # applies to one invocation: never taken from the saved run
 
 
+def resume_free(length_key: str) -> tuple[str, ...]:
+    """The keys a resumed training run may be given anew: those that do not change what it
+    computes, and ``length_key`` (``train.epochs``, ``train.iterations``), which extends it."""
+    return ("train.resume", length_key, "train.num_workers", "train.save_every", "train.keep_checkpoints",
+            "train.stop_after", "device")
+
+
 def _plain(value: Any) -> Any:
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 

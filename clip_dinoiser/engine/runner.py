@@ -31,7 +31,8 @@ class TrainingTool:
         engine: the task's module, imported once the cheap checks passed. It provides
             ``check_run_inputs(config, *, folder)`` (every input, before any folder or model;
             ``folder``: the run folder too), ``start_run(config) -> RunFolder`` (claimed, a new
-            run's ``config.yaml`` written) and ``train(config, device, run=None) -> last.pt | None``.
+            run's ``config.yaml`` written) and ``train(config, device, run=None, *, checked=False) -> last.pt
+            | None`` (``checked``: ``check_run_inputs`` has run).
         evaluated: the model config that scores the run's ``last.pt``.
     """
 
@@ -69,14 +70,14 @@ def run_training_tool(cfg: DictConfig, tool: TrainingTool) -> str | None:
 
         checked_benchmarks(evaluation.data, evaluation.slide.scale)
     if not main_rank:
-        return engine.train(config, device)
+        return engine.train(config, device, checked=True)
     folder = engine.start_run(config)
     handler = _log_to(folder.record("train.log"))
     failed = True
     try:
         if resuming:
             log.info("resume of %s%s", folder.path, f" with {'; '.join(changes)}" if changes else "")
-        last = engine.train(config, device, run=folder)
+        last = engine.train(config, device, run=folder, checked=True)
         if last and evaluation.enabled:
             _evaluate(tool.evaluated(config, last), evaluation, device, folder)
             if multirun:

@@ -134,7 +134,7 @@ def summary_rows(runs: Sequence[Run], names: dict[str, str]) -> tuple[list[str],
         rows.append(paper)
     for row in rows:
         values = [row[b] for b in benchmarks]
-        row["average"] = None if not values or any(v is None for v in values) else sum(values) / len(values)
+        row["average"] = _mean(values)
     return swept, benchmarks, rows
 
 
@@ -214,13 +214,18 @@ def write_summary(folders: Sequence[str], out_dir: str) -> str:
     return markdown
 
 
+def _mean(values: Sequence[float | None]) -> float | None:
+    """The mean, or None when there is no value or one is missing."""
+    return None if not values or any(v is None for v in values) else sum(values) / len(values)
+
+
 SEVERITY_COLUMNS = tuple(f"severity {s}" for s in range(1, 6))
 
 
 def run_score(run: Run) -> float | None:
     """A run's mIoU: its benchmark's, or the average over its benchmarks."""
     scores = [v.get("mIoU") for v in run.results.values() if isinstance(v, dict)]
-    return None if not scores or any(s is None for s in scores) else sum(scores) / len(scores)
+    return _mean(scores)
 
 
 def robustness_table(runs: Sequence[Run]) -> Table | None:
@@ -239,7 +244,7 @@ def robustness_table(runs: Sequence[Run]) -> Table | None:
     ordered = [rows[k] for k in sorted(rows)]
     for row in ordered:
         values = [row.get(c) for c in SEVERITY_COLUMNS]
-        row["mean"] = None if any(v is None for v in values) else sum(values) / len(values)
+        row["mean"] = _mean(values)
     columns = ["model", "corruption", *SEVERITY_COLUMNS, "mean", "clean"]
     return Table("robustness", columns, [*SEVERITY_COLUMNS, "mean", "clean"], ordered)
 

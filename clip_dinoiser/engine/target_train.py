@@ -235,12 +235,14 @@ def build_task(cfg: Mapping[str, Any], device: torch.device, world: int) -> Targ
                           precision=cfg.get("precision", "fp32"), record=record)
 
 
-def train(cfg: Mapping[str, Any], device: torch.device, run: RunFolder | None = None) -> str | None:
+def train(cfg: Mapping[str, Any], device: torch.device, run: RunFolder | None = None, *,
+          checked: bool = False) -> str | None:
     """Run (or resume) a MaskCLIP+ training; returns the path of ``last.pt``, or None when
     ``train.stop_after`` ended this call early. ``cfg`` holds ``annotator``, ``target``, ``train``
-    and ``precision`` (``TrainTargetConfig``); ``run`` as ``engine.train.train``'s."""
+    and ``precision`` (``TrainTargetConfig``); ``run`` and ``checked`` as ``engine.train.train``'s."""
     cfg = {**cfg, "train": plain(parse(TargetTrainSettings, cfg["train"], "train"))}
-    check_run_inputs(cfg, folder=run is None and dist.launched_rank() == 0)
+    if not checked:
+        check_run_inputs(cfg, folder=run is None and dist.launched_rank() == 0)
     return in_run_folder(cfg, device, run, _train_target)
 
 

@@ -205,7 +205,8 @@ def training_images(tcfg: Mapping[str, Any]) -> list[str]:
     return chosen
 
 
-def train(cfg: Mapping[str, Any], device: torch.device, run: RunFolder | None = None) -> str | None:
+def train(cfg: Mapping[str, Any], device: torch.device, run: RunFolder | None = None, *,
+          checked: bool = False) -> str | None:
     """Run (or resume) a distillation; returns the path of the final ``last.pt``, or None when
     ``train.stop_after`` ended this call early (its last iteration is saved).
 
@@ -213,10 +214,11 @@ def train(cfg: Mapping[str, Any], device: torch.device, run: RunFolder | None = 
     ``run``: the run folder, already claimed by the caller (else claimed here, and its
     ``config.yaml`` written for a new run). Under torchrun the process group is joined here
     (and left only if it was made here). Raises ``signals.Interrupted`` after SIGINT / SIGTERM,
-    once the last finished iteration is saved.
+    once the last finished iteration is saved. ``checked``: the caller has run ``check_run_inputs``.
     """
     cfg = {**cfg, "train": plain(parse(TrainSettings, cfg["train"], "train"))}  # checked, with the defaults
-    check_run_inputs(cfg, folder=run is None and dist.launched_rank() == 0)
+    if not checked:
+        check_run_inputs(cfg, folder=run is None and dist.launched_rank() == 0)
     return in_run_folder(cfg, device, run, _train, start=start_run)
 
 
