@@ -138,6 +138,16 @@ def indexed_image(labels: np.ndarray, palette: np.ndarray) -> Image.Image:
     return im
 
 
+def label_images(image: np.ndarray, labels: np.ndarray, names: Sequence[str],
+                 alpha: float) -> tuple[Image.Image, Image.Image]:
+    """A segmentation's two images (the demo's files, the web page's downloads): ``labels`` over
+    ``image`` at opacity ``alpha`` with a legend of the classes present, and the indexed label map
+    (``indexed_image``: pixel value = class index, in the order of ``names``)."""
+    palette = make_palette(len(names))
+    shown = add_legend(overlay(image, labels, palette, alpha), names, palette, np.unique(labels).tolist())
+    return Image.fromarray(shown), indexed_image(labels, palette)
+
+
 def save_indexed(labels: np.ndarray, palette: np.ndarray, path: str) -> None:
     """Save a label map as an indexed PNG (``indexed_image``)."""
     indexed_image(labels, palette).save(path)

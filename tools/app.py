@@ -24,7 +24,6 @@ from typing import Any
 import hydra
 import numpy as np
 from omegaconf import DictConfig
-from PIL import Image
 
 from clip_dinoiser.config import AppConfig, SlideConfig, parse, register_configs
 from clip_dinoiser.data.images import load_image
@@ -41,7 +40,7 @@ from clip_dinoiser.engine.figures import (
 from clip_dinoiser.errors import UserError
 from clip_dinoiser.models import build_model, parse_vocabulary
 from clip_dinoiser.values import check_precision
-from clip_dinoiser.visualize import MAX_INDEXED_CLASSES, add_legend, make_palette, mark_point, overlay, save_indexed
+from clip_dinoiser.visualize import MAX_INDEXED_CLASSES, label_images, mark_point
 
 TABS = ("segmentation", "maskclip", "objectness", "correlations")  # the result's tabs, by id
 
@@ -155,11 +154,9 @@ class Segmenter:
         """``<stem>_overlay.png`` (with a legend of the classes present) and ``<stem>_labels.png``
         (indexed: pixel value = class index, in the order typed)."""
         stem = os.path.splitext(upload)[0] or "image"
-        palette = make_palette(len(names))
         paths = os.path.join(folder, f"{stem}_overlay.png"), os.path.join(folder, f"{stem}_labels.png")
-        shown = add_legend(overlay(image, labels, palette, self.alpha), names, palette, np.unique(labels).tolist())
-        Image.fromarray(shown).save(paths[0])
-        save_indexed(labels, palette, paths[1])
+        for path, im in zip(paths, label_images(image, labels, names, self.alpha)):
+            im.save(path)
         return paths
 
     def click(self, session: Session | None, index: Any):

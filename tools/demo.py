@@ -77,12 +77,9 @@ def write_outputs(image: np.ndarray, data: FigureData, names: list[str], stem: s
     """<stem>_mask.png, <stem>_labels.png and (figure=true) <stem>_figure.png in ``cfg.output``,
     each written atomically (an interrupted run never leaves half a PNG)."""
     from clip_dinoiser.engine.figures import figure
-    from clip_dinoiser.visualize import add_legend, indexed_image, make_palette, overlay
+    from clip_dinoiser.visualize import label_images
 
-    palette = make_palette(len(names))
-    present = [int(i) for i in np.unique(data.labels)]
-    images = [Image.fromarray(add_legend(overlay(image, data.labels, palette, cfg.alpha), names, palette, present)),
-              indexed_image(data.labels, palette)]
+    images = list(label_images(image, data.labels, names, cfg.alpha))
     if cfg.figure:
         images.append(Image.fromarray(figure(image, data, names, alpha=cfg.alpha)))
     paths = output_paths(cfg, stem)

@@ -19,7 +19,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from clip_dinoiser.config import EvalConfig, SlideConfig, parse, register_configs
-from clip_dinoiser.engine.cli import launch, resolve_device, user_errors_as_one_line
+from clip_dinoiser.engine.cli import launch, multirun_dirs, resolve_device, user_errors_as_one_line
 from clip_dinoiser.engine.runs import RESULT_FILES, RunFolder, claim_all, release_all
 from clip_dinoiser.engine.summary import SUMMARY_FILES, write_summary
 from clip_dinoiser.engine.sweep import decoding_fields, point_name, sweep_points
@@ -66,13 +66,11 @@ def check_settings(cfg: DictConfig) -> tuple[list, SlideConfig, list[dict], list
 
 def multirun_folder(cfg: DictConfig) -> str | None:
     """In a hydra multirun: the sweep's folder, after pointing ``output`` at this job's own folder."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if HydraConfig.get().mode != RunMode.MULTIRUN:
+    dirs = multirun_dirs()
+    if dirs is None:
         return None
-    OmegaConf.update(cfg, "output", HydraConfig.get().runtime.output_dir)  # no collisions between jobs
-    return HydraConfig.get().sweep.dir
+    OmegaConf.update(cfg, "output", dirs[0])  # no collisions between jobs
+    return dirs[1]
 
 
 def run_folders(cfg: DictConfig, points: list[dict]) -> list[RunFolder]:

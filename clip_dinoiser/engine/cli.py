@@ -23,6 +23,17 @@ log = logging.getLogger(__name__)
 USER_ERRORS: tuple[type[BaseException], ...] = (OSError, UserError)
 
 
+def multirun_dirs() -> tuple[str, str] | None:
+    """In a hydra multirun (``-m``): (this job's own folder, the sweep's folder); else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return None
+    return hydra_cfg.runtime.output_dir, hydra_cfg.sweep.dir
+
+
 def one_line(e: BaseException) -> str:
     """The message of ``e`` in one line. An exception re-raised from a DataLoader worker carries
     the worker's traceback; its last line holds the original message (with the file's path)."""

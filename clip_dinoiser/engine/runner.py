@@ -47,17 +47,16 @@ def run_training_tool(cfg: DictConfig, tool: TrainingTool) -> str | None:
     multirun (``-m``) each job's run folder is ``hydra.sweep.dir/<job number>`` and the sweep's
     summary is rewritten after every job."""
     from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
     from . import distributed as dist
-    from .cli import resolve_device
+    from .cli import multirun_dirs, resolve_device
 
     resuming = bool(cfg.train.resume)
     config, changes = (resume_config(cfg, list(HydraConfig.get().overrides.task), tool.resume_free) if resuming
                        else (OmegaConf.to_container(cfg, resolve=True), []))
-    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    multirun = multirun_dirs()
     if multirun and not resuming:
-        config["train"]["output"] = HydraConfig.get().runtime.output_dir  # no collisions between jobs
+        config["train"]["output"] = multirun[0]  # no collisions between jobs
     parse(tool.settings, config["train"], "train")  # keys, types and numbers first: cheap
     evaluation = parse(TrainEvalConfig, config.get("eval"), "eval")
     check_precision(config.get("precision", "fp32"))
@@ -83,7 +82,7 @@ def run_training_tool(cfg: DictConfig, tool: TrainingTool) -> str | None:
             if multirun:
                 from .summary import write_summary
 
-                sweep_dir = HydraConfig.get().sweep.dir
+                sweep_dir = multirun[1]
                 log.info("sweep so far:\n%s", write_summary([sweep_dir], sweep_dir))
         failed = False
         return last
