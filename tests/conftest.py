@@ -59,16 +59,25 @@ def tiny_clip_file(tmp_path_factory) -> tuple[str, str]:
     return name, path
 
 
+def write_heads(folder, *, proj_dim: int, seed: int, in_dim: int = 64, adjust=None) -> str:
+    """Random heads (seeded) for a CLIP of width ``in_dim`` (the tiny CLIP's: 64), changed by
+    ``adjust(heads)`` if given, saved as ``folder/last.pt`` in the released format."""
+    from clip_dinoiser.models import DINOiserHeads, save_heads
+
+    torch.manual_seed(seed)
+    heads = DINOiserHeads(in_dim=in_dim, proj_dim=proj_dim, kernel_size=3)
+    if adjust is not None:
+        with torch.no_grad():
+            adjust(heads)
+    path = str(folder / "last.pt")
+    save_heads(heads, path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_heads_file(tmp_path_factory) -> str:
     """Random heads for the tiny CLIP (width 64), in the released ``last.pt`` format."""
-    from clip_dinoiser.models import DINOiserHeads, save_heads
-
-    torch.manual_seed(1)
-    heads = DINOiserHeads(in_dim=64, proj_dim=16, kernel_size=3)
-    path = str(tmp_path_factory.mktemp("heads") / "last.pt")
-    save_heads(heads, path)
-    return path
+    return write_heads(tmp_path_factory.mktemp("heads"), proj_dim=16, seed=1)
 
 
 @pytest.fixture()

@@ -17,9 +17,10 @@ from omegaconf import OmegaConf
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
 from clip_dinoiser.errors import UserError
-from clip_dinoiser.models import DINOiserHeads, build_model, load_heads, save_heads
+from clip_dinoiser.models import DINOiserHeads, build_model, load_heads
 from clip_dinoiser.models.pooling import guided_pooling
 
+from .conftest import write_heads
 from .test_paper import compose_tool, tiny_overrides, train_overrides
 
 GAMMA, DELTA, TEMPERATURE = 0.2, 0.99, 100.0  # configs/clip_dinoiser.yaml, maskclip.py cls_seg (REF)
@@ -40,14 +41,11 @@ def _no_grad():
 def heads_file(tmp_path_factory) -> str:
     """Paper-sized heads (proj_dim 256) for the tiny CLIP; objectness bias 0 so that the foreground
     test goes both ways."""
-    torch.manual_seed(21)
-    heads = DINOiserHeads(in_dim=64, proj_dim=256, kernel_size=3)
-    with torch.no_grad():
+    def adjust(heads: DINOiserHeads) -> None:
         heads.bkg_decoder.bias.zero_()
         heads.bkg_decoder.weight.mul_(8.0)
-    path = str(tmp_path_factory.mktemp("fp_heads") / "last.pt")
-    save_heads(heads, path)
-    return path
+
+    return write_heads(tmp_path_factory.mktemp("fp_heads"), proj_dim=256, seed=21, adjust=adjust)
 
 
 @pytest.fixture(scope="module")

@@ -40,9 +40,11 @@ from clip_dinoiser.config import (
     register_configs,
 )
 from clip_dinoiser.data.benchmarks import BENCHMARKS, PAPER_ORDER, build_dataset, eval_pipeline, selected_benchmarks
-from clip_dinoiser.models import DINOiserHeads, build_model, save_heads
+from clip_dinoiser.models import build_model
 from clip_dinoiser.models.maskclip import Decoding, refines_background
 from clip_dinoiser.models.pooling import guided_pooling
+
+from .conftest import write_heads
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")
@@ -171,11 +173,7 @@ def compose_tool(config: str, *overrides: str):
 @pytest.fixture(scope="module")
 def heads_256(tmp_path_factory) -> str:
     """Heads at the paper's proj_dim (256) for the tiny CLIP (width 64), in the released format."""
-    torch.manual_seed(11)
-    heads = DINOiserHeads(in_dim=64, proj_dim=256, kernel_size=3)
-    path = str(tmp_path_factory.mktemp("heads256") / "last.pt")
-    save_heads(heads, path)
-    return path
+    return write_heads(tmp_path_factory.mktemp("heads256"), proj_dim=256, seed=11)
 
 
 def tiny_overrides(tiny_clip_file, heads: str | None) -> list[str]:
