@@ -162,6 +162,27 @@ def test_reduce_zero_label_and_ignore_follow_mmseg(data_dir):
     assert np.array_equal(voc["gt"], raw) and voc["img"].shape[0] == 448
 
 
+@pytest.mark.parametrize("reduce_zero_label", [False, True])
+def test_label_loading_equals_mmseg_load_annotations(tmp_path, reduce_zero_label):
+    """Our label reader in the pipeline (``LoadLabels``) against mmseg's own ``LoadAnnotations``:
+    ``reduce_zero_label`` and a ``label_map`` (what mmseg sets for a subset of a dataset's classes),
+    on an 8-bit map with every value, the ignored 255 included, and on a 1 x N map."""
+    from mmseg.datasets.transforms import LoadAnnotations
+
+    from clip_dinoiser.data.benchmarks import LoadLabels
+
+    rng = np.random.default_rng(3)
+    for name, gt in (("square.png", rng.integers(0, 5, (9, 11))), ("thin.png", rng.integers(0, 5, (1, 13)))):
+        gt = gt.astype(np.uint8)
+        gt[0, 0] = 255
+        Image.fromarray(gt).save(tmp_path / name)
+        results = {"seg_map_path": str(tmp_path / name), "reduce_zero_label": reduce_zero_label,
+                   "label_map": {1: 3, 3: 1, 4: 0}}
+        ours = LoadLabels()(dict(results))["gt_seg_map"]
+        theirs = LoadAnnotations(reduce_zero_label=None)({**results, "seg_fields": []})["gt_seg_map"]
+        assert np.array_equal(ours, theirs.reshape(ours.shape)), name  # mmseg squeezes a 1 x N map to N
+
+
 def test_dataset_errors_name_the_path(tmp_path, model):
     with pytest.raises(FileNotFoundError, match="dataset folder not found: .*nowhere"):
         build_dataset(BENCHMARKS["ade20k"], str(tmp_path / "nowhere"))

@@ -230,8 +230,8 @@ class LoadLabels:
             gt[gt == 0] = 255
             gt = gt - 1
             gt[gt == 254] = 255
-        if results.get("label_map"):
-            source = gt.copy()
+        if results.get("label_map"):  # read from the map as it is, written into a copy (the reader's is read-only)
+            source, gt = gt, gt.copy()
             for old, new in results["label_map"].items():
                 gt[source == old] = new
         results["gt_seg_map"] = gt
