@@ -16,7 +16,7 @@ import contextlib
 import json
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -135,6 +135,26 @@ def read_weights(path: str, what: str, key: str | None = None) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling, truncated archives, foreign formats: the file is the problem
         raise UserError(f"cannot read {what} {path}{where}: {_reason(e)}") from None
+
+
+def state_dict_of(obj: Any) -> dict[str, Any] | None:
+    """The state dict in a loaded weights file (``read_weights``): plain, or under ``state_dict`` /
+    ``model``, with ``module.`` / ``backbone.`` prefixes stripped; None unless it maps names to tensors."""
+    import torch
+
+    if isinstance(obj, dict):
+        obj = obj.get("state_dict", obj.get("model", obj))
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return None
+    return {k.removeprefix("module.").removeprefix("backbone."): v for k, v in obj.items()}
+
+
+def state_mismatch(expected: Mapping[str, Any], state: Mapping[str, Any]) -> tuple[list[str], list[str], list[str]]:
+    """What keeps ``state`` from loading strictly into a module whose state dict is ``expected``:
+    (its missing keys, its unexpected keys, the keys whose shapes differ), each sorted."""
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    shapes = [k for k in sorted(set(state) & set(expected)) if tuple(state[k].shape) != tuple(expected[k].shape)]
+    return missing, unexpected, shapes
 
 
 def read_text(path: str, what: str, key: str | None = None) -> str:

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from ..errors import UserError
 from ..files import save_atomic
-from ..readers import read_weights
+from ..readers import read_weights, state_mismatch
 
 
 class DINOiserHeads(nn.Module):
@@ -65,13 +65,8 @@ def load_heads(heads: nn.Module, path: str) -> None:
     """Load ``path`` into ``heads`` strictly, with a one-line error naming what does not fit."""
     state = load_heads_state(path)
     expected = heads.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in sorted(set(state) & set(expected))
-        if state[k].shape != expected[k].shape
-    ]
+    missing, unexpected, wrong = state_mismatch(expected, state)
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}" for k in wrong]
     if missing or unexpected or shapes:
         parts = [f"missing keys {missing}" if missing else "", f"unexpected keys {unexpected}" if unexpected else "",
                  f"shape mismatch {shapes}" if shapes else ""]

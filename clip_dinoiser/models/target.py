@@ -51,6 +51,7 @@ from ..config import DROPOUT, TargetConfig
 from ..download import hub_offline_if_unreachable
 from ..errors import ConfigError, UserError
 from ..files import check_local_file
+from ..readers import read_weights, state_dict_of, state_mismatch
 from ..values import COUNT, NON_NEGATIVE_INT
 from .maskclip import Decoding, Features
 from .text import Classes
@@ -265,15 +266,9 @@ def _mmseg_resnet_keys(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
 def read_backbone_state(path: str) -> dict[str, Tensor]:
     """A backbone state dict from ``path``: plain, or under ``state_dict`` / ``model``, with
     ``module.`` / ``backbone.`` prefixes stripped and mmseg ResNet names mapped to timm's."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # not a torch file, truncated, pickled objects
-        raise UserError(f"cannot read target backbone weights {path}: {str(e).splitlines()[0]}") from e
-    if isinstance(state, dict):
-        state = state.get("state_dict", state.get("model", state))
-    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
+    state = state_dict_of(read_weights(path, "target backbone weights"))
+    if state is None:
         raise UserError(f"target backbone weights {path}: not a state dict of tensors")
-    state = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()}
     return _mmseg_resnet_keys(state)
 
 
@@ -403,9 +398,7 @@ def build_target(cfg: TargetConfig, text_width: int) -> TargetSegmenter:
 
 def load_target_state(target: TargetSegmenter, state: Mapping[str, Tensor], path: str) -> None:
     """A trained target's state dict into ``target``: every key and shape, or one line naming what differs."""
-    expected = target.state_dict()
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    shapes = [k for k in sorted(set(state) & set(expected)) if tuple(state[k].shape) != tuple(expected[k].shape)]
+    missing, unexpected, shapes = state_mismatch(target.state_dict(), state)
     if missing or unexpected or shapes:
         raise UserError(f"target checkpoint {path} does not fit its recorded network: missing {missing[:3]}, "
                         f"unexpected {unexpected[:3]}, other shapes {shapes[:3]}")

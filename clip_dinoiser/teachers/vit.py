@@ -13,7 +13,7 @@ from ..download import hub_offline_if_unreachable
 from ..errors import UserError
 from ..files import check_local_file
 from ..ops import pad_to_multiple
-from ..readers import read_weights
+from ..readers import read_weights, state_dict_of, state_mismatch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -52,17 +52,13 @@ def load_vit_weights(model: nn.Module, path: str, arch: str, key: str) -> None:
     """A state-dict file (timm or original DINO key names, which coincide; ``module.`` /
     ``backbone.`` prefixes and the classifier head dropped) into ``model``: every key present,
     every shape equal, or a one-line error naming the file."""
-    state = read_weights(path, "teacher weights", key)
-    if isinstance(state, dict):
-        state = state.get("state_dict", state.get("model", state))
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    state = state_dict_of(read_weights(path, "teacher weights", key))
+    if state is None:
         raise UserError(f"teacher weights {path} ({key}) are not a state dict of tensors")
-    state = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()}
     state = {k: v for k, v in state.items() if not k.startswith("head")}
     expected = model.state_dict()
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in sorted(set(state) & set(expected))
-              if state[k].shape != expected[k].shape]
+    missing, unexpected, wrong = state_mismatch(expected, state)
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong]
     if missing or unexpected or shapes:
         found = "; ".join(p for p in (f"missing {missing[:3]}" if missing else "",
                                       f"unexpected {unexpected[:3]}" if unexpected else "",
