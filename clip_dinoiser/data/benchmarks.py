@@ -250,7 +250,7 @@ class Corrupt:
         from .corruptions import corrupt, seed_for
 
         rgb = np.ascontiguousarray(results["img"][..., ::-1])  # mmcv loads BGR; the definitions are RGB
-        seed = seed_for(os.path.basename(results["img_path"]))
+        seed = seed_for(results["img_path"])  # its base name
         results["img"] = np.ascontiguousarray(corrupt(rgb, self.name, self.severity, seed)[..., ::-1])
         return results
 

@@ -40,14 +40,13 @@ from types import MappingProxyType
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError, UserError
+from ..readers import read_image, read_text
 from ..values import COUNT, FRACTION, Kind, kind
-from .images import load_image
-from .train_images import list_images
+from .train_images import list_images, walk_files
 
 log = logging.getLogger(__name__)
 
@@ -163,17 +162,12 @@ def _split_files(name: str, root: str, alternatives: tuple[tuple[str, ...], ...]
 
 
 def _read_split(name: str, path: str) -> list[str]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return [line.strip() for line in f if line.strip()]
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{name}: cannot read split file {path}: {e}") from e
+    return [line.strip() for line in read_text(path, f"{name}: split file").splitlines() if line.strip()]
 
 
 def _list_suffix(name: str, folder: str, suffix: str) -> list[str]:
     """Every ``*suffix`` file under ``folder`` (recursive, as mmseg lists a split without a split file)."""
-    files = sorted(os.path.join(d, f) for d, _, fs in os.walk(folder, followlinks=True) for f in fs
-                   if f.endswith(suffix))
+    files = walk_files(folder, lambda f: f.endswith(suffix))
     if not files:
         raise FileNotFoundError(f"{name}: no '*{suffix}' images under {folder}")
     return files
@@ -280,10 +274,9 @@ class TargetTrainImages(Dataset):
 def read_train_image(path: str) -> np.ndarray:
     """H x W x 3 uint8 RGB, or a ``UserError`` naming the file."""
     try:
-        return load_image(path)
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(reason if path in reason else f"cannot read training image {path}: {reason}") from e
+        return read_image(path)  # an unreadable image: a UserError naming it
+    except OSError as e:  # missing, or a folder
+        raise UserError(str(e)) from e
 
 
 __all__ = ["BENCHMARK_SPLITS", "FOLDER", "SegAugment", "TRAIN_SPLITS", "TargetTrainImages", "TrainSplit",

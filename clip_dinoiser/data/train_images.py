@@ -8,7 +8,7 @@ uninterrupted run sees, whatever the number of workers.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -19,14 +19,12 @@ from ..config import TrainSettings
 from ..readers import IMAGE_EXTENSIONS, image_size, read_image
 
 __all__ = ["IMAGE_EXTENSIONS", "ResumableBatchSampler", "TrainImages", "list_images", "sample_subset", "seeded_order",
-           "unreadable_image"]
+           "unreadable_image", "walk_files"]
 
 
-def list_images(root: str) -> list[str]:
-    """All image files under ``root`` (any nesting, links followed; ImageNet's train folder works),
-    sorted. A folder reached twice (a link loop, or two links to one folder) is walked once."""
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"training image folder not found: {root}")
+def walk_files(root: str, keep: Callable[[str], bool]) -> list[str]:
+    """The files under ``root`` whose names ``keep`` accepts (any nesting, links followed), sorted.
+    A folder reached twice (a link loop, or two links to one folder) is walked once."""
     files, seen = [], set()
     for folder, subfolders, names in os.walk(root, followlinks=True):
         real = os.path.realpath(folder)
@@ -34,10 +32,18 @@ def list_images(root: str) -> list[str]:
             subfolders[:] = []
             continue
         seen.add(real)
-        files += [os.path.join(folder, f) for f in names if f.lower().endswith(IMAGE_EXTENSIONS)]
+        files += [os.path.join(folder, f) for f in names if keep(f)]
+    return sorted(files)
+
+
+def list_images(root: str) -> list[str]:
+    """All image files under ``root`` (``walk_files``; ImageNet's train folder works), sorted."""
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"training image folder not found: {root}")
+    files = walk_files(root, lambda name: name.lower().endswith(IMAGE_EXTENSIONS))
     if not files:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
-    return sorted(files)
+    return files
 
 
 def unreadable_image(path: str) -> str | None:

@@ -77,8 +77,6 @@ def register_model_config(name: str) -> str:
         return name
     import open_clip
 
-    if not os.path.isfile(name):
-        raise FileNotFoundError(f"CLIP model config not found: {name}")
     config = read_json(name, "CLIP model config")
     if not isinstance(config, dict) or not {"embed_dim", "vision_cfg", "text_cfg"} <= set(config):
         raise UserError(f"CLIP model config {name} is not an open_clip model config (embed_dim, vision_cfg, text_cfg)")
