@@ -20,7 +20,8 @@ from ..config import HEADS, TrainSettings, parse, plain
 from ..data.train_images import ResumableBatchSampler, TrainImages, list_images, seeded_order, unreadable_image
 from ..download import resolve_released
 from ..errors import ConfigError, UserError
-from ..models import CLIPDINOiser, build_model, check_model_config, load_heads, save_heads
+from ..models import CLIPDINOiser, check_model_config, load_heads, save_heads
+from ..models.build import build_clip_dinoiser
 from ..teachers import Teacher, build_teachers, by_head, check_teacher_files
 from ..values import check_precision
 from . import distributed as dist
@@ -162,7 +163,7 @@ def build_distiller(cfg: Mapping[str, Any], device: torch.device, files: list[st
     """The task of ``cfg``: student with heads from ``train.init`` (random, seeded, when null)."""
     tcfg = plain(parse(TrainSettings, cfg["train"], "train"))
     torch.manual_seed(int(tcfg["seed"]))  # the heads' initialisation
-    student = build_model(student_config(cfg), training=True)
+    student = build_clip_dinoiser(check_model_config(student_config(cfg)), training=True).eval()
     if tcfg.get("init"):
         path = resolve_released(tcfg["init"], "heads", cfg["model"].get("checkpoint_url"), key="train.init")
         load_heads(student.heads, path)

@@ -46,15 +46,23 @@ POOLINGS: Mapping[str, Pooling] = MappingProxyType({"guided": guided_pooling})
 
 def build_clip(cfg: ModelConfig) -> tuple[Backbone, TextClassifier]:
     """The frozen image tower (``model.clip.backbone``) and the open_clip text classifier."""
+    factory = locate(cfg.clip.backbone, BACKBONES, "model.clip.backbone")
+    name, model = load_clip(cfg)
+    return factory(model, cfg), build_text(cfg, model, name)
+
+
+def load_clip(cfg: ModelConfig) -> tuple[str, nn.Module]:
+    """(open_clip's model name, the open_clip model) of ``model.clip``."""
+    name = register_model_config(cfg.clip.name)
+    return name, load_open_clip(name, cfg.clip.pretrained)
+
+
+def build_text(cfg: ModelConfig, model: nn.Module, name: str) -> TextClassifier:
+    """The text classifier of the open_clip ``model`` (its text tower, templates, disk cache)."""
     import open_clip
 
-    factory = locate(cfg.clip.backbone, BACKBONES, "model.clip.backbone")
-    name = register_model_config(cfg.clip.name)
-    model = load_open_clip(name, cfg.clip.pretrained)
-    backbone = factory(model, cfg)
-    text = TextClassifier(text_tower(model), open_clip.get_tokenizer(name), templates=cfg.maskclip.templates,
+    return TextClassifier(text_tower(model), open_clip.get_tokenizer(name), templates=cfg.maskclip.templates,
                           disk_cache=text_cache(name, cfg.clip.pretrained, cfg.text_cache))
-    return backbone, text
 
 
 def text_cache(name: str, pretrained: str | None, folder: str | None) -> TextEmbeddingCache | None:
@@ -72,6 +80,8 @@ def build_maskclip(cfg: ModelConfig) -> MaskCLIP:
 
 
 def build_clip_dinoiser(cfg: ModelConfig, training: bool = False) -> CLIPDINOiser:
+    """CLIP-DINOiser with the heads of ``model.checkpoint``; ``training``: the heads are about to be
+    trained (random heads are expected, not warned about)."""
     # "released": the authors' last.pt, downloaded once into the cache (before CLIP is loaded)
     checkpoint = resolve_released(cfg.checkpoint, "heads", cfg.checkpoint_url, key="model.checkpoint")
     pooling = locate(cfg.pooling, POOLINGS, "model.pooling")
@@ -116,8 +126,8 @@ def build_target_model(cfg: ModelConfig) -> nn.Module:
     if recorded and (recorded.get("name"), recorded.get("pretrained")) != (cfg.clip.name, cfg.clip.pretrained):
         log.warning("the target was trained with the class embeddings of CLIP %s / %s; model.clip gives %s / %s",
                     recorded.get("name"), recorded.get("pretrained"), cfg.clip.name, cfg.clip.pretrained)
-    backbone, text = build_clip(cfg)
-    del backbone  # only the text tower classifies
+    name, model = load_clip(cfg)
+    text = build_text(cfg, model, name)  # only the text tower classifies: no image tower is built
     target = build_target(parse(TargetConfig, {**ckpt["target"], "pretrained": None}, "target"), text.dim)
     load_target_state(target, ckpt["model_state_dict"], cfg.checkpoint)
     return TargetModel(target, text)
@@ -167,10 +177,8 @@ def check_model_config(cfg: ModelConfig | Mapping[str, Any], prefix: str = "mode
     return cfg
 
 
-def build_model(cfg: ModelConfig | Mapping[str, Any], *, training: bool = False) -> MaskCLIP:
-    """Build the model ``cfg.name`` (``clip_dinoiser``, ``maskclip``, ``dino_maskclip``) in eval mode.
-    ``training``: the heads are about to be trained (random heads are expected, not warned about)."""
+def build_model(cfg: ModelConfig | Mapping[str, Any]) -> MaskCLIP:
+    """Build the model ``cfg.name`` (``clip_dinoiser``, ``maskclip``, ``dino_maskclip``, ``target``,
+    or the import path of your own builder) in eval mode."""
     cfg = check_model_config(cfg)
-    if cfg.name == "clip_dinoiser":
-        return build_clip_dinoiser(cfg, training).eval()
     return locate(cfg.name, MODEL_BUILDERS, "model.name")(cfg).eval()
