@@ -186,6 +186,11 @@ def test_label_loading_equals_mmseg_load_annotations(tmp_path, reduce_zero_label
 def test_dataset_errors_name_the_path(tmp_path, model):
     with pytest.raises(FileNotFoundError, match="dataset folder not found: .*nowhere"):
         build_dataset(BENCHMARKS["ade20k"], str(tmp_path / "nowhere"))
+    ade = make_benchmark(str(tmp_path), "ade20k", n=1)
+    for f in os.listdir(os.path.join(ade, "images/validation")):  # ADE20KDataset lists '*.jpg' only
+        os.rename(os.path.join(ade, "images/validation", f), os.path.join(ade, "images/validation", f + ".png"))
+    with pytest.raises(FileNotFoundError, match=r"no '\*.jpg' images found under .*images/validation"):
+        build_dataset(BENCHMARKS["ade20k"], ade)
     root = make_benchmark(str(tmp_path), "voc", n=2)
     os.remove(os.path.join(root, "ImageSets/Segmentation/val.txt"))
     with pytest.raises(FileNotFoundError, match="split file not found: .*val.txt"):

@@ -190,10 +190,19 @@ def check_layout(bench: Benchmark, root: str) -> None:
             raise FileNotFoundError(f"{bench.name}: split file not found: {split}")
         if not read_text(split, "split file").strip():
             raise FileNotFoundError(f"{bench.name}: no images found: the split file {split} is empty")
-    else:
-        folder, suffix = os.path.join(root, bench.img_dir), bench.img_suffix or ""
+    else:  # mmseg lists the image folder; an empty listing would fail inside mmengine (np.concatenate)
+        folder, suffix = os.path.join(root, bench.img_dir), image_suffix(bench)
         if not any(f.endswith(suffix) for _, _, files in os.walk(folder, followlinks=True) for f in files):
-            raise FileNotFoundError(f"{bench.name}: no images found under {folder} (and no split file)")
+            raise FileNotFoundError(f"{bench.name}: no '*{suffix}' images found under {folder} (and no split file)")
+
+
+def image_suffix(bench: Benchmark) -> str:
+    """The suffix of ``bench``'s image files: its own, else its mmseg dataset class's default."""
+    import inspect
+
+    if bench.img_suffix is not None:
+        return bench.img_suffix
+    return inspect.signature(_dataset_class(bench.dataset)).parameters["img_suffix"].default
 
 
 class ReadOrFail:
