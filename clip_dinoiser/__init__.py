@@ -16,15 +16,9 @@ __version__ = "0.1.0"
 __all__ = ["Segmentation", "Segmenter", "__version__", "load"]
 
 
-def load(name: str = "clip_dinoiser", weights: str | None = "released", device: str = "auto", **settings: Any):
-    """A ``Segmenter``: see ``clip_dinoiser.api.load``."""
-    from .api import load as _load
-
-    return _load(name, weights, device, **settings)
-
-
 def __getattr__(name: str) -> Any:
-    if name in ("Segmenter", "Segmentation"):
+    """``load``, ``Segmenter`` and ``Segmentation`` of ``clip_dinoiser.api``, imported on first use."""
+    if name in ("load", "Segmenter", "Segmentation"):
         from . import api
 
         return getattr(api, name)

@@ -40,6 +40,11 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or "cpu" (recorded with every figure)."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
 def timed(fn: Callable[[], object], device: torch.device, *, warmup: int, repeat: int) -> float:
     """Seconds per call of ``fn`` (median of ``repeat`` after ``min(warmup, repeat)`` calls)."""
     for _ in range(min(warmup, repeat)):
@@ -93,7 +98,7 @@ def _bench_eval(evaluator: Evaluator, device: torch.device, n_images: int, windo
                 repeat: int) -> dict:
     model = build_dinoiser(device, clip)
     slide = evaluator.slide
-    out: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
+    out: dict = {"device": device_name(device)}
     wins = torch.rand(window_batch, 3, 448, 448, device=device)
     for precision in ("fp32", "bf16"):
         with torch.no_grad():
@@ -176,7 +181,7 @@ def bench_train(device: torch.device, iters: int, batch: int, workers: int, n_im
 
     model, teachers, (optimizer, scheduler) = heads_task(device)
     images = torch.rand(batch, 3, 448, 448, device=device)
-    out: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "batch": batch}
+    out: dict = {"device": device_name(device), "batch": batch}
     for precision in ("fp32", "bf16"):
         distiller = Distiller(model, teachers, gamma=model.decoding.gamma, precision=precision)
         step = functools.partial(distiller.step, optimizer=optimizer, scheduler=scheduler)
@@ -250,7 +255,7 @@ def bench_target(device: torch.device, iters: int, batch: int, crop: int) -> dic
     settings = plain(TargetTrainSettings(iterations=1000, output="unused"))
     images = torch.rand(batch, 3, crop, crop, device=device)
     valid = torch.ones(batch, crop, crop, dtype=torch.bool, device=device)
-    out: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "batch": batch,
+    out: dict = {"device": device_name(device), "batch": batch,
                  "crop": crop}
     for precision in ("fp32", "bf16"):
         task = TargetTraining(target, annotator, settings, [], list(annotator.class_names), precision=precision)
@@ -294,7 +299,7 @@ def bench_sweep(device: torch.device, n_images: int, workers: int, clip: str, ga
         sync(device)
         sweep_s = time.perf_counter() - t
     default = values.index(model.decoding.gamma) if model.decoding.gamma in values else None
-    return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+    return {"device": device_name(device),
             "threads": torch.get_num_threads(), "images": n_images, "gammas": values, "single_s": single_s,
             "sweep_s": sweep_s, "sweep_over_single": sweep_s / single_s, "single_over_five_runs": sweep_s / (
                 gammas * single_s), "default_gamma_equal_to_single_run": None if default is None else (
