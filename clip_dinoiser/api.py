@@ -82,7 +82,7 @@ class Segmenter:
     def segment(self, images: Any, classes: Sequence[str]) -> Segmentation | list[Segmentation]:
         """Segment one image (a ``Segmentation``) or a list of images (a list) into ``classes``
         (comma-separated synonyms allowed in a name)."""
-        from .engine.inference import image_outputs
+        from .engine.inference import image_probabilities
 
         if isinstance(classes, str):
             classes = [classes]
@@ -95,13 +95,14 @@ class Segmenter:
         arrays = [as_rgb(x) for x in ([images] if single else images)]
         self.model.set_vocabulary(parse_vocabulary(list(classes)))
         names = list(self.model.class_names)
-        probs = image_outputs(self.model, arrays, self.slide, self.precision)
+        probs = image_probabilities(self.model, arrays, self.slide, self.precision)
         results = [Segmentation(p.argmax(dim=0).cpu().numpy(), p.cpu().numpy(), names) for p in probs]
         return results[0] if single else results
 
 
 def load(name: str = "clip_dinoiser", weights: str | None = "released", device: str = "auto", *,
-         precision: str = EvalConfig.precision, slide: SlideConfig | dict | None = None, **settings: Any) -> Segmenter:
+         precision: str = EvalConfig.precision, slide: SlideConfig | dict | None = None,
+         protocol: str = EvalConfig.protocol, **settings: Any) -> Segmenter:
     """Build a segmenter in one call.
 
     Args:
@@ -110,14 +111,20 @@ def load(name: str = "clip_dinoiser", weights: str | None = "released", device: 
             heads file, or None (random); ignored by the other models.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
         precision: fp32 / bf16 / fp16.
-        slide: test-time geometry (``SlideConfig`` or its keys).
+        slide: test-time geometry (``SlideConfig``, or its keys over the protocol's).
+        protocol: the test protocol preset (``clip_dinoiser``, ``maskclip``: ``protocols.py``), its
+            ``slide`` and ``model`` values under yours.
         **settings: any other ``model.*`` key (``gamma=0.3``, ``clip={"pretrained": "file.pt"}``).
     """
     from .engine.cli import resolve_device
     from .models import build_model
+    from .protocols import get_protocol, merge
 
-    cfg = {"name": name, **settings}
+    preset = get_protocol(protocol)
+    cfg = merge(preset.model, {"name": name, **settings})
     if name == "clip_dinoiser":
         cfg["checkpoint"] = weights
+    if not isinstance(slide, SlideConfig):
+        slide = merge(preset.slide, slide or {})
     model = build_model(cfg).to(resolve_device(device))
     return Segmenter(model, slide=parse(SlideConfig, slide, "slide"), precision=precision)

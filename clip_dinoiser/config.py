@@ -21,9 +21,24 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException, ValidationError
 
 from .errors import ConfigError
-from .values import COUNT, FRACTION, INTEGER, NON_NEGATIVE_INT, ODD_SIZE, PORT, POSITIVE, SEVERITY, Kind, kind, validate
+from .values import (
+    COUNT,
+    FRACTION,
+    INTEGER,
+    NON_NEGATIVE_INT,
+    ODD_SIZE,
+    PORT,
+    POSITIVE,
+    SEVERITY,
+    Kind,
+    choice,
+    kind,
+    validate,
+)
 
 T = TypeVar("T")
+
+INPUTS = ("clip", "mmseg")  # model.clip.input (models/backbone.py: input_stats, prepare_input)
 
 
 @dataclass
@@ -33,6 +48,7 @@ class CLIPConfig:
     name: str = "ViT-B-16"  # open_clip architecture, or an open_clip model-config JSON file
     pretrained: str | None = "laion2b_s34b_b88k"  # pretrained tag, a local checkpoint file, or null (random)
     backbone: str = "open_clip"  # image tower: 'open_clip' or 'package.module.factory' (see README, Extending)
+    input: str = choice(INPUTS, default="clip")  # clip: pad, then the tower's mean/std; mmseg: ImageNet's, then pad
 
 
 @dataclass
@@ -42,7 +58,7 @@ class MaskCLIPConfig:
     ks_thresh: float = kind(FRACTION, default=0.0)  # key smoothing (0 = off)
     pd_thresh: float = kind(FRACTION, default=0.0)  # prompt denoising (0 = off)
     temperature: float = kind(POSITIVE, default=100.0)  # softmax temperature on cosine similarities
-    templates: str = "imagenet80"  # imagenet80 (80 CLIP templates) or none
+    templates: str = "imagenet80"  # imagenet80 (80 CLIP templates), maskclip85 (MaskCLIP's: 80 + 5 scene) or none
 
 
 # The student's heads, named by the teachers that train them (``Teacher.head``):
@@ -112,14 +128,33 @@ class TargetConfig:
     norm_eval: bool = False  # BatchNorm statistics frozen during training (MaskCLIP+: false, SyncBN under DDP)
 
 
+SLIDE_MODES = ("slide", "whole")
+SCORES = ("probs", "logits")
+
+
 @dataclass
 class SlideConfig:
-    """Test-time geometry (mmseg's slide inference)."""
+    """The test protocol's geometry (mmseg's ``slide`` or ``whole`` inference) and what it averages.
 
+    Defaults: CLIP-DINOiser's protocol; ``protocol=maskclip`` (``protocols.py``) sets MaskCLIP's."""
+
+    mode: str = choice(SLIDE_MODES, default="slide")  # slide: windows averaged; whole: the resized image at once
     scale: tuple[int, int] = kind(COUNT, length=2, default=(2048, 448))  # (long, short) bounds of the resize
     crop: tuple[int, int] = kind(COUNT, length=2, default=(448, 448))  # window size (h, w)
     stride: tuple[int, int] = kind(COUNT, length=2, default=(224, 224))  # window stride (h, w)
     window_batch: int = kind(COUNT, default=64)  # windows per model call
+    scores: str = choice(SCORES, default="probs")  # averaged and resized: probs, or logits (MaskCLIP, see Decoding)
+    per_benchmark: dict[str, Any] = field(default_factory=dict)  # a benchmark's own keys: {context59: {scale: ...}}
+
+    def for_benchmark(self, name: str) -> SlideConfig:
+        """This protocol on benchmark ``name``: its ``per_benchmark`` entry over the other keys."""
+        own = self.per_benchmark.get(name)
+        if not own:
+            return dataclasses.replace(self, per_benchmark={})
+        if "per_benchmark" in own:
+            raise ConfigError(f"slide.per_benchmark.{name}.per_benchmark: not nested")
+        base = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "per_benchmark"}
+        return parse(SlideConfig, {**base, **dict(own)}, f"slide.per_benchmark.{name}")
 
 
 @dataclass
@@ -147,6 +182,7 @@ class DataConfig:
     root: str | None = None  # its folder (null: data/<the benchmark's mmseg folder>; data/ for 'all')
     names: list[str] | None = None  # data=all: the benchmarks (null: the paper's eight)
     vocabulary: str | None = None  # class-name file (null: the benchmark's own names)
+    vocabulary_set: str | None = None  # whose class names: clip_dinoiser, maskclip; null: the protocol's
     bg_refine: bool | None = None  # null: the paper's choice per benchmark
     benchmark: dict[str, Any] = field(default_factory=dict)  # your own benchmark: BenchmarkConfig's keys ({}: none)
     corruption: str | None = None  # robustness: an ImageNet-C corruption applied before the resize (null: clean)
@@ -156,6 +192,7 @@ class DataConfig:
 @dataclass
 class EvalConfig:
     model: ModelConfig = MISSING
+    protocol: str = "clip_dinoiser"  # the test protocol preset (configs: protocol=maskclip; protocols.py)
     data: DataConfig = MISSING
     device: str = "auto"  # auto / cpu / cuda (torchrun: one GPU per rank)
     precision: str = "fp32"  # fp32 / bf16 / fp16 (autocast)
@@ -174,6 +211,7 @@ class EvalConfig:
 @dataclass
 class DemoConfig:
     model: ModelConfig = MISSING
+    protocol: str = "clip_dinoiser"  # the test protocol preset (configs: protocol=maskclip; protocols.py)
     image: str = MISSING  # an image file, a folder of images, or a glob ('photos/*.jpg')
     prompts: Any | None = None  # class names '[cat,sofa,background]'; 'a,b' in one name = synonyms
     prompts_file: str | None = None  # or a UTF-8 text file, one class per line
@@ -191,6 +229,7 @@ class DemoConfig:
 @dataclass
 class AppConfig:
     model: ModelConfig = MISSING
+    protocol: str = "clip_dinoiser"  # the test protocol preset (configs: protocol=maskclip; protocols.py)
     host: str = "127.0.0.1"  # 0.0.0.0 to serve other machines
     port: int = kind(PORT, default=7860)
     examples: list[str] = field(default_factory=list)  # image files offered as examples on the page
@@ -297,6 +336,10 @@ def register_configs() -> None:
     cs.store(group="annotator", name="schema", node=ModelConfig)
     cs.store(group="data", name="schema", node=DataConfig)
     cs.store(group="teachers", name="paper", node=paper_teachers())
+    from .protocols import PROTOCOLS
+
+    for protocol in PROTOCOLS.values():  # protocol=<name>: a preset over slide.*, data.*, model.*
+        cs.store(group="protocol", name=protocol.name, node=protocol.node(), package="_global_")
     for name, node in (("eval_schema", EvalConfig), ("demo_schema", DemoConfig), ("app_schema", AppConfig),
                        ("train_schema", TrainConfig), ("train_target_schema", TrainTargetConfig)):
         cs.store(name=name, node=node)

@@ -82,6 +82,18 @@ def kind(k: Kind, *, length: int | None = None, **field_kwargs) -> Any:
     return dataclasses.field(metadata={"kind": k, "length": length}, **field_kwargs)
 
 
+def choice(options: Sequence[str], **field_kwargs) -> Any:
+    """A dataclass field whose value is one of ``options`` (None passes where the type allows it)."""
+    return dataclasses.field(metadata={"choices": tuple(options)}, **field_kwargs)
+
+
+def check_choice(value: Any, options: Sequence[str], key: str) -> Any:
+    """``value`` if it is one of ``options`` (or None), else a one-line ``ConfigError`` naming ``key``."""
+    if value is not None and value not in options:
+        raise ConfigError(f"{key}={value}: unknown (choose from {', '.join(options)})")
+    return value
+
+
 def check_value(value: Any, k: Kind, key: str, length: int | None = None) -> Any:
     """``value`` (a number, a list of numbers, or None) checked against ``k``; lists come back as tuples."""
     if value is None:
@@ -107,6 +119,8 @@ def validate(obj: Any, prefix: str = "") -> Any:
             checked = check_value(value, f.metadata["kind"], key, f.metadata.get("length"))
             as_list = isinstance(checked, tuple) and not str(f.type).startswith("tuple")
             setattr(obj, f.name, list(checked) if as_list else checked)
+        elif "choices" in f.metadata:
+            check_choice(value, f.metadata["choices"], key)
         elif dataclasses.is_dataclass(value):
             validate(value, key)
     return obj

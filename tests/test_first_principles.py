@@ -194,7 +194,8 @@ def test_decode_follows_the_settings_it_is_given(model):
     ks = float(probs.amax(dim=1).median())  # half of the patches are unsure
 
     def smooth(p):  # an unsure patch takes the key-similarity-weighted sum of every patch's probabilities
-        keys = feats.keys / feats.keys.norm(dim=-1, keepdim=True)
+        # (MaskCLIP's code: each key channel normalised over the patches, F.normalize's default dim=1)
+        keys = feats.keys / feats.keys.norm(dim=1, keepdim=True)
         smoothed = torch.einsum("bnm,bkm->bkn", keys @ keys.transpose(1, 2), p)
         return torch.where(p.amax(dim=1, keepdim=True) < ks, smoothed, p)
 

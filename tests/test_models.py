@@ -22,6 +22,7 @@ from clip_dinoiser.models import (
 from clip_dinoiser.models.maskclip import refines_background
 from clip_dinoiser.models.refinement import background_refinement, key_smoothing, prompt_denoising
 from clip_dinoiser.models.text import build_text_classifier, imagenet_templates, parse_vocabulary
+from clip_dinoiser.ops import pad_to_multiple
 
 
 @pytest.fixture(autouse=True)
@@ -84,7 +85,7 @@ def test_backbone_matches_hooked_reference(clip, size):
     images = torch.rand(2, 3, *size)
     backbone = CLIPBackbone.from_open_clip(copy.deepcopy(clip), feats_idx=-3)
     out = backbone(images, with_inter=True)
-    padded = backbone.pad(images)
+    padded = pad_to_multiple(images, (16, 16))
     assert padded.shape[-2] % 16 == 0 and padded.shape[-1] % 16 == 0
     assert torch.equal(padded[..., : size[0], : size[1]], images)
     assert (padded[..., size[0] :, :] == 0).all() and (padded[..., :, size[1] :] == 0).all()
@@ -185,7 +186,8 @@ def test_prompt_denoising_and_key_smoothing_match_definitions():
                 assert denoised[bi, ki].max() < 1e-6
     keys = torch.randn(b, h * w, c)
     smoothed = key_smoothing(probs, keys, thresh)
-    kn = keys / keys.norm(dim=-1, keepdim=True)
+    # MaskCLIP's refine_output: F.normalize(k, p=2) on B x N x C normalises dim 1, each channel over the patches
+    kn = keys / keys.norm(dim=1, keepdim=True)
     for bi in range(b):
         for n in range(h * w):
             y, x = divmod(n, w)

@@ -52,16 +52,21 @@ def check_settings(cfg: DictConfig) -> tuple[list, SlideConfig, list[dict], list
     for folder in folders:
         folder.check()
     resolve_device(settings.device)
-    from clip_dinoiser.data.benchmarks import checked_benchmarks, reference_for
+    from clip_dinoiser.data.benchmarks import checked_benchmarks, corruption_of, reference_for
     from clip_dinoiser.models import check_model_config
+    from clip_dinoiser.protocols import get_protocol
 
-    benchmarks = [(reference_for(b, settings.model.name), root)
-                  for b, root in checked_benchmarks(settings.data, settings.slide.scale)]
+    protocol = get_protocol(settings.protocol)
+    settings.data.vocabulary_set = settings.data.vocabulary_set or protocol.vocabulary_set
+    benchmarks = [(reference_for(b, settings.model, settings.protocol, corruption_of(settings.data)), root)
+                  for b, root in checked_benchmarks(settings.data, settings.slide)]
+    for bench, _ in benchmarks:
+        bench.vocabulary_in(settings.data.vocabulary_set)  # an unknown set: one line, now
     check_model_config(cfg.model)
     for p in points:
         if p.get("data.vocabulary") and not os.path.isfile(p["data.vocabulary"]):
             raise FileNotFoundError(f"vocabulary file not found: {p['data.vocabulary']} (sweep data.vocabulary)")
-    return benchmarks, settings.slide, points, folders
+    return benchmarks, settings, points, folders
 
 
 def multirun_folder(cfg: DictConfig) -> str | None:
@@ -91,8 +96,8 @@ def run(cfg: DictConfig) -> list[list[BenchmarkResult]]:
     In a hydra multirun (``-m``) each job's run folder is ``hydra.sweep.dir/<job number>`` and the
     sweep's summary (with the robustness table for corruption sweeps) is rewritten after every job."""
     sweep_dir = multirun_folder(cfg)
-    benchmarks, slide, points, folders = check_settings(cfg)
-    from clip_dinoiser.data.benchmarks import corruption_of
+    benchmarks, settings, points, folders = check_settings(cfg)
+    from clip_dinoiser.data.benchmarks import corruption_of, reference_for
     from clip_dinoiser.engine import distributed as dist
     from clip_dinoiser.engine.evaluate import Evaluator
     from clip_dinoiser.models import build_model
@@ -100,9 +105,9 @@ def run(cfg: DictConfig) -> list[list[BenchmarkResult]]:
     main_rank = dist.launched_rank() == 0
     if main_rank:
         claim_all(folders)  # a second evaluation into the same folders is refused from here on
-    evaluator = Evaluator(slide=slide, precision=cfg.precision, loader_batch=cfg.loader_batch,
+    evaluator = Evaluator(slide=settings.slide, precision=cfg.precision, loader_batch=cfg.loader_batch,
                           num_workers=cfg.num_workers, limit=cfg.limit, progress=cfg.progress,
-                          corruption=corruption_of(cfg.data))
+                          corruption=corruption_of(cfg.data), vocabulary_set=settings.data.vocabulary_set)
     per_point: list[list[tuple[Benchmark, BenchmarkResult]]] = [[] for _ in points]
     failed = True
     try:
@@ -112,6 +117,9 @@ def run(cfg: DictConfig) -> list[list[BenchmarkResult]]:
             if device.type == "cuda" and world > 1:
                 device = resolve_device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}")
             model = build_model(cfg.model).to(device)
+            if getattr(model, "unseen", None):  # a zero-shot MaskCLIP+ target: its published numbers
+                benchmarks = [(reference_for(b, settings.model, settings.protocol, corruption_of(settings.data),
+                                             zero_shot=True), root) for b, root in benchmarks]
             point_folders = [f.path for f in folders[-len(points):]]
             for bench, root in benchmarks:
                 for i, r in enumerate(_evaluate_points(evaluator, model, bench, root, cfg, points, point_folders)):

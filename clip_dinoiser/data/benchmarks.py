@@ -61,9 +61,30 @@ class Benchmark:
 
     @property
     def vocabulary_file(self) -> str:
+        return self.vocabulary_in(DEFAULT_VOCABULARY_SET)
+
+    def vocabulary_in(self, vocabulary_set: str | None) -> str:
+        """The class-name file of ``vocabulary_set`` (``data.vocabulary_set``: ``clip_dinoiser``,
+        ``vocab/<name>.txt``; another set, ``vocab/<set>/<name>.txt``, or ours where it has none)."""
         if self.vocabulary is not None:
             return self.vocabulary
-        return str(resources.files("clip_dinoiser.data") / "vocab" / f"{self.name}.txt")
+        vocab = resources.files("clip_dinoiser.data") / "vocab"
+        if vocabulary_set and vocabulary_set != DEFAULT_VOCABULARY_SET:
+            if not (vocab / vocabulary_set).is_dir():
+                raise ConfigError(f"data.vocabulary_set={vocabulary_set}: unknown (choose from "
+                                  f"{', '.join(vocabulary_sets())})")
+            if (vocab / vocabulary_set / f"{self.name}.txt").is_file():
+                return str(vocab / vocabulary_set / f"{self.name}.txt")
+        return str(vocab / f"{self.name}.txt")
+
+
+DEFAULT_VOCABULARY_SET = "clip_dinoiser"
+
+
+def vocabulary_sets() -> list[str]:
+    """The published class-name sets: ours, and one folder of ``vocab/`` per other method."""
+    vocab = resources.files("clip_dinoiser.data") / "vocab"
+    return [DEFAULT_VOCABULARY_SET, *sorted(p.name for p in vocab.iterdir() if p.is_dir() and p.name != "__pycache__")]
 
 
 # The paper's benchmarks in its table order; mIoU from Wysoczanska et al., ECCV 2024, Table 2
@@ -91,19 +112,29 @@ BENCHMARKS: Mapping[str, Benchmark] = MappingProxyType({
 })
 PAPER_ORDER = tuple(BENCHMARKS)
 
-# MaskCLIP+ (annotation-free, ViT-B/16 annotator, DeepLabv2-R101 target), mIoU from MaskCLIP's repository
-# (configs/maskclip_plus/README.md, "Results and models of annotation-free segmentation"): the reference
-# printed beside a target network's scores (model=target). Their protocol differs from ours (whole image at
-# scale 520 for Context), so compare trends, not decimals.
-MASKCLIP_PLUS_MIOU = MappingProxyType({"context59": 31.1, "coco_stuff": 18.0})
+def reference_for(bench: Benchmark, model: Any, protocol: str = "clip_dinoiser",
+                  corruption: tuple[str, int] | None = None, *, zero_shot: bool = False) -> Benchmark:
+    """``bench`` with the published number to print beside a model's score (``paper_miou``):
+    under our protocol, CLIP-DINOiser's (Table 2) for our segmenters and none for a MaskCLIP+
+    target; under another method's protocol (``protocols.py``), that method's number for the
+    model, tower and benchmark it published (none elsewhere).
 
+    Args:
+        model: the ``ModelConfig`` (or its keys).
+        zero_shot: a MaskCLIP+ target trained in the zero-shot setting.
+    """
+    from ..config import plain
+    from ..protocols import published_miou
 
-def reference_for(bench: Benchmark, model_name: str) -> Benchmark:
-    """``bench`` with the published number to print beside a model's score: CLIP-DINOiser's
-    (Table 2) for our segmenters, MaskCLIP+'s for a target network (None where it has none)."""
-    if model_name != "target" or bench.dataset == "BaseSegDataset":
+    if bench.dataset == "BaseSegDataset":
         return bench
-    return replace(bench, paper_miou=MASKCLIP_PLUS_MIOU.get(bench.name), title=f"{bench.title} (vs MaskCLIP+)")
+    model = plain(model)
+    if protocol == "clip_dinoiser":
+        return replace(bench, paper_miou=None) if model.get("name") == "target" else bench
+    found = published_miou(protocol, model, bench.name, corruption, zero_shot=zero_shot)
+    if found is None:
+        return replace(bench, paper_miou=None)
+    return replace(bench, paper_miou=found.miou, title=f"{bench.title} (vs {found.method})")
 
 
 def get_benchmark(name: str) -> Benchmark:
@@ -313,10 +344,10 @@ def build_dataset(bench: Benchmark, root: str, *, scale: tuple[int, int] = Slide
     return dataset
 
 
-def checked_benchmarks(cfg: DataConfig, scale: tuple[int, int]) -> list[tuple[Benchmark, str]]:
+def checked_benchmarks(cfg: DataConfig, slide: SlideConfig) -> list[tuple[Benchmark, str]]:
     """``selected_benchmarks``, each dataset built once to check it (folders, split file, at least
-    one image) before any model loads."""
+    one image; its protocol settings, ``slide.per_benchmark``) before any model loads."""
     benchmarks = selected_benchmarks(cfg)
     for bench, root in benchmarks:
-        build_dataset(bench, root, scale=scale)
+        build_dataset(bench, root, scale=slide.for_benchmark(bench.name).scale)
     return benchmarks

@@ -266,9 +266,10 @@ class Evaluator:
     def __init__(self, *, slide: SlideConfig = SlideConfig(), precision: str = EvalConfig.precision,
                  loader_batch: int = EvalConfig.loader_batch, num_workers: int = EvalConfig.num_workers,
                  limit: int | None = None, progress: bool = EvalConfig.progress,
-                 corruption: tuple[str, int] | None = None) -> None:
+                 corruption: tuple[str, int] | None = None, vocabulary_set: str | None = None) -> None:
         self.slide, self.precision, self.limit, self.progress = slide, precision, limit, progress
         self.corruption = corruption  # (name, severity) applied to every image before the resize (robustness)
+        self.vocabulary_set = vocabulary_set  # whose class names (data.vocabulary_set; None: ours)
         self.loader_batch, self.num_workers = loader_batch, num_workers
         self._sampler = _Items([])
         self._loader: DataLoader | None = None
@@ -308,13 +309,15 @@ class Evaluator:
 
     def setting(self, model: nn.Module, bench: Benchmark, vocabulary: str | None = None,
                 bg_refine: bool | None = None, **decoding: Any) -> Setting:
-        """The model's decoding with the benchmark's background rule (``bg_refine`` None) and
-        class names (``vocabulary`` None), and any ``decoding`` field replaced."""
-        vocab = read_vocabulary_file(vocabulary or bench.vocabulary_file, "data.vocabulary" if vocabulary else None)
+        """The model's decoding with the benchmark's background rule (``bg_refine`` None), class
+        names (``vocabulary`` None: those of ``vocabulary_set``) and the protocol's scores, and
+        any ``decoding`` field replaced."""
+        file = vocabulary or bench.vocabulary_in(self.vocabulary_set)
+        vocab = read_vocabulary_file(file, "data.vocabulary" if vocabulary else None)
         if len(vocab) != bench.num_classes:
-            raise UserError(f"data.vocabulary={vocabulary or bench.vocabulary_file} names {len(vocab)} classes; "
-                            f"{bench.name} has {bench.num_classes}")
+            raise UserError(f"data.vocabulary={file} names {len(vocab)} classes; {bench.name} has {bench.num_classes}")
         refine = bench.bg_refine if bg_refine is None else bg_refine
+        decoding = {"scores": self.slide.for_benchmark(bench.name).scores, **decoding}
         return Setting(replace(model.decoding, bg_refine=refine, **decoding), model.text.classes(vocab))
 
     def evaluate(self, model: nn.Module, bench: Benchmark, root: str, *, vocabulary: str | None = None,
@@ -333,11 +336,12 @@ class Evaluator:
                 e.g. a ``PredictionWriter``.
         """
         device = next(model.parameters()).device
-        dataset = build_dataset(bench, root, scale=self.slide.scale)
+        slide = self.slide.for_benchmark(bench.name)
+        dataset = build_dataset(bench, root, scale=slide.scale)
         n = len(dataset) if self.limit is None else min(self.limit, len(dataset))
         rank, world = dist.rank(), dist.world_size()
-        items = loader_items(bench, dataset, self.slide.scale, range(rank, n, world), self.corruption)
-        runner = SlidingWindows(Decoded(model, settings), self.slide, self.precision)
+        items = loader_items(bench, dataset, slide.scale, range(rank, n, world), self.corruption)
+        runner = SlidingWindows(Decoded(model, settings), slide, self.precision)
         bar = tqdm(total=n, desc=bench.name, unit="img", disable=not self.progress or rank != 0, dynamic_ncols=True)
         start = time.perf_counter()
         try:

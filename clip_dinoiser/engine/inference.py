@@ -3,7 +3,10 @@
 Order (as the reference's mmseg 0.x ``slide`` inference): resize keeping the ratio to
 scale (2048, 448) -> sliding windows 448 x 448, stride 224 -> each window's patch-grid
 probabilities resized bilinearly to the window -> summed and divided by the window count ->
-resized bilinearly to the original image size -> argmax.
+resized bilinearly to the original image size -> argmax. ``slide.mode=whole`` (mmseg's
+``whole`` inference, MaskCLIP's protocol): the resized image is one window, its scores resized
+to it, then to the original size. ``slide.scores=logits``: the model's scores before the softmax
+are averaged and resized (``Decoding.scores``), as mmseg does with a decode head's logits.
 
 Windows are batched through the model in calls of a fixed size, across images (``SlidingWindows``).
 """
@@ -11,8 +14,8 @@ Windows are batched through the model in calls of a fixed size, across images (`
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -104,13 +107,14 @@ class SlidingWindows:
             (tag, K x H' x W' fp32 probabilities) of every image completed by this call.
         """
         h, w = image.shape[-2:]
-        boxes = window_boxes(h, w, self.cfg.crop, self.cfg.stride)
+        whole = self.cfg.mode == "whole"
+        boxes = [(0, h, 0, w)] if whole else window_boxes(h, w, self.cfg.crop, self.cfg.stride)
         job = _Image(tag, image, tuple(out_size) if out_size is not None else (h, w), len(boxes))
         y1, y2, x1, x2 = boxes[0]  # all windows of an image have one size
         queue = self._queues.setdefault((y2 - y1, x2 - x1), [])
         queue.extend((job, box) for box in boxes)
         done: list[tuple[Any, Tensor]] = []
-        while len(queue) >= self.cfg.window_batch:
+        while len(queue) >= self.cfg.window_batch or (whole and queue):  # a whole image: at once
             done += self._run(queue)
         return done
 
@@ -151,10 +155,13 @@ class SlidingWindows:
 
     def _finish(self, job: _Image) -> Tensor:
         h, w = job.image.shape[-2:]
-        key = (h, w, str(job.canvas.device))
-        if key not in self._counts:  # per image size
-            self._counts[key] = _window_counts(h, w, self.cfg.crop, self.cfg.stride, key[2])
-        probs = job.canvas / self._counts[key]
+        if self.cfg.mode == "whole":  # one window: nothing to average
+            probs = job.canvas
+        else:
+            key = (h, w, str(job.canvas.device))
+            if key not in self._counts:  # per image size
+                self._counts[key] = _window_counts(h, w, self.cfg.crop, self.cfg.stride, key[2])
+            probs = job.canvas / self._counts[key]
         if job.out_size != (h, w):
             probs = F.interpolate(probs[None], size=job.out_size, mode="bilinear", align_corners=False)[0]
         return probs
@@ -234,17 +241,41 @@ def segment(
     """
     if prompts is not None:
         model.set_vocabulary(prompts)
-    (probs,) = image_outputs(model, [image], cfg, precision)
+    (probs,) = image_probabilities(model, [image], cfg, precision)
     return probs.argmax(dim=0).cpu().numpy(), probs
 
 
 def image_outputs(model: nn.Module, images: Sequence[np.ndarray], cfg: SlideConfig, precision: str) -> list[Tensor]:
     """The test-time pipeline on images (H x W x 3 uint8 RGB; their windows share model calls):
-    ``model``'s C x H x W outputs at each image's size."""
+    ``model``'s C x H x W outputs at each image's size, its scores being ``cfg.scores``."""
     device = next(model.parameters()).device
     resized = [to_tensor(resize_keep_ratio(image, cfg.scale), device) for image in images]
-    return slide_inference(model, resized, cfg=cfg, out_sizes=[image.shape[:2] for image in images],
-                           precision=precision)
+    with protocol_scores(model, cfg.scores):
+        return slide_inference(model, resized, cfg=cfg, out_sizes=[image.shape[:2] for image in images],
+                               precision=precision)
+
+
+def image_probabilities(model: nn.Module, images: Sequence[np.ndarray], cfg: SlideConfig,
+                        precision: str) -> list[Tensor]:
+    """``image_outputs`` as K x H x W probabilities: with ``slide.scores=logits``, the softmax of
+    the resized scores (what mmseg's inference returns, MaskCLIP's protocol)."""
+    outputs = image_outputs(model, images, cfg, precision)
+    return [out.softmax(dim=0) for out in outputs] if cfg.scores == "logits" else outputs
+
+
+@contextlib.contextmanager
+def protocol_scores(model: nn.Module, scores: str) -> Iterator[None]:
+    """The segmenter behind ``model`` decodes to ``scores`` (``Decoding.scores``) for the duration."""
+    inner = model.model if isinstance(model, _Panels) else model
+    decoding = getattr(inner, "decoding", None)
+    if decoding is None or decoding.scores == scores:
+        yield
+        return
+    inner.decoding = replace(decoding, scores=scores)
+    try:
+        yield
+    finally:
+        inner.decoding = decoding
 
 
 class _Panels(nn.Module):

@@ -67,7 +67,7 @@ def run_training_tool(cfg: DictConfig, tool: TrainingTool) -> str | None:
     if evaluation.enabled:  # its datasets exist, before the training
         from ..data.benchmarks import checked_benchmarks
 
-        checked_benchmarks(evaluation.data, evaluation.slide.scale)
+        checked_benchmarks(evaluation.data, evaluation.slide)
     if not main_rank:
         return engine.train(config, device, checked=True)
     folder = engine.start_run(config)

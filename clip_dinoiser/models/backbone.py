@@ -7,8 +7,8 @@ without writing into the pretrained parameters:
   (B x D x h x w, D = 512 for ViT-B/16);
 * ``inter``: the output of ``ln_2`` inside residual block ``feats_idx`` with the class
   token dropped (B x W x h x w, W = 768 for ViT-B/16), the input of the CLIP-DINOiser heads;
-* ``keys``: the key features of the last attention layer (B x h*w x W), for MaskCLIP key
-  smoothing.
+* ``keys``: the key features of the last attention layer through its output projection
+  (B x h*w x W), for MaskCLIP key smoothing.
 
 The value path follows MaskCLIP (Zhou et al., ECCV 2022, Sec. 3.2): in the last block the
 query/key attention is replaced by the identity on the value projection.
@@ -25,16 +25,45 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import INPUTS
 from ..download import hub_offline_if_unreachable
 from ..errors import UserError
 from ..files import check_local_file
 from ..ops import pad_to_multiple
 from ..readers import read_json, read_weights
+from ..values import check_choice
 
 log = logging.getLogger(__name__)
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+# mmseg's img_norm_cfg (123.675, 116.28, 103.53) / (58.395, 57.12, 57.375) on 0..255, over 255: MaskCLIP's configs
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# model.clip.input: how [0, 1] RGB images enter the tower
+#   clip:  zero-padded (black) to the patch size, then the tower's own mean/std (CLIP-DINOiser's reference);
+#   mmseg: ImageNet mean/std (mmseg's data preprocessing, MaskCLIP's configs), then zero-padded in the
+#          normalised space (mmseg's PatchEmbed, padding='corner'), i.e. with the mean colour.
+
+
+def input_stats(visual: nn.Module, mode: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) of ``model.clip.input``: the tower's own for ``clip``, ImageNet's for ``mmseg``."""
+    if mode == "mmseg":
+        return IMAGENET_MEAN, IMAGENET_STD
+    check_choice(mode, INPUTS, "model.clip.input")
+    mean = getattr(visual, "image_mean", None) or OPENAI_MEAN
+    std = getattr(visual, "image_std", None) or OPENAI_STD
+    return tuple(mean), tuple(std)
+
+
+def prepare_input(images: Tensor, mean: Tensor, std: Tensor, patch_size: tuple[int, int], mode: str) -> Tensor:
+    """B x 3 x H x W RGB in [0, 1] -> the tower's input under ``model.clip.input`` = ``mode``
+    (padded right/bottom to a multiple of ``patch_size``)."""
+    if mode == "mmseg":
+        return pad_to_multiple((images - mean.to(images.dtype)) / std.to(images.dtype), patch_size)
+    x = pad_to_multiple(images, patch_size)
+    return (x - mean.to(x.dtype)) / std.to(x.dtype)
 
 
 @dataclass
@@ -82,6 +111,15 @@ def register_model_config(name: str) -> str:
         raise UserError(f"CLIP model config {name} is not an open_clip model config (embed_dim, vision_cfg, text_cfg)")
     open_clip.add_model_config(name)
     return os.path.splitext(os.path.basename(name))[0]
+
+
+def is_resnet_config(name: str) -> bool:
+    """Whether the open_clip architecture ``name`` (registered) has a ResNet image tower: its
+    ``vision_cfg.layers`` lists the blocks per stage (a ViT's is one number)."""
+    import open_clip
+
+    config = open_clip.get_model_config(name) or {}
+    return isinstance((config.get("vision_cfg") or {}).get("layers"), (list, tuple))
 
 
 def load_open_clip(name: str, pretrained: str | None) -> nn.Module:
@@ -202,6 +240,7 @@ class CLIPBackbone(nn.Module):
         feats_idx: residual block whose ``ln_2`` output feeds the heads (negative counts from the
             end; -3 in the paper).
         mean, std: CLIP normalisation applied to [0, 1] RGB input.
+        input: ``model.clip.input`` (``INPUTS``): pad before (``clip``) or after (``mmseg``) normalising.
     """
 
     def __init__(
@@ -211,8 +250,10 @@ class CLIPBackbone(nn.Module):
         feats_idx: int,
         mean: tuple[float, float, float] = OPENAI_MEAN,
         std: tuple[float, float, float] = OPENAI_STD,
+        input: str = "clip",
     ) -> None:
         super().__init__()
+        self.input = check_choice(input, INPUTS, "model.clip.input")
         for attr in ("conv1", "class_embedding", "positional_embedding", "ln_pre", "transformer", "ln_post"):
             if not hasattr(visual, attr):
                 raise TypeError(f"CLIP image tower has no '{attr}': only open_clip ViTs are supported")
@@ -237,19 +278,14 @@ class CLIPBackbone(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     @classmethod
-    def from_open_clip(cls, model: nn.Module, *, feats_idx: int) -> CLIPBackbone:
-        visual = model.visual
-        mean = getattr(visual, "image_mean", None) or OPENAI_MEAN
-        std = getattr(visual, "image_std", None) or OPENAI_STD
-        return cls(visual, feats_idx=feats_idx, mean=tuple(mean), std=tuple(std))
+    def from_open_clip(cls, model: nn.Module, *, feats_idx: int, input: str = "clip") -> CLIPBackbone:
+        mean, std = input_stats(model.visual, input)
+        return cls(model.visual, feats_idx=feats_idx, mean=mean, std=std, input=input)
 
     def train(self, mode: bool = True) -> CLIPBackbone:
         # The tower is frozen: it stays in eval mode whatever the parent module does.
         return super().train(False)
 
-    def pad(self, images: Tensor) -> Tensor:
-        """Zero-pad right/bottom to a multiple of the patch size (before normalisation)."""
-        return pad_to_multiple(images, self.patch_size)
 
     def _patchify(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
         """``conv1`` (kernel = stride = patch) as one matrix product over the patches: B x N x W.
@@ -284,13 +320,13 @@ class CLIPBackbone(nn.Module):
         Args:
             images: B x 3 x H x W RGB in [0, 1], any H, W (zero-padded to the patch size).
             with_inter: also return the ``ln_2`` features of block ``feats_idx``.
-            with_keys: also return the last layer's attention keys.
+            with_keys: also return the last layer's attention keys as MaskCLIP's key smoothing reads
+                them: through the attention's output projection (``MaskClipHead`` on its ViT).
             with_dense: compute the MaskCLIP features (False: stop after block ``feats_idx``;
                 ``dense`` is then None).
         """
         v = self.visual
-        x = self.pad(images)
-        x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        x = prepare_input(images, self.mean, self.std, self.patch_size, self.input)
         x, (h, w) = self._patchify(x)
         b, _, c = x.shape
         cls_tok = v.class_embedding.to(x.dtype).view(1, 1, c).expand(b, -1, -1)
@@ -324,7 +360,8 @@ class CLIPBackbone(nn.Module):
         if v.proj is not None:
             val = val @ v.proj  # the 1x1 "conv" of MaskCLIP: a per-patch linear map
         dense = _patch_map(val, (h, w))
-        keys = k[:, 1:] if with_keys else None
+        # MaskCLIP's ViT applies out_proj to the query, key and value parts alike (vit.py, return_qkv)
+        keys = F.linear(k[:, 1:], last.attn.out_proj.weight, last.attn.out_proj.bias) if with_keys else None
         return BackboneOutput(dense=dense, inter=inter, keys=keys)
 
 

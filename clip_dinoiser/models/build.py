@@ -21,20 +21,23 @@ from ..errors import ConfigError, UserError
 from ..files import check_local_file
 from ..plugins import locate
 from ..readers import read_weights
-from .backbone import Backbone, CLIPBackbone, load_open_clip, register_model_config
+from .backbone import Backbone, CLIPBackbone, is_resnet_config, load_open_clip, register_model_config
 from .clip_dinoiser import CLIPDINOiser
 from .heads import DINOiserHeads, load_heads
 from .maskclip import Decoding, MaskCLIP, Pooling
 from .pooling import guided_pooling
+from .resnet import CLIPResNetBackbone, is_resnet_tower
 from .text import TextClassifier, text_tower
 from .text_cache import TextEmbeddingCache, default_cache_dir, weights_identity
 
 log = logging.getLogger(__name__)
 
 
-def open_clip_backbone(clip_model: nn.Module, cfg: ModelConfig) -> CLIPBackbone:
-    """The built-in image tower: open_clip's ViT with the MaskCLIP value path."""
-    return CLIPBackbone.from_open_clip(clip_model, feats_idx=cfg.feats_idx)
+def open_clip_backbone(clip_model: nn.Module, cfg: ModelConfig) -> Backbone:
+    """The built-in image tower: open_clip's ViT or ResNet with MaskCLIP's value path."""
+    if is_resnet_tower(clip_model.visual):
+        return CLIPResNetBackbone.from_open_clip(clip_model, input=cfg.clip.input)
+    return CLIPBackbone.from_open_clip(clip_model, feats_idx=cfg.feats_idx, input=cfg.clip.input)
 
 
 # model.clip.backbone: factory(open_clip model, ModelConfig) -> Backbone
@@ -159,13 +162,26 @@ def check_model_files(cfg: ModelConfig) -> None:
                                 f"(got {cfg.checkpoint})")
 
 
+# Models that read a ViT's blocks or patch grid: not on a ResNet tower.
+VIT_ONLY = MappingProxyType({
+    "clip_dinoiser": "its heads read the ViT block model.feats_idx",
+    "dino_maskclip": "DINO's correlations are on a ViT's 16-pixel patch grid",
+})
+
+
 def model_config(cfg: ModelConfig | Mapping[str, Any], prefix: str = "model") -> ModelConfig:
     """``cfg`` as a checked ``ModelConfig``: an unknown key or a wrong type is a ``ConfigError``
-    naming it, as are the model name and the extension points (which are imported here)."""
+    naming it, as are the model name and the extension points (which are imported here), and a
+    model on a tower it cannot use."""
     cfg = parse(ModelConfig, cfg, prefix)
     locate(cfg.name, MODEL_BUILDERS, f"{prefix}.name")  # a built-in, or the import path of your own builder
     locate(cfg.clip.backbone, BACKBONES, f"{prefix}.clip.backbone")
     locate(cfg.pooling, POOLINGS, f"{prefix}.pooling")
+    if cfg.name in VIT_ONLY and cfg.clip.backbone == "open_clip":
+        name = register_model_config(cfg.clip.name)
+        if is_resnet_config(name):
+            raise ConfigError(f"{prefix}.clip.name={cfg.clip.name} is a ResNet tower: {prefix}.name={cfg.name} needs "
+                              f"a ViT ({VIT_ONLY[cfg.name]}); {prefix}=maskclip runs on ResNets")
     return cfg
 
 

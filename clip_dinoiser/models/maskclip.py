@@ -31,6 +31,10 @@ class Decoding:
         ks_thresh: key-smoothing threshold (0 = off).
         pd_thresh: prompt-denoising threshold (0 = off).
         temperature: softmax temperature on cosine similarities.
+        scores: what ``decode`` returns: ``probs`` (the softmax), or ``logits`` (the classifier's
+            temperature-scaled scores, as MaskCLIP's head returns them for mmseg to resize: where
+            key smoothing or the background refinement applies, they make probabilities, and
+            those are returned, as in MaskCLIP).
     """
 
     gamma: float
@@ -39,6 +43,7 @@ class Decoding:
     ks_thresh: float
     pd_thresh: float
     temperature: float
+    scores: str = "probs"
 
     @classmethod
     def from_config(cls, cfg) -> Decoding:
@@ -109,7 +114,9 @@ class MaskCLIP(nn.Module):
 
     def decode(self, feats: Features, decoding: Decoding | None = None, classes: Classes | None = None) -> Tensor:
         """Features -> class probabilities, B x K x h x w (fp32): pooling (when there are
-        correlations), classifier, prompt denoising, key smoothing, background refinement.
+        correlations), classifier, prompt denoising, key smoothing, background refinement
+        (``decoding.scores`` = ``logits``: the scores before the softmax where no refinement
+        makes probabilities).
 
         Args:
             decoding: the settings (default: ``self.decoding``).
@@ -122,12 +129,16 @@ class MaskCLIP(nn.Module):
         logits = self.text(dense, d.temperature, classes)
         probs = logits.softmax(dim=1)
         if d.pd_thresh > 0:
-            probs = prompt_denoising(logits, probs, d.pd_thresh).softmax(dim=1)
+            logits = prompt_denoising(logits, probs, d.pd_thresh)
+            probs = logits.softmax(dim=1)
+        refine = feats.objectness is not None and refines_background(d.bg_refine, classes)
+        if d.scores == "logits" and d.ks_thresh <= 0 and not refine:
+            return logits.float()
         if d.ks_thresh > 0:
             if feats.keys is None:
                 raise ValueError("key smoothing needs the last-layer keys: features(images, keys=True)")
             probs = key_smoothing(probs, feats.keys, d.ks_thresh)
-        if feats.objectness is not None and refines_background(d.bg_refine, classes):
+        if refine:
             probs = background_refinement(probs, feats.objectness, classes.bg_index, d.delta)
         return probs
 

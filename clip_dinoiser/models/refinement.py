@@ -25,13 +25,18 @@ def key_smoothing(probs: Tensor, keys: Tensor, thresh: float) -> Tensor:
     """MaskCLIP key smoothing: a patch whose max probability is below ``thresh`` gets the
     key-similarity-weighted sum of all patches' probabilities.
 
+    As MaskCLIP's code runs it (``MaskClipHead.refine_output``): ``F.normalize(k, p=2)`` on the
+    B x N x C keys normalises along dimension 1, i.e. each key *channel* over the patches (not each
+    patch's key over the channels, as the paper's "cosine similarity" would read); the weights
+    ``k k^T`` are then used as they are.
+
     Args:
         probs: B x K x h x w class probabilities.
-        keys: B x N x C last-layer attention keys (N = h * w).
+        keys: B x N x C keys (N = h * w) as ``Backbone`` gives them.
     """
     b, k, h, w = probs.shape
     p = probs.flatten(2).transpose(1, 2)  # B x N x K
-    keys = F.normalize(keys.float(), dim=-1)
+    keys = F.normalize(keys.float(), dim=1)
     smoothed = (keys @ keys.transpose(1, 2)) @ p
     uncertain = p.amax(dim=-1, keepdim=True) < thresh
     return torch.where(uncertain, smoothed, p).transpose(1, 2).reshape(b, k, h, w)

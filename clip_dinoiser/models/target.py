@@ -236,12 +236,14 @@ class TargetModel(nn.Module):
         return Features(self.target.embed(images))
 
     def decode(self, feats: Features, decoding: Decoding | None = None, classes: Classes | None = None) -> Tensor:
-        """Features -> class probabilities B x K x h x w (fp32)."""
+        """Features -> class probabilities B x K x h x w (fp32); ``decoding.scores`` = ``logits``:
+        the classifier's scores (MaskCLIP+'s head output)."""
         d = decoding or self.decoding
         if d.ks_thresh > 0 or d.pd_thresh > 0:
             raise ConfigError("key smoothing and prompt denoising apply to CLIP's features, not to a target network")
         classes = classes or self.text.current
-        return self.target.classify(feats.dense, classes.embeddings).float().softmax(dim=1)
+        logits = self.target.classify(feats.dense, classes.embeddings).float()
+        return logits if d.scores == "logits" else logits.softmax(dim=1)
 
     def forward(self, images: Tensor) -> Tensor:
         """B x 3 x H x W RGB in [0, 1] -> B x K x h x w class probabilities."""

@@ -31,8 +31,20 @@ def imagenet_templates() -> list[str]:
     return [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]
 
 
+# MaskCLIP's five scene templates, appended to the 80 in its prompt engineering
+# (tools/maskclip_utils/prompt_engineering.py, prompt_templates)
+SCENE_TEMPLATES = ("there is a {} in the scene.", "there is the {} in the scene.", "this is a {} in the scene.",
+                   "this is the {} in the scene.", "this is one {} in the scene.")
+
+
+def maskclip_templates() -> list[str]:
+    """MaskCLIP's 85 templates: the 80 CLIP ImageNet templates, then its five scene templates."""
+    return imagenet_templates() + list(SCENE_TEMPLATES)
+
+
 TEMPLATE_SETS: Mapping[str, Callable[[], list[str]]] = MappingProxyType({
     "imagenet80": imagenet_templates,
+    "maskclip85": maskclip_templates,
     "none": lambda: ["{}"],
 })
 

@@ -1,0 +1,167 @@
+"""Test protocols as presets, and the numbers each method published under its own.
+
+A protocol is everything between a benchmark's files and its mIoU that is not the model: the
+keep-ratio resize, sliding windows or the whole image, what is averaged and resized, the input
+normalisation, the prompt templates and the class names. Ours (CLIP-DINOiser's) is the default;
+a published method's own protocol is a preset that reproduces its table (``protocol=maskclip``
+on the command line, ``load(..., protocol="maskclip")`` in Python), and every model runs under
+every protocol. A method's published numbers are printed beside ours only under its own preset.
+
+Each preset is a set of config values (``slide.*``, ``data.*``, ``model.*``): ``PROTOCOLS`` holds
+them once; ``register_configs`` (``config.py``) turns them into hydra's ``protocol`` group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One published test protocol.
+
+    Attributes:
+        name: the preset's name (``protocol=<name>``).
+        source: where its settings come from.
+        slide: ``slide.*`` values (``SlideConfig``; ``per_benchmark`` for a benchmark's own).
+        model: ``model.*`` values (input normalisation, prompt templates).
+        vocabulary_set: whose class names a benchmark is scored with (``data.vocabulary_set`` null).
+    """
+
+    name: str
+    source: str
+    slide: Mapping[str, Any] = field(default_factory=dict)
+    model: Mapping[str, Any] = field(default_factory=dict)
+    vocabulary_set: str = "clip_dinoiser"
+
+    def node(self) -> dict[str, Any]:
+        """The preset as a config node over a tool's whole config (hydra's ``_global_`` package)."""
+        node: dict[str, Any] = {"protocol": self.name}
+        for key in ("slide", "model"):
+            if getattr(self, key):
+                node[key] = _plain(getattr(self, key))
+        return node
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+_MASKCLIP_CONTEXT = MappingProxyType({"scale": (520, 520)})  # configs/_base_/datasets/pascal_context*.py
+PROTOCOLS: Mapping[str, Protocol] = MappingProxyType({p.name: p for p in [
+    Protocol("clip_dinoiser", "CLIP-DINOiser's evaluation (Wysoczanska et al., ECCV 2024; its segmentation/configs): "
+             "keep-ratio resize to (2048, 448), 448 x 448 windows with stride 224, probabilities averaged, CLIP's "
+             "normalisation after zero padding, the 80 ImageNet templates, its class names"),
+    Protocol("maskclip", "MaskCLIP's evaluation (Zhou et al., ECCV 2022; chongzhou96/MaskCLIP configs/maskclip/*.py "
+             "and configs/_base_/datasets/*.py): test_cfg mode='whole' after a keep-ratio resize to (2048, 512) "
+             "((520, 520) on PASCAL Context, (1024, 512) on Cityscapes), the head's scores resized, ImageNet "
+             "mean/std (img_norm_cfg) with the ViT's zero padding after it, the 85 templates and class names of "
+             "tools/maskclip_utils/prompt_engineering.py",
+             slide={"mode": "whole", "scale": (2048, 512), "scores": "logits",
+                    "per_benchmark": {"context": _MASKCLIP_CONTEXT, "context59": _MASKCLIP_CONTEXT,
+                                      "cityscapes": {"scale": (1024, 512)}}},
+             model={"clip": {"input": "mmseg"}, "maskclip": {"templates": "maskclip85"}},
+             vocabulary_set="maskclip"),
+]})
+DEFAULT = "clip_dinoiser"
+
+
+def get_protocol(name: str, key: str = "protocol") -> Protocol:
+    if name not in PROTOCOLS:
+        raise ConfigError(f"{key}={name}: unknown test protocol (choose from {', '.join(PROTOCOLS)})")
+    return PROTOCOLS[name]
+
+
+def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` on ``base``, nested mappings merged key by key (``over`` wins)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
+
+
+# ----------------------------------------------------------------------------- published numbers
+
+@dataclass(frozen=True)
+class Published:
+    """A published mIoU and what it was measured with.
+
+    Attributes:
+        miou: the number.
+        protocol: the protocol it was measured under.
+        model: our model name that reproduces the method (``maskclip``, ``target``, ...).
+        tower: open_clip architecture of the CLIP (``RN50``, ``ViT-B-16``, ...).
+        pretrained: its weights tag.
+        benchmark: our benchmark name.
+        corruption: (name, severity) of the robustness protocol, or None (clean).
+        zero_shot: MaskCLIP+'s zero-shot setting (a target trained with unseen classes).
+        metric: ``mIoU``, or for a zero-shot target ``mIoU(unseen)``.
+        method: the method's name as printed.
+        source: where the number is printed.
+    """
+
+    miou: float
+    protocol: str
+    model: str
+    tower: str
+    pretrained: str
+    benchmark: str
+    corruption: tuple[str, int] | None = None
+    zero_shot: bool = False
+    metric: str = "mIoU"
+    method: str = "MaskCLIP"
+    source: str = ""
+
+
+_MASKCLIP_README = "MaskCLIP, configs/maskclip/README.md (annotation-free; OpenAI CLIP; test_cfg whole)"
+_PLUS_README = ("MaskCLIP, configs/maskclip_plus/README.md (DeepLabv2-R101-d8 target; the tower is the annotator's "
+                "CLIP, OpenAI weights)")
+_PLUS_ABSTRACT = "MaskCLIP (Zhou et al., ECCV 2022), abstract: mIoU of the unseen classes, MaskCLIP+ zero-shot"
+PUBLISHED: tuple[Published, ...] = (
+    # MaskCLIP, annotation-free (no KS/PD)
+    *(Published(miou, "maskclip", "maskclip", tower, "openai", bench, source=_MASKCLIP_README)
+      for tower, row in (("RN50", (41.5, 18.5, 10.2)), ("RN50x16", (50.9, 20.3, 13.6)),
+                         ("ViT-B-16", (49.5, 21.7, 12.5)))
+      for bench, miou in zip(("voc20", "context59", "coco_stuff"), row)),
+    Published(30.9, "maskclip", "maskclip", "RN50", "openai", "voc20", ("speckle_noise", 1), source=_MASKCLIP_README),
+    # MaskCLIP+, annotation-free: 2k / 4k / 8k iterations (COCO-Stuff R-50: 13.8, "slightly different than
+    # the paper")
+    *(Published(miou, "maskclip", "target", tower, "openai", bench, method="MaskCLIP+", source=_PLUS_README)
+      for tower, row in (("RN50", (58.0, 23.9, 13.8)), ("RN50x16", (67.5, 25.2, 17.3)),
+                         ("ViT-B-16", (None, 31.1, 18.0)))
+      for bench, miou in zip(("voc20", "context59", "coco_stuff"), row) if miou is not None),
+    # MaskCLIP+, zero-shot (R-50 annotator): the README's mIoU over all classes ("slightly different than the
+    # paper") and the abstract's mIoU over the unseen classes
+    *(Published(miou, "maskclip", "target", "RN50", "openai", bench, zero_shot=True, method="MaskCLIP+",
+                source=_PLUS_README) for bench, miou in (("voc20", 87.8), ("context", 48.4), ("coco_stuff", 39.7))),
+    *(Published(miou, "maskclip", "target", "RN50", "openai", bench, zero_shot=True, metric="mIoU(unseen)",
+                method="MaskCLIP+", source=_PLUS_ABSTRACT)
+      for bench, miou in (("voc20", 86.1), ("context", 66.7), ("coco_stuff", 54.7))),
+)
+
+
+def published_miou(protocol: str, model: Mapping[str, Any], benchmark: str,
+                   corruption: tuple[str, int] | None = None, *, zero_shot: bool = False,
+                   metric: str = "mIoU") -> Published | None:
+    """The published ``metric`` of the method ``model`` (a ``ModelConfig`` as a mapping) on
+    ``benchmark`` under ``protocol``, where its settings are the published ones (MaskCLIP: no key
+    smoothing, no prompt denoising); None where nothing was published."""
+    clip = model.get("clip") or {}
+    maskclip = model.get("maskclip") or {}
+    if model.get("name") == "maskclip" and (maskclip.get("ks_thresh") or maskclip.get("pd_thresh")):
+        return None
+    wanted = (protocol, model.get("name"), clip.get("name"), clip.get("pretrained"), benchmark,
+              tuple(corruption) if corruption else None, zero_shot, metric)
+    for p in PUBLISHED:
+        if (p.protocol, p.model, p.tower, p.pretrained, p.benchmark, p.corruption, p.zero_shot, p.metric) == wanted:
+            return p
+    return None
