@@ -126,6 +126,7 @@ class TargetConfig:
     dropout: float = kind(DROPOUT, default=0.0)  # Dropout2d before the classifier (MaskCLIP+: dropout_ratio=0)
     kwargs: dict[str, Any] = field(default_factory=dict)  # timm create_model overrides (tests build tiny models)
     norm_eval: bool = False  # BatchNorm statistics frozen during training (MaskCLIP+: false, SyncBN under DDP)
+    cls_bg: bool = False  # a learned embedding classifies 'background' (MaskCLIP+'s zero-shot VOC / Context)
 
 
 SLIDE_MODES = ("slide", "whole")
@@ -293,6 +294,8 @@ class TargetTrainSettings:
     benchmark: str = "context59"  # whose training split and classes: voc20, context59, coco_stuff, ade20k, ...
     data: str | None = None  # its folder (null: data/<the benchmark's mmseg folder>); an image folder for 'folder'
     vocabulary: str | None = None  # class-name file (null: the benchmark's; needed for benchmark=folder)
+    vocabulary_set: str | None = None  # whose class names: clip_dinoiser (null) or maskclip
+    unseen: Any = None  # zero-shot: the unseen class indices ([15,...]) or 'maskclip' (its split); null: none
     output: str = "outputs/train_target/${now:%Y-%m-%d_%H-%M-%S}"  # run folder
     resume: str | None = None  # a run folder: continue from its newest checkpoint
     iterations: int | None = kind(COUNT, default=None)  # null: MaskCLIP+'s (2k VOC, 4k Context, 8k COCO-Stuff/ADE)
@@ -307,7 +310,7 @@ class TargetTrainSettings:
     ratio_range: tuple[float, float] = kind(POSITIVE, length=2, default=(0.5, 2.0))  # random resize ratio
     photometric: bool = True  # mmseg's PhotoMetricDistortion
     conf_thresh: float = kind(FRACTION, default=0.0)  # pixels whose label probability is below: ignored (0: off)
-    self_train_from: int | None = kind(COUNT, default=None)  # from this iteration the target labels itself (null: off)
+    self_train_from: int | None = kind(COUNT, default=None)  # from this iteration the target labels (null: never)
     num_workers: int = kind(NON_NEGATIVE_INT, default=8)  # data-loading processes per rank
     seed: int = kind(NON_NEGATIVE_INT, default=0)  # order, augmentations and the head's initialisation
     save_every: int = kind(COUNT, default=500)  # iterations between checkpoints
@@ -340,6 +343,11 @@ def register_configs() -> None:
 
     for protocol in PROTOCOLS.values():  # protocol=<name>: a preset over slide.*, data.*, model.*
         cs.store(group="protocol", name=protocol.name, node=protocol.node(), package="_global_")
+    from .protocols import ZERO_SHOT, zero_shot_node
+
+    cs.store(group="zero_shot", name="none", node={}, package="_global_")  # annotation-free (the default)
+    for name in ZERO_SHOT:  # tools/train_target.py zero_shot=<benchmark>: MaskCLIP+'s zero-shot configs
+        cs.store(group="zero_shot", name=name, node=zero_shot_node(name), package="_global_")
     for name, node in (("eval_schema", EvalConfig), ("demo_schema", DemoConfig), ("app_schema", AppConfig),
                        ("train_schema", TrainConfig), ("train_target_schema", TrainTargetConfig)):
         cs.store(name=name, node=node)

@@ -82,11 +82,61 @@ def get_protocol(name: str, key: str = "protocol") -> Protocol:
 
 
 def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    """``over`` on ``base``, nested mappings merged key by key (``over`` wins)."""
-    out = dict(base)
+    """``over`` on ``base`` as plain dicts and lists, nested mappings merged key by key (``over`` wins)."""
+    out = _plain(base)
     for k, v in over.items():
-        out[k] = merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+        out[k] = merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else _plain(v)
     return out
+
+
+# ----------------------------------------------------------------------------- MaskCLIP+ zero-shot
+
+# MaskCLIP's zero-shot splits: the unseen classes (``suppress_labels``) of configs/maskclip_plus/zero_shot/*.py,
+# as class indices of our benchmarks (after reduce_zero_label)
+MASKCLIP_UNSEEN: Mapping[str, tuple[int, ...]] = MappingProxyType({
+    "voc20": (15, 16, 17, 18, 19),  # potted plant, sheep, sofa, train, tv monitor (voc12aug_20)
+    "voc": (16, 17, 18, 19, 20),  # the same, after the background (voc12aug)
+    # cow, motorbike, sofa, cat, boat, fence, bird, tv monitor, keyboard, aeroplane (pascal_context, 60 classes)
+    "context": (20, 34, 49, 15, 8, 25, 7, 55, 32, 1),
+    "context59": (19, 33, 48, 14, 7, 24, 6, 54, 31, 0),  # the same classes without the background (derived)
+    "coco_stuff": (19, 23, 28, 29, 36, 51, 76, 88, 94, 112, 133, 136, 137, 157, 160),
+})
+
+# The annotator of every MaskCLIP+ zero-shot config: MaskCLIP on OpenAI's R-50, no refinement, fed the
+# ImageNet-normalised crop (MaskClipPlusHead's clip_cfg ResNetClip, the crop after Normalize), its text
+# embeddings from its prompt engineering (85 templates, its class names)
+_ZS_ANNOTATOR = MappingProxyType({"name": "maskclip", "bg_refine": False,
+                                  "clip": MappingProxyType({"name": "RN50", "pretrained": "openai", "input": "mmseg"}),
+                                  "maskclip": MappingProxyType({"ks_thresh": 0.0, "pd_thresh": 0.0,
+                                                                "templates": "maskclip85"})})
+
+
+def _zero_shot(benchmark: str, iterations: int, self_train_from: int, source: str, *, target: Mapping | None = None,
+               train: Mapping | None = None) -> dict[str, Any]:
+    return {"train": {"benchmark": benchmark, "unseen": "maskclip", "vocabulary_set": "maskclip",
+                      "iterations": iterations, "self_train_from": self_train_from, **(train or {})},
+            "target": dict(target or {}), "annotator": _ZS_ANNOTATOR, "zero_shot_source": source}
+
+
+# tools/train_target.py zero_shot=<name>: MaskCLIP+'s zero-shot configs (CLIP-guided pseudo-labels on the unseen
+# pixels from iteration 1, start_clip_guided=(1, N-1); the target's own from N, start_self_train=(N, -1))
+ZERO_SHOT: Mapping[str, Mapping[str, Any]] = MappingProxyType({
+    "voc20": _zero_shot("voc20", 20000, 2000, "maskclip_plus_r50_deeplabv2_r101-d8_512x512_20k_voc12aug_20"),
+    "voc": _zero_shot("voc", 20000, 2000, "maskclip_plus_r50_deeplabv2_r101-d8_512x512_20k_voc12aug",
+                      target={"cls_bg": True}),
+    "context": _zero_shot("context", 40000, 4000, "maskclip_plus_r50_deeplabv3plus_r101-d8_480x480_40k_pascal_context",
+                          target={"arch": "deeplabv3plus", "dilations": [1, 12, 24, 36], "c1_channels": 48,
+                                  "cls_bg": True},
+                          train={"lr": 0.004, "weight_decay": 1.0e-4}),
+    "coco_stuff": _zero_shot("coco_stuff", 80000, 8000,
+                             "maskclip_plus_r50_deeplabv2_r101-d8_512x512_80k_coco-stuff164k"),
+})
+
+
+def zero_shot_node(name: str) -> dict[str, Any]:
+    """The preset ``zero_shot=<name>`` as a config node over tools/train_target.py's config."""
+    node = {k: _plain(v) for k, v in ZERO_SHOT[name].items() if k != "zero_shot_source"}
+    return {k: v for k, v in node.items() if v}
 
 
 # ----------------------------------------------------------------------------- published numbers

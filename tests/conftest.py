@@ -59,6 +59,39 @@ def tiny_clip_file(tmp_path_factory) -> tuple[str, str]:
     return name, path
 
 
+TINY_RN = "tiny-RN-test"
+TINY_RN_CFG = {  # open_clip's ModifiedResNet: layers per stage as a list; width 8 -> 256 channels, 4 heads
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 8, "patch_size": None},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_rn_file(tmp_path_factory) -> tuple[str, str]:
+    """(model-config JSON path, checkpoint path): a random tiny CLIP ResNet (open_clip's
+    ModifiedResNet) with non-trivial BatchNorm statistics, saved as an open_clip state dict."""
+    import open_clip
+
+    d = tmp_path_factory.mktemp("clip_rn")
+    config = str(d / f"{TINY_RN}.json")
+    with open(config, "w") as f:
+        json.dump(TINY_RN_CFG, f)
+    open_clip.add_model_config(config)
+    torch.manual_seed(3)
+    model = open_clip.create_model(TINY_RN)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    path = str(d / "tiny_rn.pt")
+    torch.save(model.state_dict(), path)
+    return config, path
+
+
 def write_heads(folder, *, proj_dim: int, seed: int, in_dim: int = 64, adjust=None) -> str:
     """Random heads (seeded) for a CLIP of width ``in_dim`` (the tiny CLIP's: 64), changed by
     ``adjust(heads)`` if given, saved as ``folder/last.pt`` in the released format."""

@@ -155,6 +155,12 @@ def _evaluate_points(evaluator: Evaluator, model, bench: Benchmark, root: str, c
         log.info("%s%s: mIoU %.2f%s on %d images, %.1f images/s, %.1f windows/s", bench.name,
                  f" [{point_name(p)}]" if p else "", r.miou, paper, r.num_images, r.images_per_s,
                  r.windows / max(r.seconds, 1e-9))
+        if r.unseen:
+            from clip_dinoiser.protocols import published_miou
+
+            pub = published_miou(cfg.protocol, cfg.model, bench.name, zero_shot=True, metric="mIoU(unseen)")
+            log.info("%s: mIoU seen %.2f, unseen %.2f%s, hIoU %.2f (unseen: %s)", bench.name, r.miou_seen,
+                     r.miou_unseen, f" (paper {pub.miou:.1f})" if pub else "", r.hiou or 0.0, ", ".join(r.unseen))
     return results
 
 

@@ -236,6 +236,16 @@ def image_suffix(bench: Benchmark) -> str:
     return inspect.signature(_dataset_class(bench.dataset)).parameters["img_suffix"].default
 
 
+# The dataset classes that drop label 0 and shift the rest down by one (mmseg's own choice for each; a
+# test compares with what the classes put in their data infos)
+REDUCE_ZERO_LABEL = frozenset({"PascalVOC20Dataset", "PascalContextDataset59", "ADE20KDataset"})
+
+
+def reduces_zero_label(bench: Benchmark) -> bool:
+    """Whether ``bench``'s labels drop 0 and shift down by one: its own setting, else its dataset class's."""
+    return bench.reduce_zero_label if bench.reduce_zero_label is not None else bench.dataset in REDUCE_ZERO_LABEL
+
+
 class ReadOrFail:
     """A loading transform whose failure (missing, corrupt or truncated file: mmcv asserts, cv2
     returns None) becomes one ValueError naming the file. Nothing is skipped: a benchmark's
@@ -264,19 +274,27 @@ class LoadLabels:
     ``label_map`` exactly as mmseg applies them."""
 
     def __call__(self, results: dict[str, Any]) -> dict[str, Any]:
-        gt = read_label(results["seg_map_path"])
-        if results.get("reduce_zero_label"):  # 0 (background) -> 255 (ignored), the rest shift down by one
-            gt = gt.copy()
-            gt[gt == 0] = 255
-            gt = gt - 1
-            gt[gt == 254] = 255
-        if results.get("label_map"):  # read from the map as it is, written into a copy (the reader's is read-only)
-            source, gt = gt, gt.copy()
-            for old, new in results["label_map"].items():
-                gt[source == old] = new
+        gt = label_values(read_label(results["seg_map_path"]), bool(results.get("reduce_zero_label")),
+                          results.get("label_map"))
         results["gt_seg_map"] = gt
         results.setdefault("seg_fields", []).append("gt_seg_map")
         return results
+
+
+def label_values(gt: np.ndarray, reduce_zero_label: bool = False,
+                 label_map: dict[int, int] | None = None) -> np.ndarray:
+    """mmseg's ``LoadAnnotations`` on a read label map: ``reduce_zero_label`` (0 -> 255 ignored,
+    the rest shifted down by one), then ``label_map``; written into a copy (the reader's map is read-only)."""
+    if reduce_zero_label:
+        gt = gt.copy()
+        gt[gt == 0] = 255
+        gt = gt - 1
+        gt[gt == 254] = 255
+    if label_map:
+        source, gt = gt, gt.copy()
+        for old, new in label_map.items():
+            gt[source == old] = new
+    return gt
 
 
 class Corrupt:

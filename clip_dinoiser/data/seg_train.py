@@ -2,9 +2,11 @@
 augmentation, image only.
 
 The training splits are read in mmseg's on-disk layouts (the evaluation folders' siblings), so the
-folder a user points ``data.root`` at for a benchmark also serves its training split. **Label files
-are never opened, listed or checked**: the target learns from the pseudo-labels of a frozen
-annotator run on the same augmented crop.
+folder a user points ``data.root`` at for a benchmark also serves its training split. In the
+annotation-free setting **label files are never opened, listed or checked**: the target learns
+from the pseudo-labels of a frozen annotator run on the same augmented crop. In MaskCLIP+'s
+zero-shot setting (``train.unseen``) the labels are read with every unseen class's pixels set to
+``UNSEEN`` at once (``SeenLabels``), so the unseen classes' values never leave the reader.
 
 Augmentation follows MaskCLIP+'s annotation-free ``train_pipeline``
 (``configs/maskclip_plus/anno_free/*.py``): ``Resize(img_scale, ratio_range=(0.5, 2.0))`` keeping
@@ -44,7 +46,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError, UserError
-from ..readers import read_image, read_text
+from ..readers import read_image, read_label, read_text
 from ..values import COUNT, FRACTION, Kind, kind
 from .train_images import list_images, walk_files
 
@@ -71,6 +73,9 @@ class TrainSplit:
         crop: ``crop_size`` (h, w).
         iters: iterations of MaskCLIP+'s annotation-free schedule.
         source: the MaskCLIP+ config these come from.
+        ann_dirs: label folders under the root, in order of preference (read only in the zero-shot
+            setting: an image's label is the first ``ann_dir/<its path under img_dir><seg_map_suffix>``).
+        seg_map_suffix: label file suffix.
     """
 
     name: str
@@ -82,6 +87,8 @@ class TrainSplit:
     crop: tuple[int, int]
     iters: int
     source: str
+    ann_dirs: tuple[str, ...] = ()
+    seg_map_suffix: str = ".png"
 
 
 _VOC_SETS = "ImageSets/Segmentation"
@@ -91,16 +98,19 @@ TRAIN_SPLITS: Mapping[str, TrainSplit] = MappingProxyType({s.name: s for s in [
     TrainSplit("voc", "VOCdevkit/VOC2012", "JPEGImages",
                ((f"{_VOC_SETS}/trainaug.txt",), (f"{_VOC_SETS}/train.txt", f"{_VOC_SETS}/aug.txt"),
                 (f"{_VOC_SETS}/train.txt",)),
-               ".jpg", (2048, 512), (512, 512), 2000, "maskclip_plus_vit16_deeplabv2_r101-d8_512x512_2k_voc12aug_20"),
+               ".jpg", (2048, 512), (512, 512), 2000, "maskclip_plus_vit16_deeplabv2_r101-d8_512x512_2k_voc12aug_20",
+               ("SegmentationClassAug", "SegmentationClass")),  # mmseg's voc_aug.py: the aug labels; VOC's own
     TrainSplit("context", "VOCdevkit/VOC2010", "JPEGImages", (("ImageSets/SegmentationContext/train.txt",),),
                ".jpg", (520, 520), (480, 480), 4000,
-               "maskclip_plus_vit16_deeplabv2_r101-d8_480x480_4k_pascal_context_59"),
+               "maskclip_plus_vit16_deeplabv2_r101-d8_480x480_4k_pascal_context_59", ("SegmentationClassContext",)),
     TrainSplit("coco_stuff", "coco_stuff164k", "images/train2017", (), ".jpg", (2048, 512), (512, 512), 8000,
-               "maskclip_plus_vit16_deeplabv2_r101-d8_512x512_8k_coco-stuff164k"),
+               "maskclip_plus_vit16_deeplabv2_r101-d8_512x512_8k_coco-stuff164k", ("annotations/train2017",),
+               "_labelTrainIds.png"),
     TrainSplit("cityscapes", "cityscapes", "leftImg8bit/train", (), "_leftImg8bit.png", (2048, 1024), (512, 1024),
-               4000, "maskclip_plus_vit16_deeplabv2_r101-d8_512x1024_4k_cityscapes"),
+               4000, "maskclip_plus_vit16_deeplabv2_r101-d8_512x1024_4k_cityscapes", ("gtFine/train",),
+               "_gtFine_labelTrainIds.png"),
     TrainSplit("ade20k", "ade/ADEChallengeData2016", "images/training", (), ".jpg", (2048, 512), (512, 512), 8000,
-               "maskclip_plus_r50_deeplabv2_r101-d8_512x512_8k_ade20k (no ViT-B/16 config)"),
+               "maskclip_plus_r50_deeplabv2_r101-d8_512x512_8k_ade20k (no ViT-B/16 config)", ("annotations/training",)),
 ]})
 # Each benchmark trains on its dataset's training split (the class list is the benchmark's).
 BENCHMARK_SPLITS: Mapping[str, str] = MappingProxyType({
@@ -173,6 +183,65 @@ def _list_suffix(name: str, folder: str, suffix: str) -> list[str]:
     return files
 
 
+# ----------------------------------------------------------------------------- labels (zero-shot only)
+
+UNSEEN = 254  # a pixel of an unseen class: MaskCLIP's suppress_labels write -1 there; the annotator labels it
+IGNORE = 255
+
+
+def label_files(name: str, root: str, files: list[str]) -> list[str]:
+    """The label file of each of a training split's images (MaskCLIP+'s zero-shot setting: the
+    seen classes come from the ground truth): ``ann_dir/<the image's path under img_dir>`` with the
+    label suffix, in the first of the split's label folders that has it.
+
+    Raises:
+        FileNotFoundError: an image without a label (one line: how many, one example).
+    """
+    split = get_train_split(name)
+    if not split.ann_dirs:
+        raise ConfigError(f"{name}: no label folder is known for its training split (zero-shot needs labels)")
+    img_dir = os.path.join(root, split.img_dir)
+    out, missing = [], []
+    for path in files:
+        stem = os.path.relpath(path, img_dir)[: -len(split.img_suffix)]
+        candidates = [os.path.join(root, d, stem + split.seg_map_suffix) for d in split.ann_dirs]
+        found = next((c for c in candidates if os.path.isfile(c)), None)
+        (out if found else missing).append(found or candidates[0])
+    if missing:
+        raise FileNotFoundError(f"{name}: {len(missing)} of {len(files)} training images have no label in "
+                                f"{' or '.join(split.ann_dirs)} (zero-shot reads the seen classes from them), "
+                                f"e.g. {missing[0]}")
+    return out
+
+
+@dataclass(frozen=True)
+class SeenLabels:
+    """How the zero-shot setting reads a training label: MaskCLIP's ``LoadAnnotations`` with
+    ``suppress_labels`` (every pixel of an unseen class becomes ``UNSEEN``, before any augmentation).
+
+    Attributes:
+        unseen: the unseen class indices (after ``reduce_zero_label``).
+        num_classes: the benchmark's classes (values 0..K-1 and 255 allowed).
+        reduce_zero_label: the benchmark's (VOC20, Context59, ADE20k).
+    """
+
+    unseen: tuple[int, ...]
+    num_classes: int
+    reduce_zero_label: bool = False
+
+    def read(self, path: str) -> np.ndarray:
+        """H x W uint8: seen classes as they are, unseen ones ``UNSEEN``, 255 ignored."""
+        from .benchmarks import bad_label_values, label_values
+
+        gt = label_values(read_label(path, "training label"), self.reduce_zero_label)
+        bad = bad_label_values(gt, self.num_classes)
+        if bad:
+            raise UserError(f"training label {path} has labels {bad[:5]} outside 0..{self.num_classes - 1} and 255")
+        out = gt.copy()
+        out[np.isin(gt, self.unseen)] = UNSEEN
+        return out
+
+
 # ----------------------------------------------------------------------------- augmentation
 
 
@@ -213,14 +282,19 @@ def numpy_seeded(seed: int) -> Iterator[None]:
         np.random.set_state(state)
 
 
-def mmseg_pipeline(settings: SegAugment):
+CAT_MAX_RATIO = 0.75  # MaskCLIP+'s RandomCrop(crop_size, cat_max_ratio=0.75): acts where labels are loaded
+
+
+def mmseg_pipeline(settings: SegAugment, labels: bool = False):
     """mmcv / mmseg 1.x transforms: random keep-ratio resize, random crop, flip, photometric
-    distortion (on an H x W x 3 uint8 BGR ``img``)."""
+    distortion (on an H x W x 3 uint8 BGR ``img``, and its ``gt_seg_map`` with ``labels``: then the
+    crop is drawn again, up to 10 times, while one class covers 75 % of it, as MaskCLIP+'s)."""
     from mmcv.transforms import Compose, RandomFlip, RandomResize
     from mmseg.datasets.transforms import PhotoMetricDistortion, RandomCrop
 
+    crop = RandomCrop(crop_size=tuple(settings.crop), cat_max_ratio=CAT_MAX_RATIO if labels else 1.0)
     steps = [RandomResize(scale=tuple(settings.scale), ratio_range=tuple(settings.ratio_range), keep_ratio=True),
-             RandomCrop(crop_size=tuple(settings.crop)), RandomFlip(prob=settings.flip_prob, direction="horizontal")]
+             crop, RandomFlip(prob=settings.flip_prob, direction="horizontal")]
     if settings.photometric:
         steps.append(PhotoMetricDistortion())
     return Compose(steps)
@@ -239,15 +313,21 @@ def pad_with_mask(image: Tensor, size: tuple[int, int], value: tuple[float, ...]
 class TargetTrainImages(Dataset):
     """MaskCLIP+'s augmentation of training images. Items are asked for as (index, seed) (the
     ``ResumableBatchSampler`` protocol of ``train_images.py``); each is (3 x crop_h x crop_w float
-    RGB in [0, 1], crop_h x crop_w bool valid-pixel mask).
+    RGB in [0, 1], crop_h x crop_w bool valid-pixel mask), and in the zero-shot setting its
+    crop_h x crop_w uint8 label (``SeenLabels``; padding 255).
 
     Args:
         files: image paths (``training_split``).
         settings: the augmentation (``augment_for(split)`` for a benchmark's).
+        labels: the label file of each image (``label_files``), zero-shot only; None: none is opened.
+        seen: how a label is read (with ``labels``).
     """
 
-    def __init__(self, files: list[str], settings: SegAugment | None = None) -> None:
-        self.files = files
+    def __init__(self, files: list[str], settings: SegAugment | None = None, *, labels: list[str] | None = None,
+                 seen: SeenLabels | None = None) -> None:
+        self.files, self.labels, self.seen = files, labels, seen
+        if (labels is None) != (seen is None) or (labels is not None and len(labels) != len(files)):
+            raise ValueError("labels (one per image) and seen go together")
         self.settings = settings or SegAugment()
         check_augment(self.settings)
         self._pipeline = None  # built on first use, in the loader process
@@ -255,20 +335,34 @@ class TargetTrainImages(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, item: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    def __getitem__(self, item: tuple[int, int]) -> tuple[Tensor, ...]:
         index, seed = item
-        return self.augment(read_train_image(self.files[index]), seed)
+        label = None if self.labels is None else self.seen.read(self.labels[index])
+        return self.augment(read_train_image(self.files[index]), seed, label)
 
-    def augment(self, image: np.ndarray, seed: int) -> tuple[Tensor, Tensor]:
-        """H x W x 3 uint8 RGB -> (3 x crop_h x crop_w float RGB in [0, 1], crop_h x crop_w bool mask)."""
+    def augment(self, image: np.ndarray, seed: int, label: np.ndarray | None = None) -> tuple[Tensor, ...]:
+        """H x W x 3 uint8 RGB (and its H x W uint8 label) -> (3 x crop_h x crop_w float RGB in [0, 1],
+        crop_h x crop_w bool mask[, crop_h x crop_w uint8 label, 255 on the padding])."""
         if self._pipeline is None:
-            self._pipeline = mmseg_pipeline(self.settings)
+            self._pipeline = mmseg_pipeline(self.settings, labels=label is not None)
         bgr = np.ascontiguousarray(image[..., ::-1])
+        results = {"img": bgr, "img_shape": bgr.shape[:2], "ori_shape": bgr.shape[:2]}
+        if label is not None:
+            if label.shape != bgr.shape[:2]:
+                raise UserError(f"a training label is {label.shape[1]}x{label.shape[0]} but its image is "
+                                f"{bgr.shape[1]}x{bgr.shape[0]}")
+            results.update(gt_seg_map=label, seg_fields=["gt_seg_map"])
         with numpy_seeded(seed):
-            out = self._pipeline({"img": bgr, "img_shape": bgr.shape[:2], "ori_shape": bgr.shape[:2]})["img"]
-        rgb = torch.from_numpy(np.ascontiguousarray(out[..., ::-1])).permute(2, 0, 1).float().div_(255)
+            results = self._pipeline(results)
+        rgb = torch.from_numpy(np.ascontiguousarray(results["img"][..., ::-1])).permute(2, 0, 1).float().div_(255)
         value = IMAGENET_MEAN if self.settings.pad == "mean" else (0.0, 0.0, 0.0)
-        return pad_with_mask(rgb, tuple(self.settings.crop), value)
+        image_out, valid = pad_with_mask(rgb, tuple(self.settings.crop), value)
+        if label is None:
+            return image_out, valid
+        crop = torch.full(tuple(self.settings.crop), IGNORE, dtype=torch.uint8)  # Pad: seg_pad_val=255
+        gt = torch.from_numpy(np.ascontiguousarray(results["gt_seg_map"]))
+        crop[: gt.shape[0], : gt.shape[1]] = gt
+        return image_out, valid, crop
 
 
 def read_train_image(path: str) -> np.ndarray:
@@ -279,5 +373,6 @@ def read_train_image(path: str) -> np.ndarray:
         raise UserError(str(e)) from e
 
 
-__all__ = ["BENCHMARK_SPLITS", "FOLDER", "SegAugment", "TRAIN_SPLITS", "TargetTrainImages", "TrainSplit",
-           "augment_for", "get_train_split", "numpy_seeded", "pad_with_mask", "read_train_image", "training_split"]
+__all__ = ["BENCHMARK_SPLITS", "FOLDER", "IGNORE", "UNSEEN", "SeenLabels", "SegAugment", "TRAIN_SPLITS",
+           "TargetTrainImages", "TrainSplit", "augment_for", "get_train_split", "label_files", "numpy_seeded",
+           "pad_with_mask", "read_train_image", "training_split"]

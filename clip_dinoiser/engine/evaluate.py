@@ -34,7 +34,8 @@ Writer = Callable[[Tensor, Tensor, Any], None]  # (prediction, label, meta) of o
 
 @dataclass
 class BenchmarkResult:
-    """mIoU (in %) and per-class IoU of one benchmark, with throughput."""
+    """mIoU (in %) and per-class IoU of one benchmark, with throughput; for a zero-shot model, the
+    mIoU of its seen and of its unseen classes and their harmonic mean (hIoU)."""
 
     name: str
     miou: float
@@ -42,10 +43,49 @@ class BenchmarkResult:
     num_images: int
     seconds: float
     windows: int
+    unseen: tuple[str, ...] = ()  # the unseen classes among ``class_iou`` (zero-shot); empty: none
 
     @property
     def images_per_s(self) -> float:
         return self.num_images / max(self.seconds, 1e-9)
+
+    @property
+    def miou_seen(self) -> float | None:
+        return _nan_mean([v for k, v in self.class_iou.items() if k not in self.unseen]) if self.unseen else None
+
+    @property
+    def miou_unseen(self) -> float | None:
+        return _nan_mean([self.class_iou[k] for k in self.unseen]) if self.unseen else None
+
+    @property
+    def hiou(self) -> float | None:
+        """The harmonic mean of the seen and unseen mIoU (ZS3Net's hIoU, MaskCLIP+'s Table 4)."""
+        s, u = self.miou_seen, self.miou_unseen
+        if s is None or u is None or math.isnan(s) or math.isnan(u):
+            return None
+        return 0.0 if s + u == 0 else 2 * s * u / (s + u)
+
+
+def _nan_mean(values: Sequence[float]) -> float:
+    """The mean over the classes with an IoU (mmseg's mIoU: ``nanmean``); NaN when there is none."""
+    return float(np.nanmean(values)) if values and not all(math.isnan(v) for v in values) else math.nan
+
+
+def unseen_of(model: nn.Module, bench: Benchmark, names: Sequence[str]) -> tuple[str, ...]:
+    """The classes of ``names`` (the vocabulary ``bench`` is scored with) that the zero-shot model
+    ``model`` never saw labelled: by index on the benchmark it was trained on, else by name."""
+    record = getattr(model, "unseen", None)
+    if not record:
+        return ()
+    if record.get("benchmark") == bench.name and len(names) == bench.num_classes:
+        return tuple(names[i] for i in record["indices"])
+    wanted = {n.lower() for n in record.get("names", ())}
+    found = tuple(n for n in names if n.lower() in wanted)
+    if len(found) != len(wanted):
+        log.warning("%s: %d of the model's %d unseen classes are not in the vocabulary (%s): no seen / unseen mIoU",
+                    bench.name, len(wanted) - len(found), len(wanted), ", ".join(sorted(wanted)))
+        return ()
+    return found
 
 
 def confusion_index(pred: Tensor, label: Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX) -> Tensor:
@@ -356,7 +396,8 @@ class Evaluator:
         results = []
         for setting, s in zip(settings, stats):
             miou, class_iou = metrics_from_stats(s, setting.classes.names)
-            results.append(BenchmarkResult(bench.name, miou, class_iou, n, seconds, total_windows))
+            results.append(BenchmarkResult(bench.name, miou, class_iou, n, seconds, total_windows,
+                                           unseen_of(model, bench, setting.classes.names)))
         return results
 
     def _images(self, items: list, bench: Benchmark, device: torch.device, bar: tqdm,

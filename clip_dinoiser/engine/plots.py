@@ -85,21 +85,39 @@ def plot_curves(curves: Mapping[str, list[dict[str, float]]], f: IO) -> None:
 
 
 def plot_robustness(table: Any, f: IO) -> None:
-    """MaskCLIP's robustness figure: one panel per model, mIoU against severity, a line per
-    corruption, the model's clean mIoU as a dashed reference line."""
+    """MaskCLIP's robustness figure: one panel per model (and benchmark and setting), mIoU against
+    severity, a line per corruption and tower (MaskCLIP compares ViT-B/16 with R-50: one line style
+    per tower), each tower's clean mIoU as a dashed reference line."""
     plt = _pyplot()
-    models = list(dict.fromkeys(r["model"] for r in table.rows))
-    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models) + 2.5, 4.2), dpi=100, squeeze=False,
+    tower_key = "tower" if "tower" in table.columns else None
+    panel_keys = [c for c in table.columns[: table.columns.index("corruption")] if c != tower_key]
+
+    def panel(r: dict) -> str:
+        return ", ".join(str(r[k]) for k in panel_keys if r.get(k) not in (None, ""))
+
+    panels = list(dict.fromkeys(panel(r) for r in table.rows))
+    towers = list(dict.fromkeys(r.get(tower_key) for r in table.rows)) if tower_key else [None]
+    corruptions = list(dict.fromkeys(r["corruption"] for r in table.rows))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    styles = ["-", ":", "-.", (0, (5, 1))]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels) + 2.5, 4.2), dpi=100, squeeze=False,
                              sharey=True)
-    for ax, model in zip(axes[0], models):
-        rows = [r for r in table.rows if r["model"] == model]
+    for ax, title in zip(axes[0], panels):
+        rows = [r for r in table.rows if panel(r) == title]
         for r in rows:
             points = [(s, r.get(f"severity {s}")) for s in range(1, 6) if r.get(f"severity {s}") is not None]
+            tower = r.get(tower_key) if tower_key else None
             if points:
-                ax.plot(*zip(*points), marker="o", linewidth=1.2, label=r["corruption"])
-        if rows and rows[0].get("clean") is not None:
-            ax.axhline(rows[0]["clean"], color="black", linestyle="--", linewidth=1, label="clean")
-        ax.set_title(str(model), fontsize=10)
+                ax.plot(*zip(*points), marker="o", linewidth=1.2,
+                        color=colours[corruptions.index(r["corruption"]) % len(colours)],
+                        linestyle=styles[towers.index(tower) % len(styles)],
+                        label=r["corruption"] if tower is None else f"{r['corruption']} ({tower})")
+        for tower in towers:
+            clean = next((r.get("clean") for r in rows if (r.get(tower_key) if tower_key else None) == tower), None)
+            if clean is not None:
+                ax.axhline(clean, color="black", linestyle="--" if tower == towers[0] else ":", linewidth=1,
+                           label="clean" if tower is None else f"clean ({tower})")
+        ax.set_title(title, fontsize=10)
         ax.set_xlabel("severity")
         ax.set_xticks(range(1, 6))
         ax.set_ylabel("mIoU (%)")

@@ -26,12 +26,25 @@ def summary_table(results: list[tuple[Benchmark, BenchmarkResult]]) -> str:
     def row(title: str, values: list[float | None]) -> str:
         return f"{title:<8}" + "".join(f"{'-' if v is None else f'{v:.1f}':>{width}}" for v in values)
 
-    return "\n".join([f"{'':<8}" + "".join(f"{h:>{width}}" for h in heads), row("mIoU", ours), row("paper", paper)])
+    lines = [f"{'':<8}" + "".join(f"{h:>{width}}" for h in heads), row("mIoU", ours), row("paper", paper)]
+    if any(r.unseen for _, r in results):  # zero-shot: MaskCLIP+'s Table 4 columns
+        for title, attr in (("seen", "miou_seen"), ("unseen", "miou_unseen"), ("hIoU", "hiou")):
+            values = [getattr(r, attr) for _, r in results]
+            lines.append(row(title, values + ([None] if len(results) > 1 else [])))
+    return "\n".join(lines)
 
 
 def _json_number(x: float | None) -> float | None:
     """NaN (a class absent from the images and never predicted) -> null: results.json stays valid JSON."""
     return None if x is None or math.isnan(x) else x
+
+
+def zero_shot_fields(r: BenchmarkResult) -> dict[str, Any]:
+    """results.json's seen / unseen mIoU and hIoU of a zero-shot model's result (none otherwise)."""
+    if not r.unseen:
+        return {}
+    return {"mIoU_seen": _json_number(r.miou_seen), "mIoU_unseen": _json_number(r.miou_unseen),
+            "hIoU": _json_number(r.hiou), "unseen_classes": list(r.unseen)}
 
 
 def write_results(results: list[tuple[Benchmark, BenchmarkResult]], cfg: Any, run: RunFolder) -> None:
@@ -41,17 +54,22 @@ def write_results(results: list[tuple[Benchmark, BenchmarkResult]], cfg: Any, ru
         run.write_config(cfg)
     payload = {r.name: {"mIoU": _json_number(r.miou), "paper_mIoU": b.paper_miou, "images": r.num_images,
                         "windows": r.windows, "seconds": r.seconds, "images_per_s": r.images_per_s,
-                        "class_IoU": {k: _json_number(v) for k, v in r.class_iou.items()}} for b, r in results}
+                        **zero_shot_fields(r), "class_IoU": {k: _json_number(v) for k, v in r.class_iou.items()}}
+               for b, r in results}
     if len(results) > 1:
         payload["average_mIoU"] = _json_number(sum(r.miou for _, r in results) / len(results))
     run.write_json("results.json", payload)
 
+    zero_shot = any(r.unseen for _, r in results)
+
     def write_csv(f) -> None:
         writer = csv.writer(f)
-        writer.writerow(["benchmark", "mIoU", "paper_mIoU", "images", "images_per_s"])
+        writer.writerow(["benchmark", "mIoU", "paper_mIoU", "images", "images_per_s",
+                         *(["mIoU_seen", "mIoU_unseen", "hIoU"] if zero_shot else [])])
         for b, r in results:
+            extra = [("" if v is None else f"{v:.2f}") for v in (r.miou_seen, r.miou_unseen, r.hiou)]
             writer.writerow([r.name, f"{r.miou:.2f}", "" if b.paper_miou is None else b.paper_miou, r.num_images,
-                             f"{r.images_per_s:.2f}"])
+                             f"{r.images_per_s:.2f}", *(extra if zero_shot else [])])
 
     run.write("results.csv", write_csv)
 

@@ -14,6 +14,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from ..errors import UserError
@@ -117,6 +118,9 @@ def varying_keys(runs: Sequence[Run]) -> list[str]:
             and len({json.dumps(r.settings.get(k), sort_keys=True) for r in runs}) > 1]
 
 
+ZERO_SHOT_METRICS = MappingProxyType({"mIoU_seen": "seen", "mIoU_unseen": "unseen", "hIoU": "hIoU"})  # results.json
+
+
 def summary_rows(runs: Sequence[Run], names: dict[str, str]) -> tuple[list[str], list[str], list[dict[str, Any]]]:
     """(varying keys, benchmarks, rows) of runs of one kind: a row per run with its settings, the
     mIoU of each benchmark and their average, and a last row with the paper's numbers."""
@@ -126,6 +130,9 @@ def summary_rows(runs: Sequence[Run], names: dict[str, str]) -> tuple[list[str],
     for run in runs:
         row: dict[str, Any] = {"run": names[run.folder], **{k: run.settings.get(k) for k in swept}}
         row.update({b: run.results.get(b, {}).get("mIoU") for b in benchmarks})
+        for b in benchmarks:  # a zero-shot target's seen / unseen mIoU and hIoU
+            row.update({f"{b} {title}": run.results.get(b, {}).get(key) for key, title in ZERO_SHOT_METRICS.items()
+                        if key in run.results.get(b, {})})
         rows.append(row)
     if benchmarks:
         paper = {"run": "paper", **{k: None for k in swept}}
@@ -170,8 +177,10 @@ def tables(runs: Sequence[Run]) -> list[Table]:
         group = [r for r in runs if r.kind == kind]
         if group:
             swept, benchmarks, rows = summary_rows(group, names)
-            columns = ["run", *swept, *benchmarks, *(["average"] if benchmarks else [])]
-            out.append(Table(kind, columns, [*benchmarks, "average"], rows))
+            zero_shot = [c for c in dict.fromkeys(c for r in rows for c in r) if c.rsplit(" ", 1)[-1] in
+                         ZERO_SHOT_METRICS.values() and c.rsplit(" ", 1)[0] in benchmarks]
+            columns = ["run", *swept, *benchmarks, *(["average"] if benchmarks else []), *zero_shot]
+            out.append(Table(kind, columns, [*benchmarks, "average", *zero_shot], rows))
     return out
 
 
@@ -228,24 +237,45 @@ def run_score(run: Run) -> float | None:
     return _mean(scores)
 
 
+ROBUSTNESS_KEYS = ("data.corruption", "data.severity")
+TOWER = "tower"  # the robustness table's column for model.clip.name (MaskCLIP's ViT-B/16 vs R-50)
+
+
 def robustness_table(runs: Sequence[Run]) -> Table | None:
-    """When evaluation runs differ in ``data.corruption``: a row per (model, corruption) with the
-    mIoU at each severity, and the model's clean mIoU (the reference) beside them."""
+    """When evaluation runs differ in ``data.corruption``: a row per (model, tower, benchmark, any
+    other setting that differs among the runs, corruption) with the mIoU at each severity, and the
+    clean mIoU of the same model, tower, benchmark and settings (the reference) beside them."""
     evals = [r for r in runs if r.kind == "eval"]
     if not any(r.settings.get("data.corruption") for r in evals):
         return None
-    clean = {r.settings.get("model.name"): run_score(r) for r in evals if not r.settings.get("data.corruption")}
+    others = [k for k in varying_keys(evals) if k not in (*ROBUSTNESS_KEYS, "model.name", "model.clip.name")]
+    towers = len({r.settings.get("model.clip.name") for r in evals}) > 1
+
+    def identity(r: Run) -> dict[str, Any]:
+        ident = {"model": r.settings.get("model.name")}
+        if towers:
+            ident[TOWER] = r.settings.get("model.clip.name")
+        ident["benchmark"] = "+".join(b for b, v in r.results.items() if isinstance(v, dict))
+        ident.update({k: r.settings.get(k) for k in others})
+        return ident
+
+    def key(ident: dict[str, Any]) -> str:
+        return json.dumps(ident, sort_keys=True, default=str)
+
+    clean = {key(identity(r)): run_score(r) for r in evals if not r.settings.get("data.corruption")}
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for r in evals:
-        model, name = r.settings.get("model.name"), r.settings.get("data.corruption")
+        name = r.settings.get("data.corruption")
         if name:
-            row = rows.setdefault((model, name), {"model": model, "corruption": name, "clean": clean.get(model)})
+            ident = identity(r)
+            row = rows.setdefault((key(ident), name), {**ident, "corruption": name, "clean": clean.get(key(ident))})
             row[f"severity {r.settings.get('data.severity')}"] = run_score(r)
     ordered = [rows[k] for k in sorted(rows)]
     for row in ordered:
         values = [row.get(c) for c in SEVERITY_COLUMNS]
         row["mean"] = _mean(values)
-    columns = ["model", "corruption", *SEVERITY_COLUMNS, "mean", "clean"]
+    idents = ["model", *([TOWER] if towers else []), "benchmark", *others]
+    columns = [*idents, "corruption", *SEVERITY_COLUMNS, "mean", "clean"]
     return Table("robustness", columns, [*SEVERITY_COLUMNS, "mean", "clean"], ordered)
 
 

@@ -1,7 +1,13 @@
 """MaskCLIP+ (Zhou et al., ECCV 2022, Sec. 3.3) on our annotators: a standard segmentation
 network (the "target") trained on a benchmark's training images from the pseudo-labels that a
 frozen segmenter of ours (the "annotator") gives each augmented crop, in the one training loop
-of ``loop.py``. Label files of the training split are never opened.
+of ``loop.py``. In the annotation-free setting label files of the training split are never opened.
+
+Zero-shot (transductive) setting (``train.unseen``, Sec. 4.3; ``zero_shot=<benchmark>`` presets):
+the seen classes' pixels keep their ground truth; the pixels of the unseen classes (which the
+label reader turns into ``UNSEEN`` before anything else sees them) get the annotator's argmax over
+the unseen classes only (its vocabulary is those classes: MaskCLIP+'s ``assign_label`` on
+``clip_unlabeled_cats``), then from ``train.self_train_from`` the target's own argmax over them.
 
 Per iteration: the loader gives augmented crops (MaskCLIP+'s random resize, crop, flip and
 photometric distortion; padded pixels marked invalid); the annotator labels the whole batch in
@@ -26,13 +32,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import TargetConfig, TargetTrainSettings, parse, plain
-from ..data.seg_train import FOLDER, SegAugment, TargetTrainImages, augment_for, get_train_split, training_split
+from ..data.seg_train import (
+    FOLDER,
+    UNSEEN,
+    SeenLabels,
+    SegAugment,
+    TargetTrainImages,
+    augment_for,
+    get_train_split,
+    label_files,
+    training_split,
+)
 from ..data.train_images import ResumableBatchSampler
 from ..errors import ConfigError
 from ..files import save_atomic
 from ..models import build_model, check_model_config
 from ..models.target import build_target, check_target_config, convert_sync_batchnorm
-from ..values import check_precision
+from ..values import NON_NEGATIVE_INT, check_precision
 from ..vocabulary import Vocabulary, read_vocabulary_file
 from . import distributed as dist
 from .inference import autocast
@@ -67,11 +83,48 @@ def split_and_vocabulary(tcfg: TargetTrainSettings) -> tuple[str, list[str], Voc
             raise ConfigError(f"train.benchmark={tcfg.benchmark}: unknown (choose from {', '.join(BENCHMARKS)}, "
                               f"or {FOLDER})")
         root = tcfg.data or os.path.join(DATA_ROOT, get_train_split(tcfg.benchmark).root)
-    vocab_file = tcfg.vocabulary or BENCHMARKS[tcfg.benchmark].vocabulary_file
+    vocab_file = tcfg.vocabulary or BENCHMARKS[tcfg.benchmark].vocabulary_in(tcfg.vocabulary_set)
     vocabulary = read_vocabulary_file(vocab_file, "train.vocabulary" if tcfg.vocabulary else None)
-    if len(vocabulary) >= IGNORE:
-        raise ConfigError(f"{len(vocabulary)} classes: at most {IGNORE - 1} (label {IGNORE} is 'ignored')")
+    if len(vocabulary) >= UNSEEN:
+        raise ConfigError(f"{len(vocabulary)} classes: at most {UNSEEN - 1} (labels {UNSEEN} and {IGNORE} are "
+                          "'unseen' and 'ignored')")
     return root, training_split(tcfg.benchmark, root), vocabulary
+
+
+def unseen_classes(tcfg: TargetTrainSettings, num_classes: int) -> tuple[int, ...] | None:
+    """``train.unseen`` as class indices of ``train.benchmark`` (``maskclip``: MaskCLIP's split),
+    or None (annotation-free)."""
+    from ..protocols import MASKCLIP_UNSEEN
+
+    value = tcfg.unseen
+    if value is None:
+        return None
+    if tcfg.benchmark == FOLDER:
+        raise ConfigError("train.unseen: the zero-shot setting reads a benchmark's labels; train.benchmark=folder "
+                          "has none")
+    if value == "maskclip":
+        if tcfg.benchmark not in MASKCLIP_UNSEEN:
+            raise ConfigError(f"train.unseen=maskclip: MaskCLIP has no zero-shot split of {tcfg.benchmark} (it has "
+                              f"{', '.join(MASKCLIP_UNSEEN)}); give the unseen class indices: 'train.unseen=[3,7]'")
+        value = MASKCLIP_UNSEEN[tcfg.benchmark]
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        raise ConfigError(f"train.unseen={value}: a list of class indices ('train.unseen=[15,16]'), maskclip or null")
+    unseen = tuple(NON_NEGATIVE_INT.check(v, f"train.unseen[{i}]") for i, v in enumerate(value))
+    if not unseen or len(set(unseen)) != len(unseen) or len(unseen) >= num_classes:
+        raise ConfigError(f"train.unseen={list(value)}: distinct class indices, at least one, and fewer than the "
+                          f"{num_classes} classes (some must be seen)")
+    beyond = [i for i in unseen if i >= num_classes]
+    if beyond:
+        raise ConfigError(f"train.unseen={list(value)}: {beyond[0]} is not a class index of {tcfg.benchmark} "
+                          f"(0..{num_classes - 1})")
+    return unseen
+
+
+def seen_labels(tcfg: TargetTrainSettings, num_classes: int, unseen: tuple[int, ...]) -> SeenLabels:
+    """How the zero-shot setting reads ``train.benchmark``'s labels."""
+    from ..data.benchmarks import BENCHMARKS, reduces_zero_label
+
+    return SeenLabels(unseen, num_classes, reduces_zero_label(BENCHMARKS[tcfg.benchmark]))
 
 
 def augmentation(tcfg: TargetTrainSettings) -> SegAugment:
@@ -102,7 +155,13 @@ def check_run_inputs(cfg: Mapping[str, Any], *, folder: bool = True) -> None:
     if tcfg.min_lr > tcfg.lr:
         raise ConfigError(f"train.min_lr={tcfg.min_lr} is above train.lr={tcfg.lr}: the poly schedule decays from "
                           "lr to min_lr")
-    split_and_vocabulary(tcfg)
+    total = iterations(tcfg)
+    if tcfg.self_train_from is not None and tcfg.self_train_from > total:
+        raise ConfigError(f"train.self_train_from={tcfg.self_train_from} is beyond the run's {total} iterations "
+                          "(train.iterations): self-training would never start")
+    root, files, vocabulary = split_and_vocabulary(tcfg)
+    if unseen_classes(tcfg, len(vocabulary)) is not None:
+        label_files(tcfg.benchmark, root, files)
 
 
 def poly_schedule(optimizer: torch.optim.Optimizer, total: int, power: float, min_lr: float):
@@ -141,10 +200,13 @@ class TargetTraining:
     """
 
     def __init__(self, target: nn.Module, annotator: nn.Module, settings: Mapping[str, Any], files: list[str],
-                 names: list[str], *, precision: str = "fp32", record: Mapping[str, Any] | None = None) -> None:
+                 names: list[str], *, precision: str = "fp32", record: Mapping[str, Any] | None = None,
+                 unseen: tuple[int, ...] | None = None, labels: list[str] | None = None,
+                 seen: SeenLabels | None = None) -> None:
         self.module, self.annotator = target, annotator.eval().requires_grad_(False)
         self.settings, self.files, self.names, self.precision = dict(settings), files, names, precision
         self.record = dict(record or {})
+        self.unseen, self.label_files, self.seen = unseen, labels, seen  # zero-shot (annotator: the unseen classes)
         self.iteration = 0
         self.augment = augmentation(parse(TargetTrainSettings, self.settings, "train"))
 
@@ -157,28 +219,44 @@ class TargetTraining:
         return optimizer, poly_schedule(optimizer, total, float(s["poly_power"]), float(s["min_lr"]))
 
     def dataset(self) -> TargetTrainImages:
-        return TargetTrainImages(self.files, self.augment)
+        return TargetTrainImages(self.files, self.augment, labels=self.label_files, seen=self.seen)
 
-    def labels(self, images: Tensor, valid: Tensor, logits: Tensor) -> tuple[Tensor, str]:
-        """The step's pseudo-labels and who gave them (``annotator`` or ``self``)."""
+    def labels(self, images: Tensor, valid: Tensor, logits: Tensor, gt: Tensor | None = None) -> tuple[Tensor, str]:
+        """The step's labels and who gave the pseudo-labels (``annotator`` or ``self``): every pixel's
+        pseudo-label, or in the zero-shot setting (``gt``: the crop's labels, ``UNSEEN`` on the
+        unseen classes' pixels) the ground truth with the unseen pixels pseudo-labelled among the
+        unseen classes."""
         start = self.settings.get("self_train_from")
         thresh = float(self.settings["conf_thresh"])
-        if start is None or self.iteration + 1 < int(start):
+        size = tuple(images.shape[-2:])
+        by_annotator = start is None or self.iteration + 1 < int(start)
+        if gt is not None and not bool((gt == UNSEEN).any()):  # nothing to label (MaskCLIP+ skips CLIP too)
+            return gt.long(), "annotator" if by_annotator else "self"
+        if by_annotator:
             with torch.no_grad(), autocast(images.device, self.precision):
-                probs = self.annotator(images)
-            return pseudo_labels(probs, tuple(images.shape[-2:]), valid, thresh), "annotator"
-        return pseudo_labels(logits.detach().float().softmax(1), tuple(images.shape[-2:]), valid, thresh), "self"
+                probs = self.annotator(images)  # over the unseen classes only, in the zero-shot setting
+        else:
+            scores = logits.detach().float()
+            probs = (scores if gt is None else scores[:, list(self.unseen)]).softmax(1)
+        pseudo = pseudo_labels(probs, size, valid, thresh)
+        source = "annotator" if by_annotator else "self"
+        if gt is None:
+            return pseudo, source
+        ids = torch.tensor(self.unseen, device=pseudo.device)
+        named = torch.where(pseudo == IGNORE, IGNORE, ids[pseudo.clamp(max=len(self.unseen) - 1)])
+        return torch.where(gt == UNSEEN, named, gt.long()), source
 
     def losses(self, batch: Any, module: nn.Module) -> tuple[Tensor, dict[str, Tensor]]:
-        images, valid = batch
+        images, valid, *gt = batch
         with autocast(images.device, self.precision):
             logits = F.interpolate(module(images), size=images.shape[-2:], mode="bilinear", align_corners=False)
-        labels, source = self.labels(images, valid, logits)
+        labels, source = self.labels(images, valid, logits, gt[0] if gt else None)
         self.iteration += 1
-        # mmseg 0.20's CrossEntropyLoss (MaskCLIP+): the mean over all pixels, ignored ones counting 0;
-        # every process then has the same pixel count, so DDP's averaged gradients equal one process's
-        loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE, reduction="none").mean()
-        return loss, label_statistics(labels, self.names, source)
+        loss = segmentation_loss(logits, labels)
+        stats = label_statistics(labels, self.names, source)
+        if gt:
+            stats["pseudo/unseen"] = (gt[0] == UNSEEN).float().mean()
+        return loss, stats
 
     def prepare(self, start: int) -> None:
         self.iteration = start
@@ -194,6 +272,13 @@ class TargetTraining:
         """``last.pt``: the network's weights and everything needed to rebuild it (``model=target``)."""
         return {"model_state_dict": {k: v.detach().cpu() for k, v in self.module.state_dict().items()},
                 **self.record, "vocabulary": list(self.names)}
+
+
+def segmentation_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """MaskCLIP+'s loss, mmseg 0.20's ``CrossEntropyLoss`` with ``ignore_index=255``: the mean over
+    ALL pixels of the crop, the ignored ones counting 0 (not the mean over the labelled ones); every
+    process then has the same pixel count, so DDP's averaged gradients equal one process's."""
+    return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE, reduction="none").mean()
 
 
 def _freeze_norms(module: nn.Module) -> None:
@@ -219,20 +304,28 @@ def build_task(cfg: Mapping[str, Any], device: torch.device, world: int) -> Targ
     """The annotator (frozen, the vocabulary set), the target (its classifier = the vocabulary's
     text embeddings of the annotator's CLIP) and the training images of ``cfg``."""
     tcfg = parse(TargetTrainSettings, cfg["train"], "train")
-    _, files, vocabulary = split_and_vocabulary(tcfg)
+    root, files, vocabulary = split_and_vocabulary(tcfg)
+    unseen = unseen_classes(tcfg, len(vocabulary))
     annotator = build_model(cfg["annotator"]).to(device)
     annotator.set_vocabulary(vocabulary)
+    classes = annotator.text.current
     torch.manual_seed(int(tcfg.seed))  # the head's initialisation
     target_cfg = parse(TargetConfig, cfg.get("target"), "target")
-    target = build_target(target_cfg, annotator.text.dim or annotator.text.current.embeddings.shape[1])
-    target.set_classes(annotator.text.current.embeddings)
+    target = build_target(target_cfg, annotator.text.dim or classes.embeddings.shape[1])
+    target.set_classes(classes.embeddings, classes.bg_index)
     if world > 1 and device.type == "cuda" and not target_cfg.norm_eval:
         target = convert_sync_batchnorm(target)  # MaskCLIP+'s SyncBN
+    names = [synonyms[0] for synonyms in vocabulary]
     record = {"target": plain(target_cfg),
               "clip": {k: (cfg["annotator"].get("clip") or {}).get(k) for k in ("name", "pretrained")}}
-    names = [synonyms[0] for synonyms in vocabulary]
+    labels = seen = None
+    if unseen is not None:
+        annotator.set_vocabulary([vocabulary[i] for i in unseen])  # it labels the unseen pixels among these
+        labels, seen = label_files(tcfg.benchmark, root, files), seen_labels(tcfg, len(vocabulary), unseen)
+        record["unseen"] = {"benchmark": tcfg.benchmark, "indices": list(unseen), "names": [names[i] for i in unseen]}
     return TargetTraining(target.to(device), annotator, plain(tcfg), files, names,
-                          precision=cfg.get("precision", "fp32"), record=record)
+                          precision=cfg.get("precision", "fp32"), record=record, unseen=unseen, labels=labels,
+                          seen=seen)
 
 
 def train(cfg: Mapping[str, Any], device: torch.device, run: RunFolder | None = None, *,

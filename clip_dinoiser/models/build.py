@@ -133,7 +133,9 @@ def build_target_model(cfg: ModelConfig) -> nn.Module:
     text = build_text(cfg, model, name)  # only the text tower classifies: no image tower is built
     target = build_target(parse(TargetConfig, {**ckpt["target"], "pretrained": None}, "target"), text.dim)
     load_target_state(target, ckpt["model_state_dict"], cfg.checkpoint)
-    return TargetModel(target, text)
+    model = TargetModel(target, text)
+    model.unseen = ckpt.get("unseen")  # a zero-shot target: its unseen classes (mIoU seen / unseen / hIoU)
+    return model
 
 
 MODEL_BUILDERS: Mapping[str, Callable[[ModelConfig], nn.Module]] = MappingProxyType({

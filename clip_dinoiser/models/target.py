@@ -160,36 +160,56 @@ class TargetSegmenter(nn.Module):
     ``set_classes``: not trained, not in the state dict, moved by ``.to()``.
     """
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, levels: Sequence[int], *, dropout: float = 0.0) -> None:
+    def __init__(self, backbone: nn.Module, head: nn.Module, levels: Sequence[int], *, dropout: float = 0.0,
+                 bg_width: int | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.levels = tuple(levels)
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+        # MaskCLIP+'s cls_bg: nn.Parameter(torch.randn(1, text_channels)), normalised in cls_seg
+        self.bg_embedding = nn.Parameter(torch.randn(1, bg_width)) if bg_width else None
+        self.bg_index: int | None = None
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("class_embeddings", torch.empty(0), persistent=False)
 
-    def set_classes(self, embeddings: Tensor) -> None:
-        """Make ``embeddings`` (K x D text embeddings; normalised here) the classifier."""
+    def set_classes(self, embeddings: Tensor, bg_index: int | None = None) -> None:
+        """Make ``embeddings`` (K x D text embeddings; normalised here) the classifier; with a
+        learned background embedding (``cls_bg``) it replaces row ``bg_index`` (the class named
+        'background', which it needs)."""
         if embeddings.ndim != 2 or embeddings.shape[0] == 0:
             raise ValueError(f"class embeddings must be K x D with K >= 1, got {tuple(embeddings.shape)}")
+        if self.bg_embedding is not None and bg_index is None:
+            raise ConfigError("target.cls_bg=true needs a class named 'background' in the vocabulary")
         emb = F.normalize(embeddings.detach().float(), dim=-1)
         self.class_embeddings = emb.to(self.pixel_mean.device)
+        self.bg_index = bg_index
 
     def embed(self, images: Tensor) -> Tensor:
         """B x 3 x H x W RGB in [0, 1] -> B x D x h x w decode features (the classifier's input)."""
         feats = self.backbone((images - self.pixel_mean) / self.pixel_std)
         return self.head([feats[i] for i in self.levels])
 
-    def classify(self, feats: Tensor, embeddings: Tensor | None = None) -> Tensor:
+    def classify(self, feats: Tensor, embeddings: Tensor | None = None, bg_index: int | None = None) -> Tensor:
         """B x D x h x w features -> B x K x h x w logits: ``cls_seg``, a 1x1 conv with the class
-        embeddings (default: those of ``set_classes``), no bias, no normalisation, no temperature."""
-        emb = self.class_embeddings if embeddings is None else embeddings
+        embeddings (default: those of ``set_classes``; with ``cls_bg``, the normalised learned
+        embedding in the background's row), no bias, no normalisation, no temperature."""
+        if embeddings is None:
+            emb, bg_index = self.class_embeddings, self.bg_index
+        else:
+            emb = embeddings
         if emb.ndim != 2 or emb.shape[0] == 0:
             raise RuntimeError("the target has no classes: call set_classes(embeddings) first")
+        emb = emb.to(device=feats.device, dtype=feats.dtype)
+        if self.bg_embedding is not None:
+            if bg_index is None:
+                raise ConfigError("this target learned a background embedding (cls_bg): its vocabulary needs a class "
+                                  "named 'background'")
+            bg = F.normalize(self.bg_embedding, dim=-1).to(emb.dtype)
+            emb = torch.cat([emb[:bg_index], bg, emb[bg_index + 1:]])
         feats = self.dropout(feats)
-        return F.conv2d(feats, emb.to(device=feats.device, dtype=feats.dtype)[:, :, None, None])
+        return F.conv2d(feats, emb[:, :, None, None])
 
     def forward(self, images: Tensor) -> Tensor:
         """B x 3 x H x W RGB in [0, 1] -> B x K x h x w logits at the head's grid (H/8 for deeplabv2)."""
@@ -221,6 +241,7 @@ class TargetModel(nn.Module):
         self.text = text
         self.decoding = Decoding(gamma=0.0, delta=0.0, bg_refine=False, ks_thresh=0.0, pd_thresh=0.0,
                                  temperature=1.0)
+        self.unseen: Mapping[str, Any] | None = None  # zero-shot: {benchmark, indices, names} of its unseen classes
 
     @property
     def class_names(self) -> list[str]:
@@ -229,7 +250,7 @@ class TargetModel(nn.Module):
     def set_vocabulary(self, names: Sequence[str]) -> None:
         """Set the classes to segment (the text classifier's and the target's)."""
         self.text.set_vocabulary(names)
-        self.target.set_classes(self.text.current.embeddings)
+        self.target.set_classes(self.text.current.embeddings, self.text.current.bg_index)
 
     def features(self, images: Tensor, *, keys: bool = False) -> Features:
         """B x 3 x H x W RGB in [0, 1] -> the target's decode features (``keys`` is ignored: none)."""
@@ -242,7 +263,7 @@ class TargetModel(nn.Module):
         if d.ks_thresh > 0 or d.pd_thresh > 0:
             raise ConfigError("key smoothing and prompt denoising apply to CLIP's features, not to a target network")
         classes = classes or self.text.current
-        logits = self.target.classify(feats.dense, classes.embeddings).float()
+        logits = self.target.classify(feats.dense, classes.embeddings, classes.bg_index).float()
         return logits if d.scores == "logits" else logits.softmax(dim=1)
 
     def forward(self, images: Tensor) -> Tensor:
@@ -395,7 +416,7 @@ def build_target(cfg: TargetConfig, text_width: int) -> TargetSegmenter:
     check_target_config(cfg)
     backbone = load_backbone(cfg.backbone, cfg.pretrained, output_stride=cfg.output_stride, kwargs=cfg.kwargs)
     head, levels = ARCHS[cfg.arch](backbone, text_width, cfg)
-    return TargetSegmenter(backbone, head, levels, dropout=cfg.dropout)
+    return TargetSegmenter(backbone, head, levels, dropout=cfg.dropout, bg_width=text_width if cfg.cls_bg else None)
 
 
 def load_target_state(target: TargetSegmenter, state: Mapping[str, Tensor], path: str) -> None:
