@@ -350,3 +350,35 @@ def test_slide_per_benchmark_entries_are_checked_under_their_full_key():
     assert SlideConfig(per_benchmark={"voc": {"mode": "whole"}}).for_benchmark("voc").mode == "whole"
     assert SlideConfig(per_benchmark={"voc": {"mode": "whole"}}).for_benchmark("ade20k").mode == "slide"
     assert np.array_equal(SlideConfig().for_benchmark("voc").scale, (2048, 448))
+
+
+def test_robustness_table_keeps_towers_and_benchmarks_apart(tmp_path):
+    """MaskCLIP's robustness comparison: ViT-B/16 against R-50 on the same corruptions, here on two
+    benchmarks. A row per (tower, benchmark, corruption), its clean reference that of the same
+    tower and benchmark; every cell the run's own number (no run overwrites another's); a line per
+    tower and corruption in the plot."""
+    from PIL import Image
+
+    from clip_dinoiser.engine.plots import plot_robustness
+    from clip_dinoiser.engine.summary import Run, robustness_table
+
+    runs, expected = [], {}
+    for t, tower in enumerate(("RN50", "ViT-B-16")):
+        for b, bench in enumerate(("voc20", "context59")):
+            for corruption, severity in ((None, 1), ("gaussian_noise", 1), ("gaussian_noise", 5), ("spatter", 3)):
+                miou = 10 * t + b + (0 if corruption is None else severity / 10 + (corruption == "spatter") / 100)
+                settings = {"model.name": "maskclip", "model.clip.name": tower, "data.name": bench,
+                            "data.corruption": corruption, "data.severity": severity}
+                runs.append(Run(f"run{len(runs)}", "eval", settings, {bench: {"mIoU": miou, "paper_mIoU": None}}))
+                expected[(tower, bench, corruption, severity)] = miou
+    table = robustness_table(runs)
+    assert table.columns[:4] == ["model", "tower", "benchmark", "corruption"]
+    assert len(table.rows) == 2 * 2 * 2
+    for row in table.rows:
+        key = (row["tower"], row["benchmark"])
+        assert row["clean"] == expected[(*key, None, 1)]
+        for s in range(1, 6):
+            assert row.get(f"severity {s}") == expected.get((*key, row["corruption"], s))
+    with open(tmp_path / "rob.png", "wb") as f:
+        plot_robustness(table, f)
+    assert Image.open(tmp_path / "rob.png").size[0] > 600
