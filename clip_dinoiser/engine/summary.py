@@ -248,7 +248,8 @@ def robustness_table(runs: Sequence[Run]) -> Table | None:
     evals = [r for r in runs if r.kind == "eval"]
     if not any(r.settings.get("data.corruption") for r in evals):
         return None
-    others = [k for k in varying_keys(evals) if k not in (*ROBUSTNESS_KEYS, "model.name", "model.clip.name", "data.name")]
+    named = (*ROBUSTNESS_KEYS, "model.name", "model.clip.name", "data.name")  # columns of their own
+    others = [k for k in varying_keys(evals) if k not in named]
     towers = len({r.settings.get("model.clip.name") for r in evals}) > 1
 
     def identity(r: Run) -> dict[str, Any]:
