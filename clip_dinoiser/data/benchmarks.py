@@ -114,10 +114,9 @@ PAPER_ORDER = tuple(BENCHMARKS)
 
 def reference_for(bench: Benchmark, model: Any, protocol: str = "clip_dinoiser",
                   corruption: tuple[str, int] | None = None, *, zero_shot: bool = False) -> Benchmark:
-    """``bench`` with the published number to print beside a model's score (``paper_miou``):
-    under our protocol, CLIP-DINOiser's (Table 2) for our segmenters and none for a MaskCLIP+
-    target; under another method's protocol (``protocols.py``), that method's number for the
-    model, tower and benchmark it published (none elsewhere).
+    """``bench`` with the published number to print beside a model's score (``paper_miou``): a
+    method's number only under its own protocol (``protocols.py``) and for the model, tower and
+    benchmark it published; under ours, CLIP-DINOiser's (Table 2) for ``model=clip_dinoiser``.
 
     Args:
         model: the ``ModelConfig`` (or its keys).
@@ -130,7 +129,7 @@ def reference_for(bench: Benchmark, model: Any, protocol: str = "clip_dinoiser",
         return bench
     model = plain(model)
     if protocol == "clip_dinoiser":
-        return replace(bench, paper_miou=None) if model.get("name") == "target" else bench
+        return bench if model.get("name") == "clip_dinoiser" else replace(bench, paper_miou=None)
     found = published_miou(protocol, model, bench.name, corruption, zero_shot=zero_shot)
     if found is None:
         return replace(bench, paper_miou=None)
