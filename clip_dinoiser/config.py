@@ -49,6 +49,7 @@ class CLIPConfig:
     pretrained: str | None = "laion2b_s34b_b88k"  # pretrained tag, a local checkpoint file, or null (random)
     backbone: str = "open_clip"  # image tower: 'open_clip' or 'package.module.factory' (see README, Extending)
     input: str = choice(INPUTS, default="clip")  # clip: pad, then the tower's mean/std; mmseg: ImageNet's, then pad
+    mmseg_vit: bool = False  # a ViT as MaskCLIP's mmseg port ran it: LayerNorm eps 1e-6, exact GELU (ResNets: no-op)
 
 
 @dataclass

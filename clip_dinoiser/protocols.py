@@ -64,12 +64,12 @@ PROTOCOLS: Mapping[str, Protocol] = MappingProxyType({p.name: p for p in [
     Protocol("maskclip", "MaskCLIP's evaluation (Zhou et al., ECCV 2022; chongzhou96/MaskCLIP configs/maskclip/*.py "
              "and configs/_base_/datasets/*.py): test_cfg mode='whole' after a keep-ratio resize to (2048, 512) "
              "((520, 520) on PASCAL Context, (1024, 512) on Cityscapes), the head's scores resized, ImageNet "
-             "mean/std (img_norm_cfg) with the ViT's zero padding after it, the 85 templates and class names of "
-             "tools/maskclip_utils/prompt_engineering.py",
+             "mean/std (img_norm_cfg) with the ViT's zero padding after it, its mmseg ViT (LayerNorm eps 1e-6, exact "
+             "GELU), the 85 templates and class names of tools/maskclip_utils/prompt_engineering.py",
              slide={"mode": "whole", "scale": (2048, 512), "scores": "logits",
                     "per_benchmark": {"context": _MASKCLIP_CONTEXT, "context59": _MASKCLIP_CONTEXT,
                                       "cityscapes": {"scale": (1024, 512)}}},
-             model={"clip": {"input": "mmseg"}, "maskclip": {"templates": "maskclip85"}},
+             model={"clip": {"input": "mmseg", "mmseg_vit": True}, "maskclip": {"templates": "maskclip85"}},
              vocabulary_set="maskclip"),
 ]})
 DEFAULT = "clip_dinoiser"

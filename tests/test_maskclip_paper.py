@@ -33,6 +33,8 @@ MASKCLIP = MappingProxyType({
     "test.scale.cityscapes": ((1024, 512), "MC configs/maskclip/maskclip_vit16_1024x512_cityscapes.py img_scale"),
     "test.norm": ("mmseg", _DS + "*.py img_norm_cfg mean=[123.675, 116.28, 103.53] std=[58.395, 57.12, 57.375]"),
     "templates": (85, "MC tools/maskclip_utils/prompt_engineering.py prompt_templates: 80 ImageNet + 5 scene"),
+    "vit.ln_eps": (1e-6, "MC configs/_base_/models/maskclip_vit16.py norm_cfg=dict(type='LN', eps=1e-6)"),
+    "vit.act": ("GELU", "MC configs/_base_/models/maskclip_vit16.py act_cfg=dict(type='GELU') (exact)"),
     "temperature": (100.0, "MC mmseg/models/decode_heads/maskclip_head.py refine_output: softmax(output*100)"),
     # annotation-free MaskCLIP+ (configs/maskclip_plus/anno_free/*, schedules)
     "lr": (0.01, "MC configs/_base_/schedules/schedule_*.py optimizer SGD lr=0.01"),
@@ -98,7 +100,10 @@ def test_protocol_maskclip_composes_maskclips_test_settings():
         assert tuple(s.for_benchmark(bench).scale) == mc("test.scale.context")
     assert tuple(s.for_benchmark("cityscapes").scale) == mc("test.scale.cityscapes")
     assert tuple(s.for_benchmark("voc20").scale) == mc("test.scale")
-    assert settings.model.clip.input == mc("test.norm")
+    assert settings.model.clip.input == mc("test.norm") and settings.model.clip.mmseg_vit is True
+    from clip_dinoiser.models.backbone import MMSEG_LN_EPS
+
+    assert MMSEG_LN_EPS == mc("vit.ln_eps") and mc("vit.act") == "GELU"
     m = settings.model.maskclip
     assert m.templates == "maskclip85" and m.temperature == mc("temperature")
     assert settings.protocol == "maskclip"
@@ -108,6 +113,7 @@ def test_protocol_maskclip_composes_maskclips_test_settings():
     ours = parse(EvalConfig, compose_tool("eval"), "")  # our protocol is untouched
     assert (ours.slide.mode, tuple(ours.slide.scale), ours.slide.scores, ours.model.clip.input) == (
         "slide", (2048, 448), "probs", "clip")
+    assert ours.model.clip.mmseg_vit is False
 
 
 def test_annotation_free_settings_are_maskclip_pluses():

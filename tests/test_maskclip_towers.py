@@ -383,3 +383,30 @@ def test_robustness_table_keeps_towers_and_benchmarks_apart(tmp_path):
     with open(tmp_path / "rob.png", "wb") as f:
         plot_robustness(table, f)
     assert Image.open(tmp_path / "rob.png").size[0] > 600
+
+
+def test_mmseg_vit_runs_the_tower_as_maskclips_port(tiny_clip_file, tiny_rn_file):
+    """``model.clip.mmseg_vit``: every LayerNorm of the image tower with eps 1e-6 and the MLPs'
+    activation exact GELU (MaskCLIP's ``norm_cfg=dict(type='LN', eps=1e-6)``, ``act_cfg=GELU``);
+    the text tower and the weights untouched; the output equal to a hand-written block with them."""
+    default, port = maskclip(tiny_clip_file), maskclip(tiny_clip_file, clip={"mmseg_vit": True})
+    norms = [m for m in port.backbone.visual.modules() if isinstance(m, nn.LayerNorm)]
+    assert norms and all(m.eps == 1e-6 for m in norms)
+    assert all(type(b.mlp.gelu) is nn.GELU and b.mlp.gelu.approximate == "none"
+               for b in port.backbone.visual.transformer.resblocks)
+    assert all(torch.equal(a, b) for a, b in zip(default.backbone.state_dict().values(),
+                                                 port.backbone.state_dict().values()))
+    assert torch.equal(default.text.current.embeddings, port.text.current.embeddings)
+    images = torch.rand(1, 3, 64, 80)
+    block, x = port.backbone.visual.transformer.resblocks[0], torch.randn(1, 21, 64)
+    ln = lambda t, m: F.layer_norm(t, t.shape[-1:], m.weight, m.bias, 1e-6)  # noqa: E731
+    q, k, v = F.linear(ln(x, block.ln_1), block.attn.in_proj_weight, block.attn.in_proj_bias).chunk(3, -1)
+    heads = lambda t: t.view(1, 21, block.attn.num_heads, -1).transpose(1, 2)  # noqa: E731
+    a = F.scaled_dot_product_attention(heads(q), heads(k), heads(v)).transpose(1, 2).reshape(1, 21, 64)
+    y = x + block.attn.out_proj(a)
+    mlp = block.mlp
+    expected = y + mlp.c_proj(F.gelu(mlp.c_fc(ln(y, block.ln_2))))
+    torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(default.features(images).dense, port.features(images).dense, atol=1e-6)
+    rn = maskclip(tiny_rn_file, clip={"mmseg_vit": True})  # a ResNet: nothing to change
+    torch.testing.assert_close(rn.features(images).dense, maskclip(tiny_rn_file).features(images).dense)

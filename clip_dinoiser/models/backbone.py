@@ -207,6 +207,25 @@ def interpolate_pos_embed(pos_embed: Tensor, grid: tuple[int, int], native: tupl
     return torch.cat([cls_pos, patch_pos], dim=0)
 
 
+MMSEG_LN_EPS = 1e-6  # MaskCLIP's configs/_base_/models/maskclip_vit16.py: norm_cfg=dict(type='LN', eps=1e-6)
+
+
+def as_mmseg_vit(visual: nn.Module) -> nn.Module:
+    """The ViT tower as MaskCLIP's mmseg port runs CLIP's weights (``model.clip.mmseg_vit``): every
+    LayerNorm with eps 1e-6 and the MLPs' activation exact GELU (``act_cfg=dict(type='GELU')``),
+    where open_clip runs OpenAI's weights with eps 1e-5 and QuickGELU, as they were trained. The
+    weights are untouched; only these two settings of the modules change."""
+    for module in visual.modules():
+        if isinstance(module, nn.LayerNorm):
+            module.eps = MMSEG_LN_EPS
+    for block in visual.transformer.resblocks:
+        mlp = block.mlp
+        for name, child in mlp.named_children():
+            if not isinstance(child, nn.Linear | nn.Dropout | nn.Identity | nn.LayerNorm):
+                setattr(mlp, name, nn.GELU())  # the activation (QuickGELU or GELU) -> exact GELU
+    return visual
+
+
 def sequence_first(transformer: nn.Module) -> bool:
     """Whether the residual blocks of an open_clip ``Transformer`` take tokens sequence-first
     (L x B x C) rather than batch-first (B x L x C), read from the modules themselves.

@@ -21,7 +21,7 @@ from ..errors import ConfigError, UserError
 from ..files import check_local_file
 from ..plugins import locate
 from ..readers import read_weights
-from .backbone import Backbone, CLIPBackbone, is_resnet_config, load_open_clip, register_model_config
+from .backbone import Backbone, CLIPBackbone, as_mmseg_vit, is_resnet_config, load_open_clip, register_model_config
 from .clip_dinoiser import CLIPDINOiser
 from .heads import DINOiserHeads, load_heads
 from .maskclip import Decoding, MaskCLIP, Pooling
@@ -35,8 +35,10 @@ log = logging.getLogger(__name__)
 
 def open_clip_backbone(clip_model: nn.Module, cfg: ModelConfig) -> Backbone:
     """The built-in image tower: open_clip's ViT or ResNet with MaskCLIP's value path."""
-    if is_resnet_tower(clip_model.visual):
+    if is_resnet_tower(clip_model.visual):  # model.clip.mmseg_vit is a ViT's setting (MaskCLIP's ResNet is CLIP's)
         return CLIPResNetBackbone.from_open_clip(clip_model, input=cfg.clip.input)
+    if cfg.clip.mmseg_vit:
+        as_mmseg_vit(clip_model.visual)
     return CLIPBackbone.from_open_clip(clip_model, feats_idx=cfg.feats_idx, input=cfg.clip.input)
 
 
