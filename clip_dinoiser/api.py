@@ -82,7 +82,7 @@ class Segmenter:
     def segment(self, images: Any, classes: Sequence[str]) -> Segmentation | list[Segmentation]:
         """Segment one image (a ``Segmentation``) or a list of images (a list) into ``classes``
         (comma-separated synonyms allowed in a name)."""
-        from .engine.inference import image_outputs
+        from .engine.evaluation.inference import image_outputs
 
         if isinstance(classes, str):
             classes = [classes]
@@ -113,7 +113,7 @@ def load(name: str = "clip_dinoiser", weights: str | None = "released", device: 
         slide: test-time geometry (``SlideConfig`` or its keys).
         **settings: any other ``model.*`` key (``gamma=0.3``, ``clip={"pretrained": "file.pt"}``).
     """
-    from .engine.cli import resolve_device
+    from .engine.job.cli import resolve_device
     from .models import build_model
 
     cfg = {"name": name, **settings}

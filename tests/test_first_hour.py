@@ -25,7 +25,7 @@ def test_training_leaves_curves_and_starts_from_given_heads(tmp_path, tiny_clip_
     """train.init: the loss logged at iteration 1 is the loss of those heads on the first batch,
     computed apart (its own Distiller, the heads loaded from the file, the sampler's first batch)."""
     from clip_dinoiser.data.train_images import ResumableBatchSampler, TrainImages, list_images
-    from clip_dinoiser.engine.train import build_distiller, train
+    from clip_dinoiser.engine.training.train import build_distiller, train
     from clip_dinoiser.models import DINOiserHeads, load_heads, save_heads
 
     write_images(str(tmp_path / "imgs"), 4)

@@ -85,7 +85,7 @@ def test_unknown_keys_and_wrong_types_fail_in_the_python_api_naming_the_key():
 def test_user_errors_are_one_line_but_bugs_keep_their_traceback(capsys):
     import pytest
 
-    from clip_dinoiser.engine.cli import user_errors_as_one_line
+    from clip_dinoiser.engine.job.cli import user_errors_as_one_line
     from clip_dinoiser.errors import UserError
 
     @user_errors_as_one_line

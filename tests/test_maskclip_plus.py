@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from clip_dinoiser.engine.signals import Interrupted
+from clip_dinoiser.engine.job.signals import Interrupted
 
 from .conftest import TINY_CLIP_CFG, random_image
 
@@ -96,7 +96,7 @@ def write_color_folder(folder, n: int, seed: int = 0) -> list[np.ndarray]:
 def test_pseudo_labels_are_the_annotators_argmax_on_the_crop(tiny_clip_file, tiny_heads_file):
     """Computed independently: the annotator on each crop alone, its probabilities resized with
     F.interpolate and argmax'ed in numpy; padding and pixels below the threshold ignored."""
-    from clip_dinoiser.engine.target_train import IGNORE, pseudo_labels
+    from clip_dinoiser.engine.training.target_train import IGNORE, pseudo_labels
     from clip_dinoiser.models import build_model
 
     name, path = tiny_clip_file
@@ -213,7 +213,7 @@ def _cfg(tmp_path, tiny_clip_file, tiny_heads_file, root, **train):
 def test_label_files_are_never_opened_and_resume_after_ctrl_c_equals_an_uninterrupted_run(
         tmp_path, tiny_clip_file, tiny_heads_file, monkeypatch):
     from clip_dinoiser import readers
-    from clip_dinoiser.engine import target_train
+    from clip_dinoiser.engine.training import target_train
     from clip_dinoiser.readers import read_weights
 
     root = voc_without_labels(str(tmp_path / "data"))

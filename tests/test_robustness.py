@@ -16,10 +16,10 @@ import torch
 from PIL import Image
 
 from clip_dinoiser.data.benchmarks import BENCHMARKS
-from clip_dinoiser.engine.evaluate import evaluate_benchmark
-from clip_dinoiser.engine.inference import SlideConfig
-from clip_dinoiser.engine.signals import Interrupted
-from clip_dinoiser.engine.train import train
+from clip_dinoiser.engine.evaluation.evaluate import evaluate_benchmark
+from clip_dinoiser.engine.evaluation.inference import SlideConfig
+from clip_dinoiser.engine.job.signals import Interrupted
+from clip_dinoiser.engine.training.train import train
 from clip_dinoiser.models import build_model, load_heads_state
 
 from .conftest import TINY_CLIP_CFG, random_image, write_images
@@ -213,7 +213,7 @@ def test_truncated_newest_checkpoint_falls_back_and_ctrl_c_saves_exactly(tmp_pat
     full = train(_cfg(tmp_path, tiny_clip_file, tiny_teachers, output=str(tmp_path / "full")), torch.device("cpu"))
 
     # Ctrl-C during iteration 5: the loop finishes it, saves iteration 5 and stops.
-    from clip_dinoiser.engine import train as train_module
+    from clip_dinoiser.engine.training import train as train_module
 
     calls = {"n": 0}
     losses = train_module.Distiller.losses
@@ -265,7 +265,7 @@ def test_ctrl_c_in_the_training_tool_saves_and_says_how_to_resume(tmp_path, trai
 
 
 def test_unreadable_training_images_are_named_or_skipped_and_replaced(tmp_path, tiny_clip_file, tiny_teachers, caplog):
-    from clip_dinoiser.engine.train import training_images
+    from clip_dinoiser.engine.training.train import training_images
 
     folder = write_images(str(tmp_path / "imgs"), 6, nested=False)
     (tmp_path / "imgs" / "broken.jpg").write_bytes(b"not a jpeg")

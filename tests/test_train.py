@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from clip_dinoiser.data.train_images import ResumableBatchSampler, TrainImages, list_images, sample_subset
-from clip_dinoiser.engine.train import Distiller, train
+from clip_dinoiser.engine.training.train import Distiller, train
 from clip_dinoiser.models import build_model, load_heads_state
 from clip_dinoiser.teachers import DINOTeacher, build_teachers, dino_pos_embed
 
@@ -145,7 +145,7 @@ def _cfg(tmp_path, tiny_clip_file, teachers, **train):
 
 
 def test_losses_decrease_and_agreement_rises(tmp_path, tiny_clip_file, tiny_teachers):
-    from clip_dinoiser.engine.train import build_distiller, make_optimizer
+    from clip_dinoiser.engine.training.train import build_distiller, make_optimizer
 
     files = list_images(write_images(str(tmp_path / "imgs"), 4))
     images = torch.stack([TrainImages(files, 64)[(i, i)] for i in range(4)])

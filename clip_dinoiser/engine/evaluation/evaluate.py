@@ -17,14 +17,14 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from ..config import EvalConfig, SlideConfig
-from ..data.benchmarks import Benchmark, build_dataset, eval_pipeline
-from ..errors import UserError
-from ..models.maskclip import Decoding
-from ..models.text import Classes, read_vocabulary_file
-from . import distributed as dist
+from ...config import EvalConfig, SlideConfig
+from ...data.benchmarks import Benchmark, build_dataset, eval_pipeline
+from ...errors import UserError
+from ...models.maskclip import Decoding
+from ...models.text import Classes, read_vocabulary_file
+from ..job import distributed as dist
+from ..job.signals import ignore_signals, raise_if_stopped
 from .inference import SlidingWindows
-from .signals import ignore_signals, raise_if_stopped
 
 log = logging.getLogger(__name__)
 

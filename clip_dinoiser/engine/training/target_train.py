@@ -25,17 +25,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import TargetConfig, TargetTrainSettings, parse, plain
-from ..data.seg_train import FOLDER, SegAugment, TargetTrainImages, augment_for, get_train_split, training_split
-from ..data.train_images import ResumableBatchSampler
-from ..errors import ConfigError
-from ..files import save_atomic
-from ..models import build_model, check_model_config
-from ..models.target import build_target, check_target_config, convert_sync_batchnorm
-from ..values import check_precision
-from ..vocabulary import Vocabulary, read_vocabulary_file
-from . import distributed as dist
-from .inference import autocast
+from ...config import TargetConfig, TargetTrainSettings, parse, plain
+from ...data.seg_train import FOLDER, SegAugment, TargetTrainImages, augment_for, get_train_split, training_split
+from ...data.train_images import ResumableBatchSampler
+from ...errors import ConfigError
+from ...files import save_atomic
+from ...models import build_model, check_model_config
+from ...models.target import build_target, check_target_config, convert_sync_batchnorm
+from ...values import check_precision
+from ...vocabulary import Vocabulary, read_vocabulary_file
+from ..evaluation.inference import autocast
+from ..job import distributed as dist
+from ..job.resume import check_resume_folder
+from ..job.runs import RunFolder
 from .loop import (
     batch_split_check,
     in_run_folder,
@@ -43,8 +45,6 @@ from .loop import (
     run_task,
     start_run,  # noqa: F401 (the training tool claims the run folder with it)
 )
-from .resume import check_resume_folder
-from .runs import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def split_and_vocabulary(tcfg: TargetTrainSettings) -> tuple[str, list[str], Voc
     """(the data folder, its training images, the class names) of ``train.benchmark``: a
     benchmark's training split in its mmseg layout (images only), or any image folder with a
     class-name file (``train.benchmark=folder``)."""
-    from ..data.benchmarks import BENCHMARKS, DATA_ROOT
+    from ...data.benchmarks import BENCHMARKS, DATA_ROOT
 
     if tcfg.benchmark == FOLDER:
         if not tcfg.data or not tcfg.vocabulary:
@@ -239,7 +239,7 @@ def train(cfg: Mapping[str, Any], device: torch.device, run: RunFolder | None = 
           checked: bool = False) -> str | None:
     """Run (or resume) a MaskCLIP+ training; returns the path of ``last.pt``, or None when
     ``train.stop_after`` ended this call early. ``cfg`` holds ``annotator``, ``target``, ``train``
-    and ``precision`` (``TrainTargetConfig``); ``run`` and ``checked`` as ``engine.train.train``'s."""
+    and ``precision`` (``TrainTargetConfig``); ``run`` and ``checked`` as ``engine.training.train.train``'s."""
     cfg = {**cfg, "train": plain(parse(TargetTrainSettings, cfg["train"], "train"))}
     if not checked:
         check_run_inputs(cfg, folder=run is None and dist.launched_rank() == 0)
