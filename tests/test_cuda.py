@@ -63,10 +63,10 @@ def test_cuda_training_step_bf16(tmp_path, tiny_clip_file, tiny_teachers):
     from clip_dinoiser.engine.training.train import train
 
     from .conftest import write_images
-    from .test_train import _cfg
+    from .test_train import train_config
 
     write_images(str(tmp_path / "imgs"), 6)
-    cfg = _cfg(tmp_path, tiny_clip_file, tiny_teachers)
+    cfg = train_config(tmp_path, tiny_clip_file, tiny_teachers)
     cfg["precision"] = "bf16"
     last = train(cfg, torch.device("cuda"))
     assert os.path.isfile(last)
@@ -94,10 +94,10 @@ def test_cuda_maskclip_plus_training_bf16(tmp_path, tiny_clip_file, tiny_heads_f
 
     from clip_dinoiser.engine.training import target_train
 
-    from .test_maskclip_plus import _cfg, voc_without_labels
+    from .test_maskclip_plus import target_config, voc_without_labels
 
     root = voc_without_labels(str(tmp_path / "data"))
-    cfg = _cfg(tmp_path, tiny_clip_file, tiny_heads_file, root, iterations=3, self_train_from=None)
+    cfg = target_config(tmp_path, tiny_clip_file, tiny_heads_file, root, iterations=3, self_train_from=None)
     cfg["precision"] = "bf16"
     last = target_train.train(cfg, torch.device("cuda"))
     assert os.path.isfile(last)

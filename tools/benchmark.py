@@ -27,7 +27,7 @@ from PIL import Image
 
 from clip_dinoiser.config import CLIPConfig, SlideConfig
 from clip_dinoiser.data.benchmarks import BENCHMARKS, build_dataset
-from clip_dinoiser.engine.evaluation.evaluate import Decoded, Evaluator, _unpack, loader_items, score_images
+from clip_dinoiser.engine.evaluation.evaluate import Decoded, Evaluator, loader_items, score_images, unpack_batch
 from clip_dinoiser.engine.evaluation.inference import SlidingWindows, autocast
 from clip_dinoiser.engine.job.cli import resolve_device, user_errors_as_one_line
 from clip_dinoiser.files import check_output_dir, write_atomic
@@ -137,7 +137,7 @@ def _bench_eval(evaluator: Evaluator, device: torch.device, n_images: int, windo
         out["loader_only_images_per_s"] = count / (time.perf_counter() - t)
         # Everything after loading, on GPU-resident images: the ceiling of the pipeline.
         resident = [[(img.to(device), gt.to(device), size, None)
-                     for img, gt, size in zip(*_unpack(b["data"], b["shapes"]), b["ori_shape"])]
+                     for img, gt, size in zip(*unpack_batch(b["data"], b["shapes"]), b["ori_shape"])]
                     for b in evaluator.batches(items)]
         for precision in ("fp32", "bf16"):
             pipeline(precision, limit=min(32, n_images))  # warm-up
