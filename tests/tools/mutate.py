@@ -1,9 +1,9 @@
 """Mutation testing of the numeric core: one-line mutants, each run against targeted tests in a copy.
 
-    python tools/mutate.py list                                   # every mutant: id, file:line, change
-    python tools/mutate.py run --copy /tmp/mut --suite old --out before.jsonl
-    python tools/mutate.py run --copy /tmp/mut --suite new --only-survivors before.jsonl --out after.jsonl
-    python tools/mutate.py report before.jsonl after.jsonl        # scores, and the survivors left
+    python tests/tools/mutate.py list                                   # every mutant: id, file:line, change
+    python tests/tools/mutate.py run --copy /tmp/mut --suite old --out before.jsonl
+    python tests/tools/mutate.py run --copy /tmp/mut --suite new --only-survivors before.jsonl --out after.jsonl
+    python tests/tools/mutate.py report before.jsonl after.jsonl        # scores, and the survivors left
 
 The repository itself is never written: ``--copy`` names a copy of it (made with ``--make-copy``,
 or by hand: no ``.git``, no ``.venv``) whose ``clip_dinoiser`` is the one imported (``PYTHONPATH``).
@@ -18,7 +18,8 @@ argument dropped, one call statement or re-assignment deleted. Only the regions 
 Each mutant runs in a child forked from a process that has imported torch, open_clip, timm, mmseg
 and pytest (never ``clip_dinoiser``), so a mutant costs its tests, not the imports; bytecode
 caching is off (a mutant of the same size and second as the original would reuse a stale .pyc).
-Not part of the default test run: ``pytest`` collects nothing from ``tools/``.
+Not part of the default test run: ``pytest`` collects nothing from ``tests/tools/``. Also runs as
+``python -m tests.tools.mutate`` from the repository root.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # file -> top-level names (functions, classes, class.method, or module-level assignments) to mutate
 TARGETS = {
@@ -321,6 +322,8 @@ def _run_child(copy: str, tests: list[str], log: str) -> int:
     os.setsid()
     os.chdir(copy)
     sys.path.insert(0, copy)
+    for name in [n for n in sys.modules if n == "tests" or n.startswith("tests.")]:
+        del sys.modules[name]  # run as ``-m tests.tools.mutate``: the copy's tests, not this checkout's
     sys.dont_write_bytecode = True
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(fd, 1)
