@@ -82,7 +82,7 @@ class Segmenter:
     def segment(self, images: Any, classes: Sequence[str]) -> Segmentation | list[Segmentation]:
         """Segment one image (a ``Segmentation``) or a list of images (a list) into ``classes``
         (comma-separated synonyms allowed in a name)."""
-        from .engine.inference import image_probabilities
+        from .engine.evaluation.inference import image_probabilities
 
         if isinstance(classes, str):
             classes = [classes]
@@ -116,7 +116,7 @@ def load(name: str = "clip_dinoiser", weights: str | None = "released", device: 
             ``slide`` and ``model`` values under yours.
         **settings: any other ``model.*`` key (``gamma=0.3``, ``clip={"pretrained": "file.pt"}``).
     """
-    from .engine.cli import resolve_device
+    from .engine.job.cli import resolve_device
     from .models import build_model
     from .protocols import get_protocol, merge
 

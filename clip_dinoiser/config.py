@@ -205,7 +205,7 @@ class EvalConfig:
     output: str = "outputs/eval/${now:%Y-%m-%d_%H-%M-%S}"  # run folder: config, results.json, results.csv
     overwrite: bool = False  # replace the results of an earlier run in the same output folder
     slide: SlideConfig = field(default_factory=SlideConfig)
-    sweep: Any = None  # {model.gamma:[0.1,0.2],...}: inference settings scored in one pass (engine/sweep.py)
+    sweep: Any = None  # {model.gamma:[0.1,0.2],...}: inference settings scored in one pass (engine/evaluation/sweep.py)
     save_predictions: bool = False  # the scored label maps: <output>/predictions/<benchmark>/*.png
     save_examples: int = kind(NON_NEGATIVE_INT, default=0)  # N figures image | truth | prediction per benchmark
 

@@ -53,8 +53,8 @@ def test_a_click_reads_the_kept_correlations_without_a_backbone_pass(model_cfg, 
     _needs("gradio")
     import gradio as gr
 
-    from clip_dinoiser.engine.figures import FigureData, correlation_maps, image_correlations
-    from clip_dinoiser.engine.inference import query_correlations, to_tensor
+    from clip_dinoiser.engine.evaluation.inference import query_correlations, to_tensor
+    from clip_dinoiser.engine.reporting.figures import FigureData, correlation_maps, image_correlations
 
     image = random_image(100, 150, seed=2)
     model = build_model(model_cfg)

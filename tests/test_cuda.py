@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from clip_dinoiser.data.benchmarks import BENCHMARKS
-from clip_dinoiser.engine.evaluate import evaluate_benchmark
-from clip_dinoiser.engine.inference import SlideConfig
+from clip_dinoiser.engine.evaluation.evaluate import evaluate_benchmark
+from clip_dinoiser.engine.evaluation.inference import SlideConfig
 from clip_dinoiser.models import build_model
 
 from .synthetic_data import make_benchmark
@@ -60,13 +60,13 @@ def test_cuda_evaluation_matches_cpu(model, tmp_path):
 
 
 def test_cuda_training_step_bf16(tmp_path, tiny_clip_file, tiny_teachers):
-    from clip_dinoiser.engine.train import train
+    from clip_dinoiser.engine.training.train import train
 
     from .conftest import write_images
-    from .test_train import _cfg
+    from .test_train import train_config
 
     write_images(str(tmp_path / "imgs"), 6)
-    cfg = _cfg(tmp_path, tiny_clip_file, tiny_teachers)
+    cfg = train_config(tmp_path, tiny_clip_file, tiny_teachers)
     cfg["precision"] = "bf16"
     last = train(cfg, torch.device("cuda"))
     assert os.path.isfile(last)
@@ -75,7 +75,7 @@ def test_cuda_training_step_bf16(tmp_path, tiny_clip_file, tiny_teachers):
 def test_cuda_confusion_counts_are_exact_for_171_classes():
     from mmseg.evaluation import IoUMetric
 
-    from clip_dinoiser.engine.evaluate import area_stats, confusion_index, confusion_matrix
+    from clip_dinoiser.engine.evaluation.evaluate import area_stats, confusion_index, confusion_matrix
 
     from .test_eval import all_pairs
 
@@ -92,12 +92,12 @@ def test_cuda_maskclip_plus_training_bf16(tmp_path, tiny_clip_file, tiny_heads_f
     """MaskCLIP+ on the GPU in bf16 (annotator and target under autocast): a finite loss, last.pt written."""
     import json
 
-    from clip_dinoiser.engine import target_train
+    from clip_dinoiser.engine.training import target_train
 
-    from .test_maskclip_plus import _cfg, voc_without_labels
+    from .test_maskclip_plus import target_config, voc_without_labels
 
     root = voc_without_labels(str(tmp_path / "data"))
-    cfg = _cfg(tmp_path, tiny_clip_file, tiny_heads_file, root, iterations=3, self_train_from=None)
+    cfg = target_config(tmp_path, tiny_clip_file, tiny_heads_file, root, iterations=3, self_train_from=None)
     cfg["precision"] = "bf16"
     last = target_train.train(cfg, torch.device("cuda"))
     assert os.path.isfile(last)

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from clip_dinoiser.data.images import load_image
-from clip_dinoiser.engine.inference import SlideConfig, segment, slide_inference, window_boxes
+from clip_dinoiser.engine.evaluation.inference import SlideConfig, segment, slide_inference, window_boxes
 from clip_dinoiser.models import build_model
 
 from .conftest import TINY_CLIP, TINY_CLIP_CFG, random_image
@@ -147,7 +147,7 @@ def test_segment_api_returns_labels_and_probabilities(model_cfg):
     # the test-time pipeline by hand: cv2 keep-ratio resize to (256, 64), sliding windows, back to 120 x 90
     import cv2
 
-    from clip_dinoiser.engine.inference import slide_inference, to_tensor
+    from clip_dinoiser.engine.evaluation.inference import slide_inference, to_tensor
 
     s = min(256 / 120, 64 / 90)
     resized = cv2.resize(image, (int(90 * s + 0.5), int(120 * s + 0.5)), interpolation=cv2.INTER_LINEAR)
@@ -157,7 +157,7 @@ def test_segment_api_returns_labels_and_probabilities(model_cfg):
 
 def test_figure_panels_come_from_one_backbone_pass_and_equal_each_model(model_cfg, tiny_clip_file):
     """CLIP-DINOiser's labels equal ``segment``'s; MaskCLIP's equal a MaskCLIP model's on the same weights."""
-    from clip_dinoiser.engine.inference import segment_panels
+    from clip_dinoiser.engine.evaluation.inference import segment_panels
 
     image = random_image(150, 230, seed=4)
     cfg = SlideConfig(scale=(256, 96), crop=(64, 64), stride=(32, 32), window_batch=5)
@@ -197,7 +197,7 @@ def test_figure_and_legend_text_scale_with_the_image(h, w):
 
 @torch.no_grad()
 def test_query_correlations_are_the_models_for_that_patch(model_cfg, tiny_teachers):
-    from clip_dinoiser.engine.inference import query_correlations, resize_keep_ratio, to_tensor
+    from clip_dinoiser.engine.evaluation.inference import query_correlations, resize_keep_ratio, to_tensor
 
     image = random_image(100, 150, seed=2)
     model = build_model(model_cfg)

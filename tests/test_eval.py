@@ -16,14 +16,14 @@ from PIL import Image
 
 from clip_dinoiser.data.benchmarks import BENCHMARKS, PAPER_ORDER, build_dataset
 from clip_dinoiser.data.convert import CITYSCAPES_LUT, COCO_OBJECT_LUT, COCO_STUFF_LUT, apply_lut
-from clip_dinoiser.engine.evaluate import (
+from clip_dinoiser.engine.evaluation.evaluate import (
     area_stats,
     confusion_index,
     confusion_matrix,
     evaluate_benchmark,
     metrics_from_stats,
 )
-from clip_dinoiser.engine.inference import SlideConfig, slide_inference, to_tensor
+from clip_dinoiser.engine.evaluation.inference import SlideConfig, slide_inference, to_tensor
 from clip_dinoiser.models import build_model, read_vocabulary_file
 
 from .synthetic_data import make_all, make_benchmark
@@ -205,7 +205,7 @@ def test_dataset_errors_name_the_path(tmp_path, model):
 def test_loader_processes_serve_every_benchmark_and_survive_an_error(tmp_path, model, data_dir):
     """Worker processes start once per process and are reused across benchmarks and calls (their items
     carry the dataset), also after a call that stopped on an error; results equal in-process loading."""
-    from clip_dinoiser.engine.evaluate import Evaluator
+    from clip_dinoiser.engine.evaluation.evaluate import Evaluator
 
     evaluator = Evaluator(slide=SLIDE, num_workers=2, progress=False).start()
 
@@ -239,7 +239,7 @@ cv2.setNumThreads(4)
 for _ in range(3):  # OpenCV's thread pool is now running in this (the parent) process
     cv2.resize(np.zeros((1500, 1500, 3), np.uint8), (1200, 1000))
 from clip_dinoiser.data.benchmarks import BENCHMARKS, build_dataset
-from clip_dinoiser.engine.evaluate import Evaluator, loader_items
+from clip_dinoiser.engine.evaluation.evaluate import Evaluator, loader_items
 bench = BENCHMARKS["voc"]
 dataset = build_dataset(bench, sys.argv[1])
 items = loader_items(bench, dataset, (256, 64), range(len(dataset)))

@@ -16,7 +16,7 @@ import yaml
 from PIL import Image
 
 from .conftest import write_images
-from .test_train import _cfg
+from .test_train import train_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,14 +25,14 @@ def test_training_leaves_curves_and_starts_from_given_heads(tmp_path, tiny_clip_
     """train.init: the loss logged at iteration 1 is the loss of those heads on the first batch,
     computed apart (its own Distiller, the heads loaded from the file, the sampler's first batch)."""
     from clip_dinoiser.data.train_images import ResumableBatchSampler, TrainImages, list_images
-    from clip_dinoiser.engine.train import build_distiller, train
+    from clip_dinoiser.engine.training.train import build_distiller, train
     from clip_dinoiser.models import DINOiserHeads, load_heads, save_heads
 
     write_images(str(tmp_path / "imgs"), 4)
     torch.manual_seed(7)
     init = str(tmp_path / "init.pt")
     save_heads(DINOiserHeads(in_dim=64, proj_dim=16, kernel_size=3), init)
-    cfg = _cfg(tmp_path, tiny_clip_file, tiny_teachers, init=init, ds_size=None, epochs=2)
+    cfg = train_config(tmp_path, tiny_clip_file, tiny_teachers, init=init, ds_size=None, epochs=2)
     last = train(cfg, torch.device("cpu"))
     run = tmp_path / "run"
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -254,7 +254,7 @@ def task(tmp_path_factory, tiny_clip_file, tiny_teachers):
     """tools/train.py's task (its composed config), tiny weights, crops of 64 for speed."""
     from PIL import Image
 
-    from clip_dinoiser.engine.train import build_distiller
+    from clip_dinoiser.engine.training.train import build_distiller
 
     from .conftest import random_image
 
@@ -307,7 +307,7 @@ def test_learning_rates_per_head_and_decay_at_iteration_5000(task):
 
 def test_the_training_loop_steps_the_schedule_once_per_iteration(task):
     from clip_dinoiser.data.train_images import ResumableBatchSampler
-    from clip_dinoiser.engine.loop import run_loop
+    from clip_dinoiser.engine.training.loop import run_loop
 
     heads = task.student.heads
     heads.train()
@@ -378,7 +378,7 @@ def test_demo_images_are_rgb_over_255():
     """The demo's and the query's image tensor (``to_tensor``): H x W x 3 uint8 -> 3 x H x W / 255."""
     import numpy as np
 
-    from clip_dinoiser.engine.inference import to_tensor
+    from clip_dinoiser.engine.evaluation.inference import to_tensor
 
     image = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
     expected = torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1) / 255.0
@@ -410,7 +410,7 @@ def test_training_item_depends_only_on_its_index_and_seed(tmp_path):
 
 def test_distiller_resizes_training_images_as_configured(task):
     """``train.antialias`` reaches the dataset (the paper's false, and true when asked for)."""
-    from clip_dinoiser.engine.train import Distiller
+    from clip_dinoiser.engine.training.train import Distiller
 
     assert task.dataset().antialias is False and task.dataset().size == 64
     settings = {**task.settings, "antialias": True, "im_size": 96}

@@ -4,7 +4,7 @@
   ``nn.MultiheadAttention`` modules (the ``Transformer`` has no ``batch_first``). The
   modules of open_clip 2.24.0 are reproduced below, verbatim in what they compute, so the
   default suite checks that layout under any installed open_clip.
-* Opt-in (``CLIP_DINOISER_FLOORS=1``): ``tools/check_floors.py`` installs every dependency at
+* Opt-in (``CLIP_DINOISER_FLOORS=1``): ``tests/tools/check_floors.py`` installs every dependency at
   the floor pyproject.toml declares into a temporary environment and runs the fidelity tests
   there (docs/dependencies.md).
 """
@@ -281,10 +281,10 @@ def test_open_clip_3x_custom_blocks_are_batch_first():
 @pytest.mark.skipif(os.environ.get("CLIP_DINOISER_FLOORS") != "1",
                     reason="installs the floor versions into a temporary environment: set CLIP_DINOISER_FLOORS=1")
 def test_fidelity_tests_pass_at_the_dependency_floors(tmp_path):
-    """tools/check_floors.py: pyproject.toml's floors pinned exactly, the fidelity tests run there."""
+    """tests/tools/check_floors.py: pyproject.toml's floors pinned exactly, the fidelity tests run there."""
     report = tmp_path / "floors.json"
     env = {k: v for k, v in os.environ.items() if k != "CLIP_DINOISER_FLOORS"}
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "check_floors.py"), "--report", str(report)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "tools", "check_floors.py"), "--report",
+                           str(report)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert report.exists()

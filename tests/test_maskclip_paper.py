@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 
 from clip_dinoiser.config import EvalConfig, TargetConfig, TargetTrainSettings, parse
 from clip_dinoiser.data.seg_train import TRAIN_SPLITS, SegAugment, mmseg_pipeline
-from clip_dinoiser.engine.target_train import poly_schedule, segmentation_loss
+from clip_dinoiser.engine.training.target_train import poly_schedule, segmentation_loss
 from clip_dinoiser.protocols import MASKCLIP_UNSEEN, PUBLISHED
 
 from .test_paper import compose_tool
@@ -130,7 +130,7 @@ def test_the_pipeline_resizes_within_maskclips_ratio_and_crops_with_its_category
     """What the loader runs: mmcv's RandomResize with the ratio range, mmseg's RandomCrop with
     MaskCLIP+'s cat_max_ratio where labels are loaded (zero-shot), none where they are not."""
     from clip_dinoiser.config import plain
-    from clip_dinoiser.engine.target_train import TargetTraining
+    from clip_dinoiser.engine.training.target_train import TargetTraining
 
     settings = plain(parse(TargetTrainSettings, {"benchmark": "voc20", "output": "o"}, "train"))
     task = TargetTraining(torch.nn.Conv2d(3, 3, 1), torch.nn.Identity(), settings, [], ["a"])
@@ -202,7 +202,7 @@ def test_poly_schedule_is_mmengines_poly_lr():
 
 def test_the_tasks_optimizer_is_sgd_with_maskclip_pluses_settings():
     from clip_dinoiser.config import plain
-    from clip_dinoiser.engine.target_train import TargetTraining
+    from clip_dinoiser.engine.training.target_train import TargetTraining
 
     settings = plain(parse(TargetTrainSettings, {"benchmark": "context59", "output": "o"}, "train"))
     task = TargetTraining(torch.nn.Conv2d(3, 3, 1), torch.nn.Identity(), settings, [], ["a"])

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from clip_dinoiser.engine.signals import Interrupted
+from clip_dinoiser.engine.job.signals import Interrupted
 
 from .conftest import TINY_CLIP_CFG, random_image
 
@@ -96,7 +96,7 @@ def write_color_folder(folder, n: int, seed: int = 0) -> list[np.ndarray]:
 def test_pseudo_labels_are_the_annotators_argmax_on_the_crop(tiny_clip_file, tiny_heads_file):
     """Computed independently: the annotator on each crop alone, its probabilities resized with
     F.interpolate and argmax'ed in numpy; padding and pixels below the threshold ignored."""
-    from clip_dinoiser.engine.target_train import IGNORE, pseudo_labels
+    from clip_dinoiser.engine.training.target_train import IGNORE, pseudo_labels
     from clip_dinoiser.models import build_model
 
     name, path = tiny_clip_file
@@ -200,7 +200,9 @@ def voc_without_labels(data_dir, n: int = 4) -> str:
     return root
 
 
-def _cfg(tmp_path, tiny_clip_file, tiny_heads_file, root, **train):
+def target_config(tmp_path, tiny_clip_file, tiny_heads_file, root, **train):
+    """A tiny MaskCLIP+ run's config (voc20 at ``root``, the tiny annotator and target, 4 iterations),
+    its ``train`` settings changed by ``train``."""
     name, path = tiny_clip_file
     settings = {"benchmark": "voc20", "data": root, "output": str(tmp_path / "run"), "batch_size": 2,
                 "iterations": 4, "num_workers": 0, "crop": [32, 32], "scale": [48, 32], "save_every": 2,
@@ -213,7 +215,7 @@ def _cfg(tmp_path, tiny_clip_file, tiny_heads_file, root, **train):
 def test_label_files_are_never_opened_and_resume_after_ctrl_c_equals_an_uninterrupted_run(
         tmp_path, tiny_clip_file, tiny_heads_file, monkeypatch):
     from clip_dinoiser import readers
-    from clip_dinoiser.engine import target_train
+    from clip_dinoiser.engine.training import target_train
     from clip_dinoiser.readers import read_weights
 
     root = voc_without_labels(str(tmp_path / "data"))
@@ -222,8 +224,8 @@ def test_label_files_are_never_opened_and_resume_after_ctrl_c_equals_an_uninterr
     real_open = Image.open
     monkeypatch.setattr(Image, "open", lambda fp, *a, **k: opened.append(str(fp)) or real_open(fp, *a, **k))
     cpu = torch.device("cpu")
-    full = target_train.train(_cfg(tmp_path, tiny_clip_file, tiny_heads_file, root, output=str(tmp_path / "full")),
-                              cpu)
+    full = target_train.train(
+        target_config(tmp_path, tiny_clip_file, tiny_heads_file, root, output=str(tmp_path / "full")), cpu)
     assert not [p for p in opened if "SegmentationClass" in p]  # images were read, labels never
 
     calls = {"n": 0}
@@ -236,7 +238,7 @@ def test_label_files_are_never_opened_and_resume_after_ctrl_c_equals_an_uninterr
         return losses(self, batch, module)
 
     monkeypatch.setattr(target_train.TargetTraining, "losses", interrupted)
-    cut = _cfg(tmp_path, tiny_clip_file, tiny_heads_file, root, output=str(tmp_path / "cut"))
+    cut = target_config(tmp_path, tiny_clip_file, tiny_heads_file, root, output=str(tmp_path / "cut"))
     with pytest.raises(Interrupted) as stopped:
         target_train.train(cut, cpu)
     assert stopped.value.iteration == 3

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clip_dinoiser.config import SlideConfig
-from clip_dinoiser.engine.inference import image_outputs, resize_keep_ratio, to_tensor
+from clip_dinoiser.engine.evaluation.inference import image_outputs, resize_keep_ratio, to_tensor
 from clip_dinoiser.errors import ConfigError
 from clip_dinoiser.models import build_model
 
@@ -258,7 +258,7 @@ def test_whole_mode_runs_each_image_at_once_and_slide_logits_average_scores(tiny
 
 def test_protocol_maskclip_reads_maskclips_class_names_and_templates(tiny_rn_file):
     from clip_dinoiser.data.benchmarks import BENCHMARKS
-    from clip_dinoiser.engine.evaluate import Evaluator
+    from clip_dinoiser.engine.evaluation.evaluate import Evaluator
     from clip_dinoiser.models.text import maskclip_templates
     from clip_dinoiser.vocabulary import read_vocabulary_file
 
@@ -333,7 +333,7 @@ def test_eval_tool_under_protocol_maskclip_scores_whole_images(tmp_path, tiny_rn
     reported = json.loads((tmp_path / "out" / "results.json").read_text())["voc20"]
     assert "airplane" in reported["class_IoU"]  # MaskCLIP's class names
     from clip_dinoiser.data.benchmarks import BENCHMARKS
-    from clip_dinoiser.engine.evaluate import Evaluator
+    from clip_dinoiser.engine.evaluation.evaluate import Evaluator
 
     model = maskclip(tiny_rn_file, clip={"input": "mmseg"}, maskclip={"templates": "maskclip85"})
     slide = SlideConfig(mode="whole", scale=(120, 60), scores="logits")
@@ -360,8 +360,8 @@ def test_robustness_table_keeps_towers_and_benchmarks_apart(tmp_path):
     tower and corruption in the plot."""
     from PIL import Image
 
-    from clip_dinoiser.engine.plots import plot_robustness
-    from clip_dinoiser.engine.summary import Run, robustness_table
+    from clip_dinoiser.engine.reporting.plots import plot_robustness
+    from clip_dinoiser.engine.reporting.summary import Run, robustness_table
 
     runs, expected = [], {}
     for t, tower in enumerate(("RN50", "ViT-B-16")):

@@ -271,8 +271,8 @@ def test_every_tool_slides_the_papers_windows():
     train = compose_tool("train", "train.data=.")
     assert slide_of(parse(TrainEvalConfig, train.eval, "eval")) == PAPER_SLIDE
     # the library's own defaults, for callers without a config
-    from clip_dinoiser.engine.evaluate import Evaluator
-    from clip_dinoiser.engine.inference import resize_keep_ratio, segment, slide_inference
+    from clip_dinoiser.engine.evaluation.evaluate import Evaluator
+    from clip_dinoiser.engine.evaluation.inference import resize_keep_ratio, segment, slide_inference
 
     assert slide_of(Evaluator()) == PAPER_SLIDE
     for fn in (slide_inference, segment):
@@ -333,7 +333,7 @@ def test_benchmark_dataset_reads_labels_as_the_paper(name, synthetic_benchmarks)
 
 def test_evaluator_refines_background_on_voc_and_coco_object_only(tiny_clip_file, heads_256):
     """``Evaluator.setting`` as tools/eval.py calls it (data.bg_refine null: the paper's choice)."""
-    from clip_dinoiser.engine.evaluate import Evaluator
+    from clip_dinoiser.engine.evaluation.evaluate import Evaluator
     from clip_dinoiser.models.text import Classes
 
     cfg = compose_tool("eval", *tiny_overrides(tiny_clip_file, heads_256))
@@ -388,7 +388,7 @@ def test_train_tools_task_builds_the_papers_optimizer_images_and_teachers(tmp_pa
     """``build_distiller`` on tools/train.py's config (tiny weights): what the run trains with."""
     from PIL import Image
 
-    from clip_dinoiser.engine.train import build_distiller
+    from clip_dinoiser.engine.training.train import build_distiller
     from clip_dinoiser.teachers import DINOTeacher, FOUNDTeacher
 
     from .conftest import random_image

@@ -16,15 +16,15 @@ import torch
 from PIL import Image
 
 from clip_dinoiser.data.benchmarks import BENCHMARKS
-from clip_dinoiser.engine.evaluate import evaluate_benchmark
-from clip_dinoiser.engine.inference import SlideConfig
-from clip_dinoiser.engine.signals import Interrupted
-from clip_dinoiser.engine.train import train
+from clip_dinoiser.engine.evaluation.evaluate import evaluate_benchmark
+from clip_dinoiser.engine.evaluation.inference import SlideConfig
+from clip_dinoiser.engine.job.signals import Interrupted
+from clip_dinoiser.engine.training.train import train
 from clip_dinoiser.models import build_model, load_heads_state
 
 from .conftest import TINY_CLIP_CFG, random_image, write_images
 from .synthetic_data import make_benchmark
-from .test_train import _cfg
+from .test_train import train_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SLIDE = SlideConfig(scale=(256, 64), crop=(64, 64), stride=(32, 32), window_batch=8)
@@ -210,10 +210,11 @@ def test_new_run_into_an_existing_run_is_refused_unless_overwrite(tmp_path, trai
 def test_truncated_newest_checkpoint_falls_back_and_ctrl_c_saves_exactly(tmp_path, tiny_clip_file, tiny_teachers,
                                                                           monkeypatch, caplog):
     write_images(str(tmp_path / "imgs"), 6)
-    full = train(_cfg(tmp_path, tiny_clip_file, tiny_teachers, output=str(tmp_path / "full")), torch.device("cpu"))
+    full = train(train_config(tmp_path, tiny_clip_file, tiny_teachers, output=str(tmp_path / "full")),
+                 torch.device("cpu"))
 
     # Ctrl-C during iteration 5: the loop finishes it, saves iteration 5 and stops.
-    from clip_dinoiser.engine import train as train_module
+    from clip_dinoiser.engine.training import train as train_module
 
     calls = {"n": 0}
     losses = train_module.Distiller.losses
@@ -225,7 +226,7 @@ def test_truncated_newest_checkpoint_falls_back_and_ctrl_c_saves_exactly(tmp_pat
         return losses(self, images, heads)
 
     monkeypatch.setattr(train_module.Distiller, "losses", interrupted_losses)
-    cut = _cfg(tmp_path, tiny_clip_file, tiny_teachers, output=str(tmp_path / "cut"), keep_checkpoints=5)
+    cut = train_config(tmp_path, tiny_clip_file, tiny_teachers, output=str(tmp_path / "cut"), keep_checkpoints=5)
     with pytest.raises(Interrupted) as stopped:
         train(cut, torch.device("cpu"))
     assert stopped.value.iteration == 5
@@ -265,7 +266,7 @@ def test_ctrl_c_in_the_training_tool_saves_and_says_how_to_resume(tmp_path, trai
 
 
 def test_unreadable_training_images_are_named_or_skipped_and_replaced(tmp_path, tiny_clip_file, tiny_teachers, caplog):
-    from clip_dinoiser.engine.train import training_images
+    from clip_dinoiser.engine.training.train import training_images
 
     folder = write_images(str(tmp_path / "imgs"), 6, nested=False)
     (tmp_path / "imgs" / "broken.jpg").write_bytes(b"not a jpeg")

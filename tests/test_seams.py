@@ -26,9 +26,9 @@ from torch import Tensor, nn
 
 from clip_dinoiser.config import SlideConfig, TeacherConfig
 from clip_dinoiser.data.benchmarks import Benchmark
-from clip_dinoiser.engine.evaluate import evaluate_benchmark
-from clip_dinoiser.engine.inference import slide_inference, to_tensor
-from clip_dinoiser.engine.train import train
+from clip_dinoiser.engine.evaluation.evaluate import evaluate_benchmark
+from clip_dinoiser.engine.evaluation.inference import slide_inference, to_tensor
+from clip_dinoiser.engine.training.train import train
 from clip_dinoiser.errors import ConfigError
 from clip_dinoiser.models import BackboneOutput, build_model, load_heads_state, model_config
 from clip_dinoiser.teachers import FrozenViT, Teacher, build_teachers, load_timm_vit

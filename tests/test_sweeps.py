@@ -18,8 +18,8 @@ from PIL import Image
 
 from clip_dinoiser.config import SlideConfig
 from clip_dinoiser.data.benchmarks import BENCHMARKS
-from clip_dinoiser.engine.evaluate import Evaluator
-from clip_dinoiser.engine.sweep import decoding_fields, point_name, sweep_points
+from clip_dinoiser.engine.evaluation.evaluate import Evaluator
+from clip_dinoiser.engine.evaluation.sweep import decoding_fields, point_name, sweep_points
 from clip_dinoiser.errors import ConfigError
 from clip_dinoiser.models import build_model
 

@@ -182,7 +182,7 @@ def test_deeplabv3plus_and_another_timm_backbone_build_and_run():
 
 
 def test_target_model_serves_the_evaluator_interface(tiny_clip_file):
-    from clip_dinoiser.engine.evaluate import Decoded, Setting
+    from clip_dinoiser.engine.evaluation.evaluate import Decoded, Setting
     from clip_dinoiser.models.build import build_clip, model_config
 
     name, path = tiny_clip_file

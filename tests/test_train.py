@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from clip_dinoiser.data.train_images import ResumableBatchSampler, TrainImages, list_images, sample_subset
-from clip_dinoiser.engine.train import Distiller, train
+from clip_dinoiser.engine.training.train import Distiller, train
 from clip_dinoiser.models import build_model, load_heads_state
 from clip_dinoiser.teachers import DINOTeacher, build_teachers, dino_pos_embed
 
@@ -134,7 +134,9 @@ def test_images_sampling_and_augmentations_are_deterministic(tmp_path):
         list_images(str(tmp_path / "empty"))
 
 
-def _cfg(tmp_path, tiny_clip_file, teachers, **train):
+def train_config(tmp_path, tiny_clip_file, teachers, **train):
+    """A tiny distillation run's config (the tiny CLIP, ``teachers``, 6 images of 64 px, 2 epochs),
+    its ``train`` settings changed by ``train``."""
     name, path = tiny_clip_file
     base = {"data": str(tmp_path / "imgs"), "output": str(tmp_path / "run"), "resume": None, "ds_size": 6,
             "batch_size": 2, "epochs": 2, "corr_lr": 5e-3, "found_lr": 1e-2, "milestones": [4], "step_lr_gamma": 0.1,
@@ -145,11 +147,11 @@ def _cfg(tmp_path, tiny_clip_file, teachers, **train):
 
 
 def test_losses_decrease_and_agreement_rises(tmp_path, tiny_clip_file, tiny_teachers):
-    from clip_dinoiser.engine.train import build_distiller, make_optimizer
+    from clip_dinoiser.engine.training.train import build_distiller, make_optimizer
 
     files = list_images(write_images(str(tmp_path / "imgs"), 4))
     images = torch.stack([TrainImages(files, 64)[(i, i)] for i in range(4)])
-    cfg = _cfg(tmp_path, tiny_clip_file, tiny_teachers, corr_lr=2e-2)
+    cfg = train_config(tmp_path, tiny_clip_file, tiny_teachers, corr_lr=2e-2)
     distiller: Distiller = build_distiller(cfg, torch.device("cpu"))
     optimizer, _ = make_optimizer(distiller.student.heads, distiller.teachers, cfg["train"])
     history = []
@@ -170,8 +172,9 @@ def test_losses_decrease_and_agreement_rises(tmp_path, tiny_clip_file, tiny_teac
 
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, tiny_clip_file, tiny_teachers):
     write_images(str(tmp_path / "imgs"), 6)
-    full = train(_cfg(tmp_path, tiny_clip_file, tiny_teachers, output=str(tmp_path / "full")), torch.device("cpu"))
-    cut = _cfg(tmp_path, tiny_clip_file, tiny_teachers, output=str(tmp_path / "cut"), stop_after=5)
+    full = train(train_config(tmp_path, tiny_clip_file, tiny_teachers, output=str(tmp_path / "full")),
+                 torch.device("cpu"))
+    cut = train_config(tmp_path, tiny_clip_file, tiny_teachers, output=str(tmp_path / "cut"), stop_after=5)
     assert train(cut, torch.device("cpu")) is None
     # stop_after that is not a multiple of save_every still saves its last iteration
     assert sorted(os.listdir(tmp_path / "cut" / "checkpoints")) == ["iter_0000004.pt", "iter_0000005.pt"]
@@ -187,7 +190,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, tiny_clip_file, 
     model = build_model({"name": "clip_dinoiser", "clip": {"name": name, "pretrained": path}, "proj_dim": 16,
                          "checkpoint": full})
     assert torch.equal(model.heads.obj_proj.weight, a["obj_proj.weight"])
-    init = _cfg(tmp_path, tiny_clip_file, tiny_teachers)
+    init = train_config(tmp_path, tiny_clip_file, tiny_teachers)
     untrained = build_model({**init["model"], "checkpoint": None}).heads.obj_proj.weight
     assert not torch.equal(a["obj_proj.weight"], untrained)
 

@@ -64,7 +64,7 @@ class FixedAnnotator(nn.Module):
 
 def task_for(unseen, probs, *, self_train_from=None, iteration=0):
     from clip_dinoiser.config import TargetTrainSettings, plain
-    from clip_dinoiser.engine.target_train import TargetTraining
+    from clip_dinoiser.engine.training.target_train import TargetTraining
 
     settings = plain(TargetTrainSettings(benchmark="voc20", self_train_from=self_train_from, output="unused"))
     task = TargetTraining(nn.Conv2d(3, 3, 1), FixedAnnotator(probs), settings, [], [f"c{i}" for i in range(6)],
@@ -150,7 +150,7 @@ def test_an_unseen_label_value_never_reaches_the_loss(tmp_path, tiny_clip_file, 
     unseen pixels (voc20's 15..19 permuted) give the same loader items and the same labels in the
     loss at every iteration, CLIP-guided and self-trained: the unseen classes' ground truth is
     never used. The items themselves never hold an unseen class's value."""
-    from clip_dinoiser.engine import target_train
+    from clip_dinoiser.engine.training import target_train
 
     labels = raw_labels(4)
     shift = np.arange(256, dtype=np.uint8)
@@ -185,7 +185,7 @@ def test_an_unseen_label_value_never_reaches_the_loss(tmp_path, tiny_clip_file, 
 
 
 def test_seen_unseen_and_hiou_equal_numpy_on_saved_predictions(tmp_path, tiny_clip_file):
-    from clip_dinoiser.engine import target_train
+    from clip_dinoiser.engine.training import target_train
 
     root = str(tmp_path / "data" / "VOCdevkit" / "VOC2012")
     write_voc(root, raw_labels(4, seed=1))
@@ -237,7 +237,7 @@ def test_bad_unseen_classes_are_one_line_errors_naming_the_key(unseen, message):
     from omegaconf import OmegaConf
 
     from clip_dinoiser.config import TargetTrainSettings, parse
-    from clip_dinoiser.engine.target_train import unseen_classes
+    from clip_dinoiser.engine.training.target_train import unseen_classes
 
     value = OmegaConf.to_container(OmegaConf.create({"v": unseen}) if unseen == "cats" else
                                    OmegaConf.create(f"v: {unseen}"))["v"]
@@ -253,7 +253,7 @@ def test_bad_unseen_classes_are_one_line_errors_naming_the_key(unseen, message):
 
 
 def test_self_training_beyond_the_run_is_refused_before_any_model(tmp_path, tiny_clip_file):
-    from clip_dinoiser.engine.target_train import check_run_inputs
+    from clip_dinoiser.engine.training.target_train import check_run_inputs
 
     root = str(tmp_path / "VOCdevkit" / "VOC2012")
     write_voc(root, raw_labels(2))

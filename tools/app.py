@@ -27,8 +27,8 @@ from omegaconf import DictConfig
 
 from clip_dinoiser.config import AppConfig, SlideConfig, parse, register_configs
 from clip_dinoiser.data.images import load_image
-from clip_dinoiser.engine.cli import USER_ERRORS, launch, one_line, resolve_device, user_errors_as_one_line
-from clip_dinoiser.engine.figures import (
+from clip_dinoiser.engine.job.cli import USER_ERRORS, launch, one_line, resolve_device, user_errors_as_one_line
+from clip_dinoiser.engine.reporting.figures import (
     FigureData,
     ImageCorrelations,
     correlation_maps,

@@ -27,9 +27,9 @@ from PIL import Image
 
 from clip_dinoiser.config import CLIPConfig, SlideConfig
 from clip_dinoiser.data.benchmarks import BENCHMARKS, build_dataset
-from clip_dinoiser.engine.cli import resolve_device, user_errors_as_one_line
-from clip_dinoiser.engine.evaluate import Decoded, Evaluator, _unpack, loader_items, score_images
-from clip_dinoiser.engine.inference import SlidingWindows, autocast
+from clip_dinoiser.engine.evaluation.evaluate import Decoded, Evaluator, loader_items, score_images, unpack_batch
+from clip_dinoiser.engine.evaluation.inference import SlidingWindows, autocast
+from clip_dinoiser.engine.job.cli import resolve_device, user_errors_as_one_line
 from clip_dinoiser.files import check_output_dir, write_atomic
 from clip_dinoiser.models import CLIPDINOiser, DINOiserHeads, build_model, read_vocabulary_file
 from clip_dinoiser.values import COUNT, NON_NEGATIVE_INT
@@ -137,7 +137,7 @@ def _bench_eval(evaluator: Evaluator, device: torch.device, n_images: int, windo
         out["loader_only_images_per_s"] = count / (time.perf_counter() - t)
         # Everything after loading, on GPU-resident images: the ceiling of the pipeline.
         resident = [[(img.to(device), gt.to(device), size, None)
-                     for img, gt, size in zip(*_unpack(b["data"], b["shapes"]), b["ori_shape"])]
+                     for img, gt, size in zip(*unpack_batch(b["data"], b["shapes"]), b["ori_shape"])]
                     for b in evaluator.batches(items)]
         for precision in ("fp32", "bf16"):
             pipeline(precision, limit=min(32, n_images))  # warm-up
@@ -164,7 +164,7 @@ def _bench_eval(evaluator: Evaluator, device: torch.device, n_images: int, windo
 def heads_task(device: torch.device):
     """CLIP-DINOiser with the paper's teachers (ViT-B/16-sized, random weights), and its optimizer."""
     from clip_dinoiser.config import TrainSettings, paper_teachers, plain
-    from clip_dinoiser.engine.train import make_optimizer
+    from clip_dinoiser.engine.training.train import make_optimizer
     from clip_dinoiser.teachers import DINOTeacher, FOUNDTeacher, FrozenViT, load_timm_vit
 
     model = build_dinoiser(device)
@@ -177,7 +177,7 @@ def heads_task(device: torch.device):
 
 
 def bench_train(device: torch.device, iters: int, batch: int, workers: int, n_images: int) -> dict:
-    from clip_dinoiser.engine.train import Distiller
+    from clip_dinoiser.engine.training.train import Distiller
 
     model, teachers, (optimizer, scheduler) = heads_task(device)
     images = torch.rand(batch, 3, 448, 448, device=device)
@@ -244,8 +244,8 @@ def bench_target(device: torch.device, iters: int, batch: int, crop: int) -> dic
     the heads' distillation step, same batch and image size, in one run (random weights; speed
     does not depend on them). ``crop``: MaskCLIP+'s is 512 (480 for Context)."""
     from clip_dinoiser.config import TargetConfig, TargetTrainSettings, plain
-    from clip_dinoiser.engine.target_train import TargetTraining
-    from clip_dinoiser.engine.train import Distiller
+    from clip_dinoiser.engine.training.target_train import TargetTraining
+    from clip_dinoiser.engine.training.train import Distiller
     from clip_dinoiser.models.target import build_target
 
     model, teachers, (heads_opt, heads_sched) = heads_task(device)

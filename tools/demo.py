@@ -30,8 +30,8 @@ from tqdm import tqdm
 
 from clip_dinoiser.config import DemoConfig, parse, register_configs
 from clip_dinoiser.data.images import load_image
-from clip_dinoiser.engine.cli import launch, one_line, resolve_device, user_errors_as_one_line
-from clip_dinoiser.engine.runs import refuse_existing
+from clip_dinoiser.engine.job.cli import launch, one_line, resolve_device, user_errors_as_one_line
+from clip_dinoiser.engine.job.runs import refuse_existing
 from clip_dinoiser.errors import UserError
 from clip_dinoiser.files import check_output_dir, write_atomic
 from clip_dinoiser.readers import IMAGE_EXTENSIONS
@@ -40,7 +40,7 @@ from clip_dinoiser.visualize import MAX_INDEXED_CLASSES
 from clip_dinoiser.vocabulary import parse_vocabulary, read_vocabulary_file
 
 if TYPE_CHECKING:
-    from clip_dinoiser.engine.figures import FigureData
+    from clip_dinoiser.engine.reporting.figures import FigureData
 
 log = logging.getLogger("demo")
 
@@ -76,7 +76,7 @@ def demo_images(spec: str) -> tuple[list[str], bool]:
 def write_outputs(image: np.ndarray, data: FigureData, names: list[str], stem: str, cfg: DictConfig) -> list[str]:
     """<stem>_mask.png, <stem>_labels.png and (figure=true) <stem>_figure.png in ``cfg.output``,
     each written atomically (an interrupted run never leaves half a PNG)."""
-    from clip_dinoiser.engine.figures import figure
+    from clip_dinoiser.engine.reporting.figures import figure
     from clip_dinoiser.visualize import label_images
 
     images = list(label_images(image, data.labels, names, cfg.alpha))
@@ -124,8 +124,8 @@ def run(cfg: DictConfig) -> list[str]:
         raise UserError(f"query={list(cfg.query)}: give one pixel [x, y] of a single image")
     check_precision(cfg.precision)
     device = resolve_device(cfg.device)
-    from clip_dinoiser.engine.figures import segment_for_figure
-    from clip_dinoiser.engine.inference import check_point
+    from clip_dinoiser.engine.evaluation.inference import check_point
+    from clip_dinoiser.engine.reporting.figures import segment_for_figure
     from clip_dinoiser.models import build_model
 
     if query is not None:

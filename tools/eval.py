@@ -19,15 +19,15 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from clip_dinoiser.config import EvalConfig, SlideConfig, parse, register_configs
-from clip_dinoiser.engine.cli import launch, multirun_dirs, resolve_device, user_errors_as_one_line
-from clip_dinoiser.engine.runs import RESULT_FILES, RunFolder, claim_all, release_all
-from clip_dinoiser.engine.summary import SUMMARY_FILES, write_summary
-from clip_dinoiser.engine.sweep import decoding_fields, point_name, sweep_points
+from clip_dinoiser.engine.evaluation.sweep import decoding_fields, point_name, sweep_points
+from clip_dinoiser.engine.job.cli import launch, multirun_dirs, resolve_device, user_errors_as_one_line
+from clip_dinoiser.engine.job.runs import RESULT_FILES, RunFolder, claim_all, release_all
+from clip_dinoiser.engine.reporting.summary import SUMMARY_FILES, write_summary
 from clip_dinoiser.values import check_precision
 
 if TYPE_CHECKING:
     from clip_dinoiser.data.benchmarks import Benchmark
-    from clip_dinoiser.engine.evaluate import BenchmarkResult, Evaluator
+    from clip_dinoiser.engine.evaluation.evaluate import BenchmarkResult, Evaluator
 
 # torch, mmseg and the models are imported once the command line is checked: a mistyped key
 # costs a fraction of a second, not the seconds those imports take.
@@ -98,8 +98,8 @@ def run(cfg: DictConfig) -> list[list[BenchmarkResult]]:
     sweep_dir = multirun_folder(cfg)
     benchmarks, settings, points, folders = check_settings(cfg)
     from clip_dinoiser.data.benchmarks import corruption_of, reference_for
-    from clip_dinoiser.engine import distributed as dist
-    from clip_dinoiser.engine.evaluate import Evaluator
+    from clip_dinoiser.engine.evaluation.evaluate import Evaluator
+    from clip_dinoiser.engine.job import distributed as dist
     from clip_dinoiser.models import build_model
 
     main_rank = dist.launched_rank() == 0
@@ -139,7 +139,7 @@ def run(cfg: DictConfig) -> list[list[BenchmarkResult]]:
 def _evaluate_points(evaluator: Evaluator, model, bench: Benchmark, root: str, cfg: DictConfig,
                      points: list[dict], folders: list[str]) -> list[BenchmarkResult]:
     """One benchmark under every sweep point, from one network pass per window."""
-    from clip_dinoiser.engine.predictions import PredictionWriter
+    from clip_dinoiser.engine.evaluation.predictions import PredictionWriter
 
     data = cfg.data
     settings = [evaluator.setting(model, bench, p.get("data.vocabulary", data.vocabulary),
@@ -167,7 +167,7 @@ def _evaluate_points(evaluator: Evaluator, model, bench: Benchmark, root: str, c
 def _write(cfg: DictConfig, points: list[dict], folders: list[RunFolder],
            per_point: list[list[tuple[Benchmark, BenchmarkResult]]]) -> None:
     """Each point's run folder (its config with the point's values), then the summary of a sweep."""
-    from clip_dinoiser.engine.results import summary_table, write_results
+    from clip_dinoiser.engine.evaluation.results import summary_table, write_results
 
     for point, folder, results in zip(points, folders[-len(points):], per_point):
         run_cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))

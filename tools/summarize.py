@@ -17,8 +17,8 @@ import argparse
 import os
 import sys
 
-from clip_dinoiser.engine.cli import user_errors_as_one_line
-from clip_dinoiser.engine.summary import write_summary
+from clip_dinoiser.engine.job.cli import user_errors_as_one_line
+from clip_dinoiser.engine.reporting.summary import write_summary
 
 
 def default_output(folders: list[str]) -> str:

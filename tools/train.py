@@ -16,9 +16,9 @@ import hydra
 from omegaconf import DictConfig
 
 from clip_dinoiser.config import TrainConfig, TrainSettings, register_configs
-from clip_dinoiser.engine.cli import launch, user_errors_as_one_line
-from clip_dinoiser.engine.resume import resume_free
-from clip_dinoiser.engine.runner import TrainingTool, run_training_tool
+from clip_dinoiser.engine.job.cli import launch, user_errors_as_one_line
+from clip_dinoiser.engine.job.resume import resume_free
+from clip_dinoiser.engine.training.runner import TrainingTool, run_training_tool
 
 # torch, the models and the teachers are imported once the command line is checked.
 
@@ -26,13 +26,13 @@ from clip_dinoiser.engine.runner import TrainingTool, run_training_tool
 RESUME_FREE = resume_free("train.epochs")
 
 
-HEADS = TrainingTool(TrainSettings, RESUME_FREE, "clip_dinoiser.engine.train",
+HEADS = TrainingTool(TrainSettings, RESUME_FREE, "clip_dinoiser.engine.training.train",
                      lambda config, last: {**config["model"], "name": "clip_dinoiser", "checkpoint": last})
 
 
 @user_errors_as_one_line
 def run(cfg: DictConfig) -> str | None:
-    """Train (or resume) one run (``engine/runner.py``)."""
+    """Train (or resume) one run (``engine/training/runner.py``)."""
     return run_training_tool(cfg, HEADS)
 
 

@@ -19,14 +19,14 @@ import hydra
 from omegaconf import DictConfig
 
 from clip_dinoiser.config import TargetTrainSettings, TrainTargetConfig, register_configs
-from clip_dinoiser.engine.cli import launch, user_errors_as_one_line
-from clip_dinoiser.engine.resume import resume_free
-from clip_dinoiser.engine.runner import TrainingTool, run_training_tool
+from clip_dinoiser.engine.job.cli import launch, user_errors_as_one_line
+from clip_dinoiser.engine.job.resume import resume_free
+from clip_dinoiser.engine.training.runner import TrainingTool, run_training_tool
 
 # Any other setting given with train.resume must equal the run's own.
 RESUME_FREE = resume_free("train.iterations")
 
-TARGET = TrainingTool(TargetTrainSettings, RESUME_FREE, "clip_dinoiser.engine.target_train",
+TARGET = TrainingTool(TargetTrainSettings, RESUME_FREE, "clip_dinoiser.engine.training.target_train",
                       lambda config, last: {"name": "target", "checkpoint": last,
                                             "clip": config["annotator"].get("clip", {}),
                                             "text_cache": config["annotator"].get("text_cache", "auto")})
@@ -34,7 +34,7 @@ TARGET = TrainingTool(TargetTrainSettings, RESUME_FREE, "clip_dinoiser.engine.ta
 
 @user_errors_as_one_line
 def run(cfg: DictConfig) -> str | None:
-    """Train (or resume) one MaskCLIP+ run (``engine/runner.py``)."""
+    """Train (or resume) one MaskCLIP+ run (``engine/training/runner.py``)."""
     return run_training_tool(cfg, TARGET)
 
 

@@ -13,9 +13,9 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor, nn
 
-from ..config import SlideConfig
-from ..visualize import heat_map, make_palette, overlay, panel_width, side_by_side, text_px, titled_panel
-from .inference import (
+from ...config import SlideConfig
+from ...visualize import heat_map, make_palette, overlay, panel_width, side_by_side, text_px, titled_panel
+from ..evaluation.inference import (
     check_point,
     correlation_sources,
     patch_map,

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import IO, Any
 
-from ..files import check_output_dir, write_atomic
+from ...files import check_output_dir, write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
-from ..config import ModelConfig, field_kind
-from ..errors import ConfigError
+from ...config import ModelConfig, field_kind
+from ...errors import ConfigError
 
 # sweep key -> the Decoding field it sets (None: not a Decoding field)
 SWEEPABLE = MappingProxyType({

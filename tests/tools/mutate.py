@@ -1,9 +1,9 @@
 """Mutation testing of the numeric core: one-line mutants, each run against targeted tests in a copy.
 
-    python tools/mutate.py list                                   # every mutant: id, file:line, change
-    python tools/mutate.py run --copy /tmp/mut --suite old --out before.jsonl
-    python tools/mutate.py run --copy /tmp/mut --suite new --only-survivors before.jsonl --out after.jsonl
-    python tools/mutate.py report before.jsonl after.jsonl        # scores, and the survivors left
+    python tests/tools/mutate.py list                                   # every mutant: id, file:line, change
+    python tests/tools/mutate.py run --copy /tmp/mut --suite old --out before.jsonl
+    python tests/tools/mutate.py run --copy /tmp/mut --suite new --only-survivors before.jsonl --out after.jsonl
+    python tests/tools/mutate.py report before.jsonl after.jsonl        # scores, and the survivors left
 
 The repository itself is never written: ``--copy`` names a copy of it (made with ``--make-copy``,
 or by hand: no ``.git``, no ``.venv``) whose ``clip_dinoiser`` is the one imported (``PYTHONPATH``).
@@ -18,7 +18,8 @@ argument dropped, one call statement or re-assignment deleted. Only the regions 
 Each mutant runs in a child forked from a process that has imported torch, open_clip, timm, mmseg
 and pytest (never ``clip_dinoiser``), so a mutant costs its tests, not the imports; bytecode
 caching is off (a mutant of the same size and second as the original would reuse a stale .pyc).
-Not part of the default test run: ``pytest`` collects nothing from ``tools/``.
+Not part of the default test run: ``pytest`` collects nothing from ``tests/tools/``. Also runs as
+``python -m tests.tools.mutate`` from the repository root.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # file -> top-level names (functions, classes, class.method, or module-level assignments) to mutate
 TARGETS = {
@@ -48,17 +49,17 @@ TARGETS = {
     "clip_dinoiser/models/backbone.py": ["OPENAI_MEAN", "OPENAI_STD", "interpolate_pos_embed", "_qkv",
                                          "CLIPBackbone.__init__", "CLIPBackbone.pad", "CLIPBackbone._patchify",
                                          "CLIPBackbone.forward", "_patch_map", "_block_with_ln2"],
-    "clip_dinoiser/engine/evaluate.py": ["confusion_index", "confusion_matrix", "stats_from_index",
-                                         "metrics_from_stats", "score_images", "Evaluator.setting"],
-    "clip_dinoiser/engine/inference.py": ["window_boxes", "SlidingWindows._post_process", "SlidingWindows._finish",
-                                          "_window_counts", "to_tensor"],
+    "clip_dinoiser/engine/evaluation/evaluate.py": ["confusion_index", "confusion_matrix", "stats_from_index",
+                                                    "metrics_from_stats", "score_images", "Evaluator.setting"],
+    "clip_dinoiser/engine/evaluation/inference.py": ["window_boxes", "SlidingWindows._post_process",
+                                                     "SlidingWindows._finish", "_window_counts", "to_tensor"],
     "clip_dinoiser/teachers/dino.py": ["DINOTeacher.correlations", "DINOTeacher.target", "DINOTeacher.loss"],
     "clip_dinoiser/teachers/found.py": ["REFERENCE_PAD", "FOUNDTeacher.probabilities", "FOUNDTeacher.target"],
     "clip_dinoiser/teachers/vit.py": ["IMAGENET_MEAN", "IMAGENET_STD", "dino_pos_embed", "FrozenViT.grid",
                                       "FrozenViT.tokens", "FrozenViT.last_qkv"],
-    "clip_dinoiser/engine/train.py": ["HEAD_LR", "make_optimizer", "Distiller.losses", "Distiller.step",
-                                      "Distiller.dataset", "Distiller.targets"],
-    "clip_dinoiser/engine/loop.py": ["_step"],
+    "clip_dinoiser/engine/training/train.py": ["HEAD_LR", "make_optimizer", "Distiller.losses", "Distiller.step",
+                                               "Distiller.dataset", "Distiller.targets"],
+    "clip_dinoiser/engine/training/loop.py": ["_step"],
     "clip_dinoiser/data/benchmarks.py": ["BENCHMARKS", "LoadLabels.__call__", "eval_pipeline"],
     "clip_dinoiser/data/train_images.py": ["TrainImages.__getitem__"],
     "clip_dinoiser/config.py": ["CLIPConfig", "MaskCLIPConfig", "TeacherConfig", "paper_teachers", "ModelConfig",
@@ -87,9 +88,9 @@ ISSUE_21 = [
     ("clip_dinoiser/config.py", 'templates: str = "imagenet80"', 'templates: str = "none"'),
     ("clip_dinoiser/data/benchmarks.py", '"ImageSets/Segmentation/val.txt", 21, True,',
      '"ImageSets/Segmentation/val.txt", 21, False,'),
-    ("clip_dinoiser/engine/train.py", '{"correlation": "corr_lr", "objectness": "found_lr"}',
+    ("clip_dinoiser/engine/training/train.py", '{"correlation": "corr_lr", "objectness": "found_lr"}',
      '{"correlation": "found_lr", "objectness": "corr_lr"}'),
-    ("clip_dinoiser/engine/loop.py", "scheduler.step()", "pass"),
+    ("clip_dinoiser/engine/training/loop.py", "scheduler.step()", "pass"),
     ("clip_dinoiser/config.py", "low=16), default=448)", "low=16), default=224)"),
     ("clip_dinoiser/models/heads.py", "if missing or unexpected or shapes:", "if unexpected or shapes:"),
 ]
@@ -321,6 +322,8 @@ def _run_child(copy: str, tests: list[str], log: str) -> int:
     os.setsid()
     os.chdir(copy)
     sys.path.insert(0, copy)
+    for name in [n for n in sys.modules if n == "tests" or n.startswith("tests.")]:
+        del sys.modules[name]  # run as ``-m tests.tools.mutate``: the copy's tests, not this checkout's
     sys.dont_write_bytecode = True
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(fd, 1)

@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import TargetConfig, TargetTrainSettings, parse, plain
-from ..data.seg_train import (
+from ...config import TargetConfig, TargetTrainSettings, parse, plain
+from ...data.seg_train import (
     FOLDER,
     UNSEEN,
     SeenLabels,
@@ -43,15 +43,17 @@ from ..data.seg_train import (
     label_files,
     training_split,
 )
-from ..data.train_images import ResumableBatchSampler
-from ..errors import ConfigError
-from ..files import save_atomic
-from ..models import build_model, check_model_config
-from ..models.target import build_target, check_target_config, convert_sync_batchnorm
-from ..values import NON_NEGATIVE_INT, check_precision
-from ..vocabulary import Vocabulary, read_vocabulary_file
-from . import distributed as dist
-from .inference import autocast
+from ...data.train_images import ResumableBatchSampler
+from ...errors import ConfigError
+from ...files import save_atomic
+from ...models import build_model, check_model_config
+from ...models.target import build_target, check_target_config, convert_sync_batchnorm
+from ...values import NON_NEGATIVE_INT, check_precision
+from ...vocabulary import Vocabulary, read_vocabulary_file
+from ..evaluation.inference import autocast
+from ..job import distributed as dist
+from ..job.resume import check_resume_folder
+from ..job.runs import RunFolder
 from .loop import (
     batch_split_check,
     in_run_folder,
@@ -59,8 +61,6 @@ from .loop import (
     run_task,
     start_run,  # noqa: F401 (the training tool claims the run folder with it)
 )
-from .resume import check_resume_folder
-from .runs import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def split_and_vocabulary(tcfg: TargetTrainSettings) -> tuple[str, list[str], Voc
     """(the data folder, its training images, the class names) of ``train.benchmark``: a
     benchmark's training split in its mmseg layout (images only), or any image folder with a
     class-name file (``train.benchmark=folder``)."""
-    from ..data.benchmarks import BENCHMARKS, DATA_ROOT
+    from ...data.benchmarks import BENCHMARKS, DATA_ROOT
 
     if tcfg.benchmark == FOLDER:
         if not tcfg.data or not tcfg.vocabulary:
@@ -94,7 +94,7 @@ def split_and_vocabulary(tcfg: TargetTrainSettings) -> tuple[str, list[str], Voc
 def unseen_classes(tcfg: TargetTrainSettings, num_classes: int) -> tuple[int, ...] | None:
     """``train.unseen`` as class indices of ``train.benchmark`` (``maskclip``: MaskCLIP's split),
     or None (annotation-free)."""
-    from ..protocols import MASKCLIP_UNSEEN
+    from ...protocols import MASKCLIP_UNSEEN
 
     value = tcfg.unseen
     if value is None:
@@ -122,7 +122,7 @@ def unseen_classes(tcfg: TargetTrainSettings, num_classes: int) -> tuple[int, ..
 
 def seen_labels(tcfg: TargetTrainSettings, num_classes: int, unseen: tuple[int, ...]) -> SeenLabels:
     """How the zero-shot setting reads ``train.benchmark``'s labels."""
-    from ..data.benchmarks import BENCHMARKS, reduces_zero_label
+    from ...data.benchmarks import BENCHMARKS, reduces_zero_label
 
     return SeenLabels(unseen, num_classes, reduces_zero_label(BENCHMARKS[tcfg.benchmark]))
 
@@ -332,7 +332,7 @@ def train(cfg: Mapping[str, Any], device: torch.device, run: RunFolder | None = 
           checked: bool = False) -> str | None:
     """Run (or resume) a MaskCLIP+ training; returns the path of ``last.pt``, or None when
     ``train.stop_after`` ended this call early. ``cfg`` holds ``annotator``, ``target``, ``train``
-    and ``precision`` (``TrainTargetConfig``); ``run`` and ``checked`` as ``engine.train.train``'s."""
+    and ``precision`` (``TrainTargetConfig``); ``run`` and ``checked`` as ``engine.training.train.train``'s."""
     cfg = {**cfg, "train": plain(parse(TargetTrainSettings, cfg["train"], "train"))}
     if not checked:
         check_run_inputs(cfg, folder=run is None and dist.launched_rank() == 0)

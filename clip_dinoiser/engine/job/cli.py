@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-from ..config import check_switches, config_error
-from ..errors import UserError
+from ...config import check_switches, config_error
+from ...errors import UserError
 from .signals import Interrupted, handled, stop_at_once
 
 log = logging.getLogger(__name__)

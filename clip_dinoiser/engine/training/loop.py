@@ -22,13 +22,13 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ..data.train_images import ResumableBatchSampler
-from ..errors import ConfigError, UserError
-from ..files import save_atomic
-from ..readers import read_weights
-from . import distributed as dist
-from .runs import METRICS, RunFolder
-from .signals import Interrupted, StopRequest, handled, ignore_signals, raise_if_stopped
+from ...data.train_images import ResumableBatchSampler
+from ...errors import ConfigError, UserError
+from ...files import save_atomic
+from ...readers import read_weights
+from ..job import distributed as dist
+from ..job.runs import METRICS, RunFolder
+from ..job.signals import Interrupted, StopRequest, handled, ignore_signals, raise_if_stopped
 
 log = logging.getLogger(__name__)
 

@@ -7,10 +7,10 @@ import csv
 import math
 from typing import Any
 
-from ..config import TrainEvalConfig
-from ..data.benchmarks import Benchmark, corruption_of, selected_benchmarks
+from ...config import TrainEvalConfig
+from ...data.benchmarks import Benchmark, corruption_of, selected_benchmarks
+from ..job.runs import RunFolder
 from .evaluate import BenchmarkResult, Evaluator
-from .runs import RunFolder
 
 
 def summary_table(results: list[tuple[Benchmark, BenchmarkResult]]) -> str:
@@ -79,7 +79,7 @@ def evaluate_model(model_cfg: dict[str, Any], cfg: TrainEvalConfig, device,
     """Score the model of ``model_cfg`` (a training run's result) on ``cfg.data`` and write
     ``results.json`` / ``results.csv`` into the training ``run`` folder (its ``config.yaml`` is
     left as it is)."""
-    from ..models import build_model
+    from ...models import build_model
 
     benchmarks = selected_benchmarks(cfg.data)
     model = build_model(model_cfg).to(device)

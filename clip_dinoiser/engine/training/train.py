@@ -16,20 +16,20 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ..config import HEADS, TrainSettings, parse, plain
-from ..data.train_images import ResumableBatchSampler, TrainImages, list_images, seeded_order, unreadable_image
-from ..download import resolve_released
-from ..errors import ConfigError, UserError
-from ..models import CLIPDINOiser, check_model_config, load_heads, save_heads
-from ..models.build import build_clip_dinoiser
-from ..teachers import Teacher, build_teachers, by_head, check_teacher_files
-from ..values import check_precision
-from . import distributed as dist
-from .inference import autocast
+from ...config import HEADS, TrainSettings, parse, plain
+from ...data.train_images import ResumableBatchSampler, TrainImages, list_images, seeded_order, unreadable_image
+from ...download import resolve_released
+from ...errors import ConfigError, UserError
+from ...models import CLIPDINOiser, check_model_config, load_heads, save_heads
+from ...models.build import build_clip_dinoiser
+from ...teachers import Teacher, build_teachers, by_head, check_teacher_files
+from ...values import check_precision
+from ..evaluation.inference import autocast
+from ..job import distributed as dist
+from ..job.resume import check_resume_folder
+from ..job.runs import RunFolder
 from .loop import CHECKPOINTS, batch_split_check, in_run_folder, latest_checkpoint, run_folder, run_task
 from .loop import start_run as start_training
-from .resume import check_resume_folder
-from .runs import RunFolder
 
 log = logging.getLogger(__name__)
 

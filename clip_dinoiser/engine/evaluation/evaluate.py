@@ -17,14 +17,14 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from ..config import EvalConfig, SlideConfig
-from ..data.benchmarks import Benchmark, build_dataset, eval_pipeline
-from ..errors import UserError
-from ..models.maskclip import Decoding
-from ..models.text import Classes, read_vocabulary_file
-from . import distributed as dist
+from ...config import EvalConfig, SlideConfig
+from ...data.benchmarks import Benchmark, build_dataset, eval_pipeline
+from ...errors import UserError
+from ...models.maskclip import Decoding
+from ...models.text import Classes, read_vocabulary_file
+from ..job import distributed as dist
+from ..job.signals import ignore_signals, raise_if_stopped
 from .inference import SlidingWindows
-from .signals import ignore_signals, raise_if_stopped
 
 log = logging.getLogger(__name__)
 
@@ -189,8 +189,9 @@ def _collate(batch: list[dict]) -> dict[str, Any]:
     }
 
 
-def _unpack(data: Tensor, shapes: list[tuple[int, ...]]) -> tuple[list[Tensor], list[Tensor]]:
-    """Inverse of ``_collate``: (3 x H x W uint8 images, H x W labels) as views of ``data``."""
+def unpack_batch(data: Tensor, shapes: list[tuple[int, ...]]) -> tuple[list[Tensor], list[Tensor]]:
+    """The images and labels of a batch of ``Evaluator.batches`` (its ``data`` and ``shapes``), the
+    inverse of ``_collate``: (3 x H x W uint8 images, H x W labels) as views of ``data``."""
     parts = [t.view(shape) for t, shape in zip(data.split([math.prod(s) for s in shapes]), shapes)]
     n = len(parts) // 2
     return [img.permute(2, 0, 1) for img in parts[:n]], parts[n:]
@@ -410,7 +411,7 @@ class Evaluator:
                 if bad:
                     raise UserError(f"{bench.name}: annotation {path} has labels {bad} outside "
                                     f"0..{bench.num_classes - 1} and {IGNORE_INDEX}")
-            images, labels = _unpack(_upload(batch["data"], device, copy_stream), batch["shapes"])
+            images, labels = unpack_batch(_upload(batch["data"], device, copy_stream), batch["shapes"])
             metas = [{"img_path": i, "seg_map_path": s, "reduce_zero_label": r} for i, s, r in
                      zip(batch["img_path"], batch["seg_map_path"], batch["reduce_zero_label"])]
             yield list(zip(images, labels, batch["ori_shape"], metas))

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from ..errors import UserError
-from ..files import write_atomic
-from ..readers import read_config, read_json, read_text
-from .runs import METRICS
+from ...errors import UserError
+from ...files import write_atomic
+from ...readers import read_config, read_json, read_text
+from ..job.runs import METRICS
 
 SUMMARY_FILES = ("summary.csv", "summary.md", "summary.png", "curves.png", "robustness.md", "robustness.csv",
                  "robustness.png")

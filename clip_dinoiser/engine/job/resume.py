@@ -9,8 +9,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..errors import UserError
-from ..readers import read_config
+from ...errors import UserError
+from ...readers import read_config
 
 SESSION_ONLY = ("train.stop_after",)  # applies to one invocation: never taken from the saved run
 

@@ -1,8 +1,8 @@
 """Run the fidelity tests with every dependency at the floor pyproject.toml declares.
 
-    python tools/check_floors.py                         # all floors, temporary venv, removed after
-    python tools/check_floors.py --pin numpy==1.26.4     # also pin an unfloored dependency
-    python tools/check_floors.py --free timm --keep      # leave one free; keep the venv to poke at
+    python tests/tools/check_floors.py                         # all floors, temporary venv, removed after
+    python tests/tools/check_floors.py --pin numpy==1.26.4     # also pin an unfloored dependency
+    python tests/tools/check_floors.py --free timm --keep      # leave one free; keep the venv to poke at
 
 Reads ``[project].dependencies``: every ``name>=X`` becomes the constraint ``name==X``
 (``--pin name==Y`` replaces or adds one, ``--free name`` drops one). Copies the working tree
@@ -27,7 +27,7 @@ import tempfile
 import time
 import xml.etree.ElementTree as ET
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # (name, test paths, -k expression): the tests whose results depend on the pinned libraries.
 TEST_GROUPS: tuple[tuple[str, tuple[str, ...], str | None], ...] = (

@@ -11,7 +11,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from .. import config as config_module
+from ... import config as config_module
 
 _FIELD_COMMENT = re.compile(r"^\s+(\w+)\s*:[^#]*#\s?(.*)$")
 

@@ -13,10 +13,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..config import TrainEvalConfig, parse
-from ..values import check_precision
-from .resume import resume_config
-from .runs import RunFolder
+from ...config import TrainEvalConfig, parse
+from ...values import check_precision
+from ..job.resume import resume_config
+from ..job.runs import RunFolder
 
 log = logging.getLogger("train")
 
@@ -48,8 +48,8 @@ def run_training_tool(cfg: DictConfig, tool: TrainingTool) -> str | None:
     summary is rewritten after every job."""
     from hydra.core.hydra_config import HydraConfig
 
-    from . import distributed as dist
-    from .cli import multirun_dirs, resolve_device
+    from ..job import distributed as dist
+    from ..job.cli import multirun_dirs, resolve_device
 
     resuming = bool(cfg.train.resume)
     config, changes = (resume_config(cfg, list(HydraConfig.get().overrides.task), tool.resume_free) if resuming
@@ -65,7 +65,7 @@ def run_training_tool(cfg: DictConfig, tool: TrainingTool) -> str | None:
     engine = importlib.import_module(tool.engine)
     engine.check_run_inputs(config, folder=main_rank)  # before any folder is made or model loaded
     if evaluation.enabled:  # its datasets exist, before the training
-        from ..data.benchmarks import checked_benchmarks
+        from ...data.benchmarks import checked_benchmarks
 
         checked_benchmarks(evaluation.data, evaluation.slide)
     if not main_rank:
@@ -80,7 +80,7 @@ def run_training_tool(cfg: DictConfig, tool: TrainingTool) -> str | None:
         if last and evaluation.enabled:
             _evaluate(tool.evaluated(config, last), evaluation, device, folder)
             if multirun:
-                from .summary import write_summary
+                from ..reporting.summary import write_summary
 
                 sweep_dir = multirun[1]
                 log.info("sweep so far:\n%s", write_summary([sweep_dir], sweep_dir))
@@ -96,7 +96,7 @@ def run_training_tool(cfg: DictConfig, tool: TrainingTool) -> str | None:
 
 
 def _evaluate(model_cfg: dict[str, Any], evaluation: TrainEvalConfig, device, folder: RunFolder) -> None:
-    from .results import evaluate_model, summary_table
+    from ..evaluation.results import evaluate_model, summary_table
 
     results = evaluate_model(model_cfg, evaluation, device, folder)
     log.info("%s\n%s", folder.path, summary_table(results))

@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 from torch import Tensor
 
-from ..data.benchmarks import Benchmark
-from ..visualize import colorize, make_palette, save_indexed, side_by_side
+from ...data.benchmarks import Benchmark
+from ...visualize import colorize, make_palette, save_indexed, side_by_side
 
 IGNORE_COLOR = (0, 0, 0)
 

@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import SlideConfig
-from ..errors import UserError
-from ..values import check_precision
+from ...config import SlideConfig
+from ...errors import UserError
+from ...values import check_precision
 
 PRECISIONS = MappingProxyType({"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16})
 
