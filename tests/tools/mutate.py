@@ -47,12 +47,36 @@ TARGETS = {
     "clip_dinoiser/models/text.py": ["imagenet_templates", "TEMPLATE_SETS", "encode_text_to_eot", "encode_names",
                                      "combine_synonyms", "TextClassifier.forward", "Classes.bg_index"],
     "clip_dinoiser/models/backbone.py": ["OPENAI_MEAN", "OPENAI_STD", "interpolate_pos_embed", "_qkv",
-                                         "CLIPBackbone.__init__", "CLIPBackbone.pad", "CLIPBackbone._patchify",
-                                         "CLIPBackbone.forward", "_patch_map", "_block_with_ln2"],
+                                         "CLIPBackbone.__init__", "CLIPBackbone._patchify",
+                                         "CLIPBackbone.forward", "_patch_map", "_block_with_ln2", "IMAGENET_MEAN",
+                                         "IMAGENET_STD", "input_stats", "prepare_input", "is_resnet_config",
+                                         "MMSEG_LN_EPS", "as_mmseg_vit"],
+    # MaskCLIP as its authors ran it, MaskCLIP+ (issue #28): suite "maskclip"
+    "clip_dinoiser/models/resnet.py": ["is_resnet_tower", "CLIPResNetBackbone.__init__",
+                                       "CLIPResNetBackbone.from_open_clip", "CLIPResNetBackbone.trunk",
+                                       "CLIPResNetBackbone.forward"],
+    "clip_dinoiser/models/target.py": ["ARCH_DILATIONS", "IMAGENET_MEAN", "IMAGENET_STD", "TargetSegmenter.__init__",
+                                       "TargetSegmenter.set_classes", "TargetSegmenter.classify",
+                                       "TargetSegmenter.embed", "TargetModel.decode", "build_target"],
+    "clip_dinoiser/protocols.py": ["PROTOCOLS", "_MASKCLIP_CONTEXT", "MASKCLIP_UNSEEN", "_ZS_ANNOTATOR", "ZERO_SHOT",
+                                   "PUBLISHED", "published_miou", "merge", "Protocol.node"],
+    "clip_dinoiser/data/seg_train.py": ["TRAIN_SPLITS", "BENCHMARK_SPLITS", "UNSEEN", "IGNORE", "CAT_MAX_RATIO",
+                                        "IMAGENET_MEAN", "label_files", "SeenLabels.read", "SegAugment", "augment_for",
+                                        "mmseg_pipeline", "pad_with_mask", "TargetTrainImages.augment"],
+    "clip_dinoiser/engine/training/target_train.py": ["split_and_vocabulary", "unseen_classes", "seen_labels",
+                                                      "augmentation", "iterations", "check_run_inputs",
+                                                      "poly_schedule", "pseudo_labels", "TargetTraining.make_optimizer",
+                                                      "TargetTraining.labels", "TargetTraining.losses",
+                                                      "segmentation_loss", "label_statistics", "build_task"],
+    "clip_dinoiser/engine/evaluation/results.py": ["zero_shot_fields", "write_results", "summary_table"],
+    "clip_dinoiser/engine/reporting/summary.py": ["ZERO_SHOT_METRICS", "robustness_table"],
     "clip_dinoiser/engine/evaluation/evaluate.py": ["confusion_index", "confusion_matrix", "stats_from_index",
-                                                    "metrics_from_stats", "score_images", "Evaluator.setting"],
-    "clip_dinoiser/engine/evaluation/inference.py": ["window_boxes", "SlidingWindows._post_process",
-                                                     "SlidingWindows._finish", "_window_counts", "to_tensor"],
+                                                    "metrics_from_stats", "score_images", "Evaluator.setting",
+                                                    "BenchmarkResult", "_nan_mean", "unseen_of"],
+    "clip_dinoiser/engine/evaluation/inference.py": ["window_boxes", "SlidingWindows.put",
+                                                     "SlidingWindows._post_process", "SlidingWindows._finish",
+                                                     "_window_counts", "to_tensor", "image_probabilities",
+                                                     "protocol_scores"],
     "clip_dinoiser/teachers/dino.py": ["DINOTeacher.correlations", "DINOTeacher.target", "DINOTeacher.loss"],
     "clip_dinoiser/teachers/found.py": ["REFERENCE_PAD", "FOUNDTeacher.probabilities", "FOUNDTeacher.target"],
     "clip_dinoiser/teachers/vit.py": ["IMAGENET_MEAN", "IMAGENET_STD", "dino_pos_embed", "FrozenViT.grid",
@@ -60,10 +84,13 @@ TARGETS = {
     "clip_dinoiser/engine/training/train.py": ["HEAD_LR", "make_optimizer", "Distiller.losses", "Distiller.step",
                                                "Distiller.dataset", "Distiller.targets"],
     "clip_dinoiser/engine/training/loop.py": ["_step"],
-    "clip_dinoiser/data/benchmarks.py": ["BENCHMARKS", "LoadLabels.__call__", "eval_pipeline"],
+    "clip_dinoiser/data/benchmarks.py": ["BENCHMARKS", "LoadLabels.__call__", "eval_pipeline", "label_values",
+                                         "REDUCE_ZERO_LABEL", "reduces_zero_label", "reference_for",
+                                         "Benchmark.vocabulary_in"],
     "clip_dinoiser/data/train_images.py": ["TrainImages.__getitem__"],
     "clip_dinoiser/config.py": ["CLIPConfig", "MaskCLIPConfig", "TeacherConfig", "paper_teachers", "ModelConfig",
-                                "SlideConfig", "TrainSettings"],
+                                "SlideConfig", "TrainSettings", "TargetConfig", "TargetTrainSettings", "SLIDE_MODES",
+                                "SCORES", "INPUTS"],
 }
 
 # The targeted tests of each file, as they were before tests/test_paper.py and test_first_principles.py
@@ -79,6 +106,23 @@ OLD_TESTS = {
     "benchmarks.py": _EVAL, "config.py": [*_MODELS[:1], "tests/test_train.py", "-k", "not cli and not torchrun"],
 }
 NEW_TESTS = ["tests/test_paper.py", "tests/test_first_principles.py"]
+# Suite "maskclip" (issue #28): the MaskCLIP / MaskCLIP+ tests, no subprocess, on the files of that work
+_TOWERS = ["tests/test_maskclip_towers.py", "-k", "not eval_tool"]
+_PLUS = ["tests/test_zero_shot.py", "tests/test_maskclip_paper.py", "tests/test_target.py",
+         "tests/test_maskclip_plus.py", "-k", "not seen_unseen_and_hiou"]
+MASKCLIP_TESTS = {
+    "resnet.py": _TOWERS, "backbone.py": _TOWERS, "refinement.py": _TOWERS, "maskclip.py": _TOWERS,
+    "text.py": ["tests/test_maskclip_towers.py", "tests/test_maskclip_paper.py", "-k", "not eval_tool"],
+    "inference.py": _TOWERS, "evaluate.py": ["tests/test_maskclip_towers.py", "tests/test_zero_shot.py", "-k",
+                                             "not eval_tool and not seen_unseen"],
+    "protocols.py": ["tests/test_maskclip_paper.py", "tests/test_maskclip_towers.py", "-k", "not eval_tool"],
+    "benchmarks.py": ["tests/test_maskclip_towers.py", "tests/test_maskclip_paper.py", "tests/test_zero_shot.py",
+                      "-k", "not eval_tool and not seen_unseen"],
+    "config.py": ["tests/test_maskclip_paper.py", "tests/test_maskclip_towers.py", "-k", "not eval_tool"],
+    "target.py": _PLUS, "seg_train.py": _PLUS, "target_train.py": _PLUS,
+    "results.py": ["tests/test_zero_shot.py", "-k", "seen_unseen"],
+    "summary.py": ["tests/test_maskclip_towers.py", "-k", "robustness"],
+}
 # The nine mutants of issue #21 that survived the tests before tests/test_paper.py and
 # test_first_principles.py, written as (file, text on one line, its replacement): always run.
 ISSUE_21 = [
@@ -110,6 +154,15 @@ class Mutant:
     start: int  # character offsets into the line
     end: int
     text: str
+
+
+def suite_tests(suite: str, path: str) -> list[str] | None:
+    """The tests a mutant of ``path`` runs under ``suite`` (None: the suite does not cover the file)."""
+    if suite == "new":
+        return NEW_TESTS
+    if suite == "maskclip":
+        return MASKCLIP_TESTS.get(os.path.basename(path))
+    return old_tests(path)
 
 
 def old_tests(path: str) -> list[str]:
@@ -373,7 +426,9 @@ def run(args: argparse.Namespace) -> None:
     for i, mu in enumerate(mutants):
         if mu.id in done:
             continue
-        tests = NEW_TESTS if args.suite == "new" else old_tests(mu.file)
+        tests = suite_tests(args.suite, mu.file)
+        if tests is None:  # the suite has no tests for this file
+            continue
         key = tuple(tests)
         if key not in baselines:  # the unmutated copy must pass these tests, or no mutant says anything
             baselines[key], seconds = run_tests(copy, tests, args.timeout * 3, log)
@@ -435,8 +490,10 @@ def main(argv: list[str] | None = None) -> None:
         q.add_argument("--seed", type=int, default=0)
     r.add_argument("--copy", required=True, help="the copy of the repository to mutate in")
     r.add_argument("--make-copy", action="store_true", help="make --copy first")
-    r.add_argument("--suite", choices=("old", "new"), default="old", help="old: the targeted tests per file; "
-                   "new: tests/test_paper.py and tests/test_first_principles.py")
+    r.add_argument("--suite", choices=("old", "new", "maskclip"), default="old",
+                   help="old: the targeted tests per file; new: tests/test_paper.py and "
+                   "tests/test_first_principles.py; maskclip: the MaskCLIP / MaskCLIP+ tests on the files of issue "
+                   "#28 (MASKCLIP_TESTS)")
     r.add_argument("--only-survivors", help="results file: run only the mutants that survived there")
     r.add_argument("--out", required=True, help="results, one JSON line per mutant (appended; a rerun resumes)")
     r.add_argument("--timeout", type=float, default=180.0, help="seconds per mutant")
