@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import EvalConfig, SlideConfig, parse
+from .config import EvalConfig, Keys, SlideConfig, parse
 from .errors import UserError
 from .readers import read_image, to_rgb_uint8
 from .values import check_precision
@@ -100,14 +100,21 @@ class Segmenter:
         return results[0] if single else results
 
 
+# How messages name the keys of ``load``: its settings are model.* keys, the model's own weights file is ``weights``.
+API_KEYS = Keys("model", {"checkpoint": "weights"})
+OWN_WEIGHTS = ("clip_dinoiser", "target")  # the models whose weights file ``weights`` gives
+
+
 def load(name: str = "clip_dinoiser", weights: str | None = "released", device: str = "auto", *,
          precision: str = EvalConfig.precision, slide: SlideConfig | dict | None = None, **settings: Any) -> Segmenter:
     """Build a segmenter in one call.
 
     Args:
-        name: ``clip_dinoiser`` (the paper), ``maskclip`` or ``dino_maskclip``.
-        weights: CLIP-DINOiser's heads: ``released`` (the authors' file, downloaded once), a
-            heads file, or None (random); ignored by the other models.
+        name: ``clip_dinoiser`` (the paper), ``maskclip``, ``dino_maskclip`` or ``target`` (a
+            MaskCLIP+ network of ``tools/train_target.py``).
+        weights: the model's own weights file: CLIP-DINOiser's heads (``released``: a local copy
+            ``checkpoints/last.pt``, else the authors' file, downloaded once; a heads file; None:
+            random), a target network's ``last.pt``; maskclip and dino_maskclip have none.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
         precision: fp32 / bf16 / fp16.
         slide: test-time geometry (``SlideConfig`` or its keys).
@@ -116,8 +123,11 @@ def load(name: str = "clip_dinoiser", weights: str | None = "released", device: 
     from .engine.cli import resolve_device
     from .models import build_model
 
+    if "checkpoint" in settings:
+        raise UserError(f"load(checkpoint={settings['checkpoint']!r}): the model's weights file is given as "
+                        f"weights=, e.g. clip_dinoiser.load({name!r}, weights={settings['checkpoint']!r})")
     cfg = {"name": name, **settings}
-    if name == "clip_dinoiser":
+    if name in OWN_WEIGHTS:
         cfg["checkpoint"] = weights
-    model = build_model(cfg).to(resolve_device(device))
+    model = build_model(cfg, API_KEYS).to(resolve_device(device))
     return Segmenter(model, slide=parse(SlideConfig, slide, "slide"), precision=precision)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -300,6 +301,27 @@ def register_configs() -> None:
     for name, node in (("eval_schema", EvalConfig), ("demo_schema", DemoConfig), ("app_schema", AppConfig),
                        ("train_schema", TrainConfig), ("train_target_schema", TrainTargetConfig)):
         cs.store(name=name, node=node)
+
+
+@dataclass(frozen=True)
+class Keys:
+    """How the user spells the keys of one model config, for messages: where the config sits
+    (``model``; ``annotator`` for MaskCLIP+'s annotator) and the keys a caller names otherwise
+    (the Python API's ``weights=`` for ``checkpoint``). ``Keys("annotator")("clip.pretrained")``
+    is ``annotator.clip.pretrained``."""
+
+    prefix: str = "model"
+    renamed: Mapping[str, str] = field(default_factory=dict)
+
+    def __call__(self, key: str) -> str:
+        if key in self.renamed:
+            return self.renamed[key]
+        return f"{self.prefix}.{key}" if self.prefix else key
+
+    @classmethod
+    def of(cls, where: str | Keys) -> Keys:
+        """``where`` as ``Keys`` (a plain prefix such as ``model`` or ``annotator``, or ``Keys``)."""
+        return where if isinstance(where, Keys) else cls(where)
 
 
 def parse(cls: type[T], cfg: Any, prefix: str) -> T:

@@ -30,6 +30,7 @@ from ..errors import UserError
 from ..files import check_local_file
 from ..ops import pad_to_multiple
 from ..readers import read_json, read_weights
+from ..weights import clip_weight, local_or_value
 
 log = logging.getLogger(__name__)
 
@@ -84,29 +85,33 @@ def register_model_config(name: str) -> str:
     return os.path.splitext(os.path.basename(name))[0]
 
 
-def load_open_clip(name: str, pretrained: str | None) -> nn.Module:
+def load_open_clip(name: str, pretrained: str | None, key: str = "model.clip.pretrained") -> nn.Module:
     """Build an open_clip model from an architecture name and a pretrained tag or local file.
 
     Args:
         name: open_clip architecture (``ViT-B-16``, ``ViT-L-14``, ...) or the path of an
             open_clip model-config JSON file (custom architectures).
-        pretrained: a pretrained tag (``laion2b_s34b_b88k``, ``openai``), a local checkpoint
-            path (offline clusters), or None / empty for random weights.
+        pretrained: a pretrained tag (``laion2b_s34b_b88k``, ``openai``; its local copy
+            ``<name>.<tag>.safetensors`` in the weights folder is used when there is one, see
+            ``weights.py``), a local checkpoint path (offline clusters), or None / empty for
+            random weights.
+        key: the config key of ``pretrained``, for messages.
     """
     import open_clip  # heavy: imported on first use, never at package import
 
     name = register_model_config(name)
     if name not in open_clip.list_models():
         raise UserError(f"unknown open_clip model '{name}' (see open_clip.list_models())")
-    check_local_file(pretrained, "CLIP checkpoint", "model.clip.pretrained")
+    check_local_file(pretrained, "CLIP checkpoint", key)
+    pretrained = local_or_value(clip_weight(name, pretrained, key))
     if pretrained and os.path.isfile(pretrained):
-        model = _open_clip_from_state_dict(name, pretrained)
+        model = _open_clip_from_state_dict(name, pretrained, key)
         if model is not None:
             return model.eval()
         try:  # a wrapped or converted checkpoint: open_clip's own loader
             return open_clip.create_model(name, pretrained=pretrained).eval()
         except Exception as e:  # keys or shapes of another architecture
-            raise UserError(f"CLIP checkpoint {pretrained} does not fit {name} (model.clip.pretrained): "
+            raise UserError(f"CLIP checkpoint {pretrained} does not fit {name} ({key}): "
                             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     from open_clip.pretrained import download_pretrained, get_pretrained_cfg
 
@@ -119,12 +124,12 @@ def load_open_clip(name: str, pretrained: str | None) -> nn.Module:
     except (RuntimeError, OSError) as e:  # download failures (offline machine), unknown tags
         raise UserError(
             f"cannot load CLIP weights '{pretrained}' for {name}: {str(e).splitlines()[0] if str(e) else e!r} "
-            "(offline? pass a local checkpoint file as model.clip.pretrained)"
+            f"(offline? pass a local checkpoint file as {key})"
         ) from e
     return model.eval()
 
 
-def _open_clip_from_state_dict(name: str, path: str) -> nn.Module | None:
+def _open_clip_from_state_dict(name: str, path: str, key: str = "model.clip.pretrained") -> nn.Module | None:
     """The open_clip model ``name`` with the tensors of a plain state-dict file, built without
     a random initialisation (on the meta device; the weights are assigned, not copied).
 
@@ -133,9 +138,11 @@ def _open_clip_from_state_dict(name: str, path: str) -> nn.Module | None:
     """
     import open_clip
 
-    state = read_weights(path, "CLIP checkpoint", "model.clip.pretrained")  # garbage files: one line
+    state = read_weights(path, "CLIP checkpoint", key)  # garbage files: one line
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         return None
+    # the hub's files are often fp16 (open_clip_model.safetensors); assigned as they are, the model would be too
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     logging.disable(logging.WARNING)  # open_clip warns that no pretrained weights were loaded: they are, below
     try:
         with torch.device("meta"):
