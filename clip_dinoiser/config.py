@@ -373,6 +373,12 @@ def field_kind(cls: type, dotted: str) -> Kind:
     return _field(cls, dotted).metadata["kind"]
 
 
+def field_length(cls: type, dotted: str) -> int | None:
+    """The list length of the field ``dotted`` of the dataclass ``cls`` (``kind(length=...)``), or None."""
+    f = _field(cls, dotted)
+    return None if f is None else f.metadata.get("length")
+
+
 def field_type(cls: type, dotted: str) -> str | None:
     """The annotation (as written) of the field ``dotted`` of the dataclass ``cls``, or None."""
     f = _field(cls, dotted)

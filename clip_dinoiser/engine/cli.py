@@ -102,17 +102,25 @@ def launch(main: Callable[[], Any], *, schema: type | None = None, groups: dict[
         sys.exit(0)
 
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # hydra raises its errors instead of printing them
+    config_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(sys.argv[0]))), "configs")
     if schema is not None:
+        from .hints import check_spelling
+
         try:
             check_switches(sys.argv[1:], schema)
+            tool = f"tools/{os.path.basename(sys.argv[0])}"
+            check_spelling(sys.argv[1:], schema, groups or {}, config_dir, tool)  # common slips: the right spelling
         except UserError as e:
             print(f"error: {one_line(e)}", file=sys.stderr)
             sys.exit(2)
     try:
         main()
     except (HydraException, OmegaConfBaseException) as e:
+        from .hints import composition_error
+
         cause = e if isinstance(e, OmegaConfBaseException) else e.__cause__
-        message = config_error(cause) if isinstance(cause, OmegaConfBaseException) else one_line(e)
+        message = config_error(cause) if isinstance(cause, OmegaConfBaseException) else (
+            composition_error(e, config_dir) or one_line(e))
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
     except Exception as e:  # hydra failing on the command line itself: before the tool's code ran
