@@ -161,7 +161,7 @@ class EvalConfig:
     device: str = "auto"  # auto / cpu / cuda (torchrun: one GPU per rank)
     precision: str = "fp32"  # fp32 / bf16 / fp16 (autocast)
     loader_batch: int = kind(COUNT, default=8)  # images per loader item (consecutive images share model calls)
-    num_workers: int = kind(NON_NEGATIVE_INT, default=8)  # data-loading processes per rank
+    num_workers: int | None = kind(NON_NEGATIVE_INT, default=None)  # loader processes per rank (null: CPU cores, <= 8)
     limit: int | None = kind(COUNT, default=None)  # evaluate only the first N images of each benchmark
     progress: bool = True  # progress bar
     output: str = "outputs/eval/${now:%Y-%m-%d_%H-%M-%S}"  # run folder: config, results.json, results.csv
@@ -217,9 +217,10 @@ class TrainSettings:
     step_lr_gamma: float = kind(POSITIVE, default=0.1)  # learning-rate factor at each milestone
     im_size: int = kind(Kind(integer=True, low=16), default=448)  # training crop size
     antialias: bool = False  # image resize without antialiasing, as the reference (torchvision 0.13.1)
-    num_workers: int = kind(NON_NEGATIVE_INT, default=8)  # data-loading processes per rank
+    num_workers: int | None = kind(NON_NEGATIVE_INT, default=None)  # loader processes per rank (null: CPU cores, <= 8)
     seed: int = kind(NON_NEGATIVE_INT, default=0)  # sample, order, augmentations and initial heads
     save_every: int = kind(COUNT, default=500)  # iterations between checkpoints
+    log_every: int = kind(COUNT, default=50)  # iterations between the loss lines of train.log (and the log)
     keep_checkpoints: int = kind(COUNT, default=2)  # newest checkpoints kept in checkpoints/
     stop_after: int | None = kind(COUNT, default=None)  # stop (and save) after this many iterations in this call
 
@@ -232,7 +233,7 @@ class TrainEvalConfig:
     data: DataConfig = field(default_factory=DataConfig)
     slide: SlideConfig = field(default_factory=SlideConfig)
     precision: str = "fp32"  # fp32 / bf16 / fp16 (autocast)
-    num_workers: int = kind(NON_NEGATIVE_INT, default=4)  # data-loading processes
+    num_workers: int | None = kind(NON_NEGATIVE_INT, default=None)  # loader processes (null: CPU cores, <= 4)
     limit: int | None = kind(COUNT, default=None)  # evaluate only the first N images of each benchmark
 
 
@@ -270,9 +271,10 @@ class TargetTrainSettings:
     photometric: bool = True  # mmseg's PhotoMetricDistortion
     conf_thresh: float = kind(FRACTION, default=0.0)  # pixels whose label probability is below: ignored (0: off)
     self_train_from: int | None = kind(COUNT, default=None)  # from this iteration the target labels itself (null: off)
-    num_workers: int = kind(NON_NEGATIVE_INT, default=8)  # data-loading processes per rank
+    num_workers: int | None = kind(NON_NEGATIVE_INT, default=None)  # loader processes per rank (null: CPU cores, <= 8)
     seed: int = kind(NON_NEGATIVE_INT, default=0)  # order, augmentations and the head's initialisation
     save_every: int = kind(COUNT, default=500)  # iterations between checkpoints
+    log_every: int = kind(COUNT, default=50)  # iterations between the loss lines of train.log (and the log)
     keep_checkpoints: int = kind(COUNT, default=2)  # newest checkpoints kept in checkpoints/
     stop_after: int | None = kind(COUNT, default=None)  # stop (and save) after this many iterations in this call
 

@@ -123,6 +123,7 @@ def run(cfg: DictConfig) -> list[str]:
     if query is not None and not single:
         raise UserError(f"query={list(cfg.query)}: give one pixel [x, y] of a single image")
     check_precision(cfg.precision)
+    log.info("loading %s: torch, then its weights (a line per stage)", cfg.model.name)
     device = resolve_device(cfg.device)
     from clip_dinoiser.engine.figures import segment_for_figure
     from clip_dinoiser.engine.inference import check_point

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 from ..config import check_switches, config_error
 from ..errors import UserError
-from .signals import Interrupted, handled, stop_at_once
+from .signals import Interrupted, handled, resume_command, stop_at_once
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +76,10 @@ def interrupted_message(e: Interrupted) -> str:
     """What was kept when a run was stopped by a signal, and how to go on."""
     if e.run_dir is None:
         return f"interrupted ({e.name}): stopped, no results written"
-    tool = f"tools/{os.path.basename(sys.argv[0])}" if sys.argv and sys.argv[0].endswith(".py") else "tools/train.py"
     if e.iteration is None:
-        return (f"interrupted ({e.name}) before an iteration could be saved; python {tool} "
-                f"train.resume={e.run_dir} continues from its newest checkpoint, if any")
-    return (f"interrupted ({e.name}): iteration {e.iteration} saved; continue with python {tool} "
-            f"train.resume={e.run_dir}")
+        return (f"interrupted ({e.name}) before an iteration could be saved; {resume_command(e.run_dir)} "
+                "continues from its newest checkpoint, if any")
+    return f"interrupted ({e.name}): iteration {e.iteration} saved; continue with {resume_command(e.run_dir)}"
 
 
 def launch(main: Callable[[], Any], *, schema: type | None = None, groups: dict[str, str] | None = None) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..config import TrainEvalConfig
 from ..data.benchmarks import Benchmark, corruption_of, selected_benchmarks
+from .distributed import loader_processes
 from .evaluate import BenchmarkResult, Evaluator
 from .runs import RunFolder
 
@@ -65,7 +66,8 @@ def evaluate_model(model_cfg: dict[str, Any], cfg: TrainEvalConfig, device,
 
     benchmarks = selected_benchmarks(cfg.data)
     model = build_model(model_cfg).to(device)
-    with Evaluator(slide=cfg.slide, precision=cfg.precision, num_workers=cfg.num_workers, limit=cfg.limit,
+    with Evaluator(slide=cfg.slide, precision=cfg.precision, num_workers=loader_processes(cfg.num_workers, 4),
+                   limit=cfg.limit,
                    corruption=corruption_of(cfg.data)) as ev:
         results = [(b, ev.evaluate(model, b, root, vocabulary=cfg.data.vocabulary, bg_refine=cfg.data.bg_refine))
                    for b, root in benchmarks]

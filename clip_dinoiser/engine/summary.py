@@ -27,7 +27,7 @@ SUMMARY_FILES = ("summary.csv", "summary.md", "summary.png", "curves.png", "robu
 # Settings that never change a result: never columns.
 IGNORED = ("output", "overwrite", "progress", "num_workers", "loader_batch", "device", "sweep", "save_predictions",
            "save_examples", "limit", "train.output", "train.resume", "train.num_workers", "train.save_every",
-           "train.keep_checkpoints", "train.stop_after", "eval.num_workers", "eval.progress")
+           "train.log_every", "train.keep_checkpoints", "train.stop_after", "eval.num_workers", "eval.progress")
 
 
 @dataclass
