@@ -106,6 +106,34 @@ def reference_for(bench: Benchmark, model_name: str) -> Benchmark:
     return replace(bench, paper_miou=MASKCLIP_PLUS_MIOU.get(bench.name), title=f"{bench.title} (vs MaskCLIP+)")
 
 
+def benchmark_palette(bench: Benchmark) -> np.ndarray:
+    """The colours of ``bench``'s classes (num_classes x 3 uint8, in label order): its dataset's own
+    (mmseg's ``METAINFO`` palette; VOC's is VOC's label PNG palette), a class named ``background``
+    black (as VOC's; Context's grey in mmseg); a benchmark of your own: ``visualize.palette_for``."""
+    from ..visualize import BACKGROUND, BLACK, palette_for
+
+    names = [s[0] for s in read_vocabulary_file(bench.vocabulary_file)]
+    if bench.dataset == "BaseSegDataset":
+        return palette_for(names)
+    palette = np.array(_dataset_class(bench.dataset).METAINFO["palette"], np.uint8)[: bench.num_classes]
+    for i, name in enumerate(names[: len(palette)]):
+        if name.strip().lower() == BACKGROUND:
+            palette[i] = BLACK
+    return palette
+
+
+def label_file_palette(bench: Benchmark, shift: int) -> np.ndarray:
+    """The 256-entry palette of an indexed PNG whose pixel values are ``bench``'s label values
+    (class index + ``shift``: 1 where the dataset reduces label 0): ``benchmark_palette`` at those
+    values, VOC's colour map elsewhere (for VOC and VOC20 that is exactly VOC's label PNG palette)."""
+    from ..visualize import voc_colormap
+
+    palette = voc_colormap(256)
+    colours = benchmark_palette(bench)
+    palette[shift : shift + len(colours)] = colours
+    return palette
+
+
 def get_benchmark(name: str) -> Benchmark:
     if name not in BENCHMARKS:
         raise ConfigError(f"data={name}: unknown benchmark (choose from {', '.join(PAPER_ORDER)}, all, or describe "

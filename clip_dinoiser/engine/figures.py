@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 from torch import Tensor, nn
 
 from ..config import SlideConfig
-from ..visualize import heat_map, make_palette, overlay, panel_width, side_by_side, text_px, titled_panel
+from ..visualize import heat_map, overlay, palette_for, panel_width, side_by_side, text_px, titled_panel
 from .inference import (
     check_point,
     correlation_sources,
@@ -78,16 +78,17 @@ def _marked(heat: np.ndarray, point: tuple[int, int]) -> np.ndarray:
 
 
 def figure(image: np.ndarray, data: FigureData, names: list[str], *, alpha: float = 0.5) -> np.ndarray:
-    """Input | MaskCLIP | the model | objectness | correlations of the queried patch, one legend."""
-    palette = make_palette(len(names))
+    """Input | MaskCLIP | the model | objectness | correlations of the queried patch, one legend;
+    the heat maps with their colour scale."""
+    palette = palette_for(names)
     segs = ([("MaskCLIP", data.maskclip)] if data.maskclip is not None else []) + [(data.title, data.labels)]
     panels = [("Input", image)] + [(title, overlay(image, seg, palette, alpha)) for title, seg in segs]
     if data.objectness is not None:
-        panels.append(("Objectness", heat_map(data.objectness)))
+        panels.append(("Objectness", heat_map(data.objectness), "foreground probability"))
     for name, corr in data.correlations.items():
         source = "Correlations" if name == data.title else f"{name} correlations"
         panels.append((f"{source} of ({data.query[0]}, {data.query[1]})",
-                       _marked(heat_map(corr.clip(0, 1)), data.query)))
+                       _marked(heat_map(corr.clip(0, 1)), data.query), "cosine similarity"))
     shown = sorted(set().union(*(np.unique(seg).tolist() for _, seg in segs)))
     return side_by_side(panels, [(names[i], tuple(int(c) for c in palette[i])) for i in shown])
 
@@ -137,7 +138,7 @@ def page_panels(image: np.ndarray, data: FigureData, names: list[str], *,
                 alpha: float = 0.5) -> dict[str, np.ndarray | None]:
     """The web page's panels, each on its own at ``panel_width`` with its title and legend:
     "segmentation" (the model's), "maskclip" and "objectness" (None when not computed)."""
-    palette, width = make_palette(len(names)), panel_width(image.shape[1])
+    palette, width = palette_for(names), panel_width(image.shape[1])
 
     def legend(labels: np.ndarray) -> list[tuple[str, tuple[int, int, int]]]:
         return [(names[i], tuple(int(c) for c in palette[i])) for i in np.unique(labels).tolist()]
