@@ -5,10 +5,15 @@
     segmenter = clip_dinoiser.load("clip_dinoiser", device="cpu")
     result = segmenter.segment("photo.jpg", ["cat", "sofa", "background"])
     results = segmenter.segment(["a.jpg", pil_image, array], ["cat", "dog"])   # a list: one call
+    result.overlay().show()                  # what the demo shows, one call each
+    result.save("out/")                      # the demo's files: photo_mask.png, photo_labels.png, photo_figure.png
+    result.objectness                        # H x W foreground probability
+    result.correlations(120, 80)             # H x W correlations of the patch under that pixel
 
 Images are file paths, PIL images or H x W x 3 uint8 RGB arrays (H x W grayscale and float
 arrays in [0, 1] are converted). Each goes through the evaluator's test-time pipeline (keep-ratio
-resize, sliding windows, back to the image's size), so the labels equal ``tools/demo.py``'s.
+resize, sliding windows, back to the image's size), so the labels equal ``tools/demo.py``'s, and
+the pictures are made by the demo's own functions (``engine/figures.py``, ``visualize.py``).
 """
 
 from __future__ import annotations
@@ -30,17 +35,131 @@ from .vocabulary import parse_vocabulary
 
 @dataclass
 class Segmentation:
-    """One image's result.
+    """One image's result, and what the demo shows of it.
 
     Attributes:
         labels: H x W int64 class indices into ``classes``.
         probs: K x H x W float32 class probabilities (sum 1 over the classes).
         classes: the class names, in index order.
+        image: the H x W x 3 uint8 RGB image segmented.
+        name: the image's file name without its suffix (``image`` for arrays and PIL images): the
+            stem of ``save``'s files.
+
+    The pictures and maps below run the segmenter again when first asked for (the objectness and
+    MaskCLIP's labels: one pass over the windows; correlations: one pass over the whole image,
+    then any patch is a look-up), with the demo's functions.
     """
 
     labels: np.ndarray
     probs: np.ndarray
     classes: list[str] = field(default_factory=list)
+    image: np.ndarray | None = field(default=None, repr=False)
+    name: str = "image"
+    _source: Any = field(default=None, repr=False, compare=False)  # (the Segmenter, the vocabulary)
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def overlay(self, alpha: float = 0.5):
+        """The labels over the image at opacity ``alpha`` with a legend of the classes present (a
+        PIL image; the demo's ``<name>_mask.png``)."""
+        from .visualize import label_images
+
+        return label_images(self._image(), self.labels, self.classes, alpha)[0]
+
+    def label_map(self):
+        """The labels as an indexed PIL image, pixel value = class index (the demo's ``<name>_labels.png``)."""
+        from .visualize import indexed_image, palette_for
+
+        return indexed_image(self.labels, palette_for(self.classes))
+
+    @property
+    def objectness(self) -> np.ndarray | None:
+        """H x W foreground probability of CLIP-DINOiser's objectness head (None for models without one)."""
+        return self._panels().objectness
+
+    @property
+    def maskclip_labels(self) -> np.ndarray | None:
+        """MaskCLIP's H x W labels from the same backbone features (CLIP-DINOiser; None otherwise)."""
+        return self._panels().maskclip
+
+    def correlations(self, x: int, y: int) -> dict[str, np.ndarray]:
+        """The correlations of the patch under pixel (``x``, ``y``) with the whole image, H x W, per
+        source: ``"CLIP-DINOiser"`` (its correlation head), ``"DINO"`` (DINO-MaskCLIP's teacher);
+        empty for MaskCLIP. A ``UserError`` for a point outside the image."""
+        from .engine.figures import correlation_maps, image_correlations
+
+        if "correlations" not in self._cache:
+            segmenter, _ = self._segmenter()
+            self._cache["correlations"] = image_correlations(segmenter.model, self._image(),
+                                                             scale=segmenter.slide.scale)
+        return correlation_maps(self._cache["correlations"], (int(x), int(y)))
+
+    def figure(self, query: tuple[int, int] | None = None, alpha: float = 0.5):
+        """The demo's figure (a PIL image): input | MaskCLIP | the model | objectness, and with
+        ``query`` = (x, y) the correlations of that pixel's patch; one legend, colour scales."""
+        from PIL import Image
+
+        from .engine.figures import figure
+
+        return Image.fromarray(figure(self._image(), self._figure_data(query), self.classes, alpha=alpha))
+
+    def save(self, folder: str, *, stem: str | None = None, figure: bool = True, alpha: float = 0.5,
+             query: tuple[int, int] | None = None, overwrite: bool = False) -> list[str]:
+        """The demo's files in ``folder``: ``<stem>_mask.png`` (``overlay``), ``<stem>_labels.png``
+        (``label_map``) and with ``figure`` ``<stem>_figure.png`` (``figure``); ``stem``: the
+        image's ``name``. Existing files are replaced only with ``overwrite``. Returns the paths."""
+        from .engine.figures import picture_paths, write_pictures
+        from .engine.runs import refuse_existing
+        from .files import check_output_dir
+
+        stem = stem or self.name
+        check_output_dir(folder, "folder")
+        if not overwrite:
+            refuse_existing(picture_paths(folder, stem, with_figure=figure), f"save({folder!r})", "saving")
+        os.makedirs(folder, exist_ok=True)
+        data = self._figure_data(query) if figure else self._labels_only()
+        return write_pictures(folder, stem, self._image(), data, self.classes, alpha=alpha, with_figure=figure)
+
+    def _image(self) -> np.ndarray:
+        if self.image is None:
+            raise UserError("this Segmentation holds no image: make it with Segmenter.segment")
+        return self.image
+
+    def _segmenter(self) -> tuple[Segmenter, Any]:
+        if self._source is None:
+            raise UserError("this Segmentation has no segmenter to compute more with: make it with Segmenter.segment")
+        return self._source
+
+    def _labels_only(self):
+        from .engine.figures import FigureData
+
+        return FigureData(self.labels, "")
+
+    def _panels(self):
+        """The demo's figure data of this image (``segment_for_figure``), computed once."""
+        if "panels" not in self._cache:
+            from .engine.figures import segment_for_figure
+
+            segmenter, vocabulary = self._segmenter()
+            segmenter.model.set_vocabulary(vocabulary)  # the segmenter may have moved on to other classes
+            self._cache["panels"] = segment_for_figure(segmenter.model, self._image(), slide=segmenter.slide,
+                                                       precision=segmenter.precision, compare=True)
+        return self._cache["panels"]
+
+    def _figure_data(self, query: tuple[int, int] | None):
+        from dataclasses import replace
+
+        data = replace(self._panels(), labels=self.labels)
+        if query is None:
+            return data
+        point = (int(query[0]), int(query[1]))
+        return replace(data, query=point, correlations=self.correlations(*point))
+
+
+def image_name(image: Any) -> str:
+    """The stem of an image's files: its file name without the suffix; ``image`` for arrays and
+    PIL images (their ``filename``, when opened from a file)."""
+    path = os.fspath(image) if isinstance(image, str | os.PathLike) else getattr(image, "filename", "")
+    return os.path.splitext(os.path.basename(str(path)))[0] or "image"
 
 
 def as_rgb(image: Any) -> np.ndarray:
@@ -92,11 +211,15 @@ class Segmenter:
         single = not isinstance(images, list | tuple)
         if not single and not images:
             return []  # an empty batch: nothing to segment
-        arrays = [as_rgb(x) for x in ([images] if single else images)]
-        self.model.set_vocabulary(parse_vocabulary(list(classes)))
+        sources = [images] if single else list(images)
+        arrays = [as_rgb(x) for x in sources]
+        vocabulary = parse_vocabulary(list(classes))
+        self.model.set_vocabulary(vocabulary)
         names = list(self.model.class_names)
         probs = image_outputs(self.model, arrays, self.slide, self.precision)
-        results = [Segmentation(p.argmax(dim=0).cpu().numpy(), p.cpu().numpy(), names) for p in probs]
+        results = [Segmentation(p.argmax(dim=0).cpu().numpy(), p.cpu().numpy(), names, array, image_name(source),
+                                (self, vocabulary))
+                   for p, array, source in zip(probs, arrays, sources)]
         return results[0] if single else results
 
 
