@@ -9,18 +9,15 @@ in DejaVu Sans, or in an installed font that has the glyphs (CJK names: Noto San
 
 from __future__ import annotations
 
-import functools
-import logging
 import os
 import unicodedata
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .errors import UserError
-
-log = logging.getLogger(__name__)
 
 BACKGROUND = "background"  # the class drawn black
 BLACK = (0, 0, 0)
@@ -52,30 +49,70 @@ def _lab(rgb: np.ndarray) -> np.ndarray:
     return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], axis=-1)
 
 
-@functools.lru_cache(maxsize=1)
-def _distinct_256() -> np.ndarray:
-    """256 colours, each the farthest in CIELAB from those before it (and from black and white,
-    which stay for the background and the page): a grid of 18 levels per channel, greedy."""
-    levels = np.linspace(0, 255, 18).round()
-    grid = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), -1).reshape(-1, 3)
+def farthest_colours(n: int, levels: int = 18) -> np.ndarray:
+    """n colours (n x 3 uint8), each the farthest in CIELAB from those before it and from black
+    and white (kept for the background and the page): a greedy pick on a grid of ``levels`` values
+    per channel. ``DISTINCT_COLOURS`` is its output for 256."""
+    axis = np.linspace(0, 255, levels).round()
+    grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
     lab = _lab(grid)
     distance = np.linalg.norm(lab[:, None] - _lab(np.array([BLACK, (255, 255, 255)]))[None], axis=-1).min(1)
     chosen = []
-    for _ in range(256):
+    for _ in range(n):
         j = int(distance.argmax())
         chosen.append(grid[j])
         distance = np.minimum(distance, np.linalg.norm(lab - lab[j], axis=-1))
-    palette = np.array(chosen, np.uint8)
-    palette.setflags(write=False)
-    return palette
+    return np.array(chosen, np.uint8)
+
+
+# farthest_colours(256), written out (0.1 s to compute; tests/test_first_day.py checks they agree).
+DISTINCT_COLOURS = (
+    (0, 0, 255), (0, 255, 0), (255, 0, 0), (255, 30, 180), (255, 210, 0), (0, 135, 255), (15, 135, 60), (135, 75, 0),
+    (60, 0, 90), (0, 135, 165), (255, 135, 150), (0, 255, 240), (210, 255, 150), (180, 90, 255), (240, 165, 255),
+    (120, 0, 45), (255, 135, 0), (135, 135, 105), (0, 255, 150), (255, 195, 120), (195, 255, 30), (255, 0, 90),
+    (135, 150, 0), (135, 90, 135), (0, 0, 165), (60, 180, 0), (30, 60, 15), (165, 195, 255), (0, 45, 90),
+    (165, 15, 15), (255, 0, 255), (165, 60, 165), (150, 210, 165), (90, 60, 45), (90, 225, 255), (210, 165, 180),
+    (0, 90, 255), (195, 0, 105), (255, 135, 90), (0, 60, 165), (0, 75, 75), (60, 15, 45), (0, 150, 135),
+    (180, 135, 0), (30, 210, 150), (255, 120, 255), (165, 15, 255), (255, 255, 195), (255, 255, 105), (90, 90, 0),
+    (180, 180, 105), (255, 120, 195), (0, 135, 210), (180, 90, 75), (150, 255, 105), (150, 120, 225), (135, 180, 180),
+    (120, 15, 90), (120, 120, 135), (195, 15, 195), (120, 195, 90), (225, 195, 165), (105, 0, 150), (255, 255, 0),
+    (225, 75, 15), (180, 135, 75), (105, 15, 0), (75, 90, 165), (195, 45, 75), (150, 195, 0), (180, 75, 120),
+    (60, 60, 75), (165, 255, 240), (180, 150, 210), (255, 210, 255), (210, 195, 75), (60, 0, 0), (255, 90, 90),
+    (105, 150, 90), (75, 120, 15), (0, 240, 90), (255, 180, 60), (90, 60, 255), (0, 0, 60), (120, 240, 15),
+    (45, 105, 75), (195, 105, 0), (0, 195, 90), (105, 75, 210), (105, 60, 150), (150, 255, 180), (225, 150, 135),
+    (150, 105, 105), (0, 180, 240), (15, 0, 120), (0, 135, 0), (255, 165, 210), (60, 105, 150), (255, 90, 135),
+    (240, 0, 45), (150, 165, 255), (120, 0, 195), (180, 105, 180), (120, 90, 45), (255, 0, 135), (90, 45, 0),
+    (180, 225, 255), (30, 45, 30), (210, 210, 0), (0, 90, 30), (105, 45, 60), (165, 165, 195), (180, 75, 30),
+    (45, 210, 210), (195, 15, 150), (75, 120, 120), (75, 45, 105), (210, 240, 210), (105, 120, 255), (150, 135, 45),
+    (195, 105, 225), (0, 45, 120), (195, 120, 150), (195, 225, 90), (15, 165, 120), (240, 225, 135), (90, 90, 60),
+    (45, 30, 0), (195, 195, 195), (120, 240, 135), (255, 45, 225), (255, 210, 210), (15, 0, 30), (120, 165, 135),
+    (75, 105, 45), (0, 210, 0), (105, 150, 195), (150, 195, 120), (225, 90, 195), (210, 60, 255), (105, 165, 15),
+    (225, 150, 75), (90, 180, 210), (180, 150, 135), (105, 225, 195), (0, 45, 180), (150, 180, 75), (0, 0, 210),
+    (75, 180, 105), (0, 30, 45), (195, 255, 90), (195, 255, 195), (255, 210, 75), (0, 255, 195), (255, 165, 120),
+    (75, 75, 120), (75, 60, 0), (165, 60, 75), (120, 0, 120), (135, 135, 75), (195, 0, 0), (0, 75, 105),
+    (150, 60, 195), (120, 120, 180), (165, 60, 135), (180, 195, 150), (105, 45, 90), (135, 75, 60), (180, 120, 90),
+    (195, 240, 240), (105, 75, 90), (60, 0, 60), (75, 105, 210), (255, 240, 210), (240, 75, 150), (255, 135, 120),
+    (120, 90, 0), (60, 30, 30), (240, 210, 150), (0, 105, 0), (165, 120, 255), (135, 0, 30), (120, 210, 15),
+    (255, 120, 45), (120, 75, 240), (90, 90, 90), (240, 90, 255), (135, 210, 195), (240, 120, 165), (165, 15, 75),
+    (0, 75, 135), (255, 165, 180), (195, 165, 0), (105, 210, 75), (255, 150, 60), (165, 240, 120), (180, 165, 120),
+    (210, 120, 75), (90, 0, 45), (135, 60, 30), (225, 90, 60), (255, 135, 240), (0, 15, 105), (0, 120, 75),
+    (210, 0, 60), (0, 165, 180), (210, 225, 150), (210, 165, 75), (225, 225, 255), (165, 90, 105), (105, 180, 255),
+    (150, 120, 150), (180, 180, 15), (165, 105, 0), (0, 90, 225), (75, 30, 135), (90, 135, 225), (210, 135, 0),
+    (105, 0, 240), (210, 195, 255), (210, 75, 210), (210, 240, 45), (0, 45, 210), (150, 150, 150), (105, 30, 30),
+    (75, 150, 45), (60, 90, 75), (120, 135, 45), (255, 75, 0), (105, 255, 210), (135, 105, 180), (210, 0, 90),
+    (255, 195, 150), (255, 240, 120), (45, 75, 0), (210, 150, 195), (45, 30, 45), (195, 45, 135), (210, 90, 105),
+    (210, 225, 120), (135, 15, 75), (135, 210, 225), (150, 0, 150), (135, 30, 0), (105, 255, 255), (180, 150, 240),
+    (150, 0, 180), (150, 225, 135), (150, 120, 90), (75, 30, 15), (255, 105, 120), (105, 150, 165), (255, 150, 225),
+    (90, 30, 180), (240, 180, 0), (90, 180, 150),
+)
 
 
 def make_palette(n: int) -> np.ndarray:
     """n colours far apart (n x 3 uint8): the first ones most of all (ten are at least 55 CIELAB
     units apart, twenty 40), none black or white; a class keeps its colour whatever n is."""
-    if n > 256:
-        raise UserError(f"{n} classes: at most 256 colours")
-    return _distinct_256()[:n].copy()
+    if n > len(DISTINCT_COLOURS):
+        raise UserError(f"{n} classes: at most {len(DISTINCT_COLOURS)} colours")
+    return np.array(DISTINCT_COLOURS[:n], np.uint8).reshape(-1, 3)
 
 
 def palette_for(names: Sequence[str]) -> np.ndarray:
@@ -109,91 +146,79 @@ def text_px(image_height: int) -> int:
 WIDE_FONTS = ("NotoSansCJK-Regular", "NotoSansCJK", "SourceHanSans", "NotoSerifCJK-Regular", "NotoSerifCJK",
               "DroidSansFallback", "wqy-zenhei", "wqy-microhei", "NotoSans-Regular", "unifont")
 CJK_FONT_PACKAGE = "fonts-noto-cjk (Debian, Ubuntu; google-noto-sans-cjk-fonts on Fedora)"
+LATIN_END = 0x250  # Basic Latin to Latin Extended-B: all in DejaVu Sans, no glyph check needed
+
+
+class MissingGlyphWarning(UserWarning):
+    """Characters no installed font has a glyph for (drawn as boxes); Python shows each once."""
 
 
 def load_font(size: int, text: str = "") -> ImageFont.ImageFont:
-    """A font ``size`` pixels high that has a glyph for every character of ``text``: DejaVu Sans
-    (shipped with matplotlib), else the first installed font of ``WIDE_FONTS`` (then any) that
-    has them; characters no installed font has are named in a warning (once) and drawn as boxes.
-    PIL's own font if no TrueType font is found."""
-    path = _font_path(_uncovered(text))
-    if path is None:
-        return ImageFont.load_default(size)
-    return _truetype(path, size)
+    """A font ``size`` pixels high that has a glyph for every character of ``text``
+    (``font_file``); PIL's own font if no TrueType font is found."""
+    path = font_file(text)
+    return ImageFont.load_default(size) if path is None else ImageFont.truetype(path, size)
 
 
-@functools.lru_cache(maxsize=64)
-def _truetype(path: str, size: int) -> ImageFont.FreeTypeFont:
-    return ImageFont.truetype(path, size)
-
-
-@functools.lru_cache(maxsize=1)
-def _dejavu() -> str | None:
-    try:
-        from matplotlib import font_manager
-
-        return font_manager.findfont(font_manager.FontProperties(family="DejaVu Sans"), fallback_to_default=True)
-    except (ImportError, OSError, ValueError):
-        return None
-
-
-@functools.lru_cache(maxsize=1)
-def _other_fonts() -> tuple[str, ...]:
-    """Installed TrueType / OpenType fonts (files), the wide-coverage ones first."""
-    try:
-        from matplotlib import font_manager
-
-        found = font_manager.findSystemFonts()
-    except (ImportError, OSError):
-        return ()
-
-    def rank(path: str) -> tuple[int, str]:
-        name = os.path.basename(path)
-        return next((i for i, wide in enumerate(WIDE_FONTS) if name.startswith(wide)), len(WIDE_FONTS)), name
-
-    return tuple(sorted(found, key=rank))
-
-
-def has_glyph(path: str, char: str) -> bool:
-    """Whether the font file ``path`` draws ``char`` with a glyph of its own, not its "missing"
-    box (the glyph of U+FFFF, a code point no font maps)."""
-    return _has_glyph(path, char)
-
-
-@functools.lru_cache(maxsize=4096)
-def _has_glyph(path: str, char: str) -> bool:
-    font = _truetype(path, 24)
-    mask, missing = font.getmask(char), font.getmask("\uffff")
-    return mask.size != missing.size or bytes(mask) != bytes(missing)
-
-
-def _uncovered(text: str) -> frozenset[str]:
-    """The characters of ``text`` DejaVu Sans has no glyph for (spaces, controls and format characters aside)."""
+def font_file(text: str = "") -> str | None:
+    """The font file for ``text``: DejaVu Sans (shipped with matplotlib) when it has every
+    character's glyph, else the first installed font of ``WIDE_FONTS`` (then any other) that has
+    them all; none has them all: the one with the most, and a ``MissingGlyphWarning`` naming the
+    characters drawn as boxes and the package of a CJK font."""
     dejavu = _dejavu()
-    chars = frozenset(c for c in text if not c.isspace() and unicodedata.category(c) not in ("Cc", "Cf"))
-    return frozenset(c for c in chars if dejavu is None or not has_glyph(dejavu, c))
-
-
-@functools.lru_cache(maxsize=256)
-def _font_path(uncovered: frozenset[str]) -> str | None:
-    """DejaVu Sans, or the first other installed font with every character of ``uncovered``
-    (none has them all: the one with the most, and a warning naming the others)."""
+    chars = sorted({c for c in text if not c.isspace() and unicodedata.category(c) not in ("Cc", "Cf")})
+    if dejavu is not None and all(ord(c) < LATIN_END for c in chars):  # DejaVu Sans has every Latin letter
+        return dejavu
+    uncovered = [c for c in chars if dejavu is None or not has_glyph(dejavu, c)]
     if not uncovered:
-        return _dejavu()
-    best, lacking = _dejavu(), uncovered
-    for path in _other_fonts():
+        return dejavu
+    best, lacking = dejavu, uncovered
+    for path in _installed_fonts():
         try:
-            missing = frozenset(c for c in uncovered if not has_glyph(path, c))
+            missing = [c for c in uncovered if not has_glyph(path, c)]
         except OSError:  # a font PIL cannot open
             continue
         if not missing:
             return path
         if len(missing) < len(lacking):
             best, lacking = path, missing
-    chars = sorted(lacking)
-    log.warning("no installed font has a glyph for %s (%s): drawn as boxes; install a font that has them (CJK "
-                "names: %s)", ", ".join(f"U+{ord(c):04X}" for c in chars[:8]), "".join(chars[:8]), CJK_FONT_PACKAGE)
+    warnings.warn(f"no installed font has a glyph for {', '.join(f'U+{ord(c):04X}' for c in lacking[:8])} "
+                  f"({''.join(lacking[:8])}): drawn as boxes; install a font that has them (CJK names: "
+                  f"{CJK_FONT_PACKAGE})", MissingGlyphWarning, stacklevel=3)
     return best
+
+
+def _dejavu() -> str | None:
+    try:
+        from matplotlib import font_manager  # its font manager caches the lookup
+
+        return font_manager.findfont(font_manager.FontProperties(family="DejaVu Sans"), fallback_to_default=True)
+    except (ImportError, OSError, ValueError):
+        return None
+
+
+def _installed_fonts() -> list[str]:
+    """Installed TrueType / OpenType font files, the wide-coverage ones (``WIDE_FONTS``) first."""
+    try:
+        from matplotlib import font_manager
+
+        found = font_manager.findSystemFonts()
+    except (ImportError, OSError):
+        return []
+
+    def rank(path: str) -> tuple[int, str]:
+        name = os.path.basename(path)
+        return next((i for i, wide in enumerate(WIDE_FONTS) if name.startswith(wide)), len(WIDE_FONTS)), name
+
+    return sorted(found, key=rank)
+
+
+def has_glyph(path: str, char: str) -> bool:
+    """Whether the font file ``path`` draws ``char`` with a glyph of its own, not its "missing"
+    box (the glyph of U+FFFF, a code point no font maps)."""
+    font = ImageFont.truetype(path, 24)
+    mask, missing = font.getmask(char), font.getmask("\uffff")
+    return mask.size != missing.size or bytes(mask) != bytes(missing)
 
 
 def _legend_entries(draw: ImageDraw.ImageDraw, entries: Sequence[tuple[str, tuple[int, int, int]]],
@@ -336,11 +361,12 @@ def mark_point(image: np.ndarray, point: tuple[float, float], radius: int) -> np
 
 def _fitted_font(text: str, size: int, width: int) -> ImageFont.ImageFont:
     """The font at ``size`` pixels, or smaller until ``text`` fits in ``width`` pixels (8 px at least)."""
+    path = font_file(text)
     font = load_font(size, text)
     for smaller in range(size - 1, 7, -1):
         if font.getlength(text) <= width:
             break
-        font = load_font(smaller, text)
+        font = ImageFont.load_default(smaller) if path is None else ImageFont.truetype(path, smaller)
     return font
 
 
