@@ -220,7 +220,7 @@ class TrainSettings:
     num_workers: int | None = kind(NON_NEGATIVE_INT, default=None)  # loader processes per rank (null: CPU cores, <= 8)
     seed: int = kind(NON_NEGATIVE_INT, default=0)  # sample, order, augmentations and initial heads
     save_every: int = kind(COUNT, default=500)  # iterations between checkpoints
-    log_every: int = kind(COUNT, default=50)  # iterations between the loss lines of train.log (and the log)
+    log_every: int = kind(COUNT, default=50)  # iterations between the loss lines in train.log and the console
     keep_checkpoints: int = kind(COUNT, default=2)  # newest checkpoints kept in checkpoints/
     stop_after: int | None = kind(COUNT, default=None)  # stop (and save) after this many iterations in this call
 
@@ -274,7 +274,7 @@ class TargetTrainSettings:
     num_workers: int | None = kind(NON_NEGATIVE_INT, default=None)  # loader processes per rank (null: CPU cores, <= 8)
     seed: int = kind(NON_NEGATIVE_INT, default=0)  # order, augmentations and the head's initialisation
     save_every: int = kind(COUNT, default=500)  # iterations between checkpoints
-    log_every: int = kind(COUNT, default=50)  # iterations between the loss lines of train.log (and the log)
+    log_every: int = kind(COUNT, default=50)  # iterations between the loss lines in train.log and the console
     keep_checkpoints: int = kind(COUNT, default=2)  # newest checkpoints kept in checkpoints/
     stop_after: int | None = kind(COUNT, default=None)  # stop (and save) after this many iterations in this call
 

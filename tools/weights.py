@@ -29,20 +29,36 @@ from clip_dinoiser.engine.cli import user_errors_as_one_line
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 TOOLS = ("demo", "app", "eval", "train", "train_target")  # the tools that load weights (configs/<tool>.yaml)
 TRAINING = {"train": "clip_dinoiser.engine.train", "train_target": "clip_dinoiser.engine.target_train"}
+# Each tool's schema and config groups (as its own launch(...) names them), to check the overrides alike.
+SCHEMAS = {"demo": ("DemoConfig", ("model",)), "app": ("AppConfig", ("model",)),
+           "eval": ("EvalConfig", ("model", "data", "corruption")), "train": ("TrainConfig", ("model", "teachers")),
+           "train_target": ("TrainTargetConfig", ("annotator",))}
 
 
 def tool_config(tool: str, overrides: list[str]):
     """The tool's config as hydra composes it from ``configs/`` with ``overrides`` (a run to resume:
-    its own saved config)."""
+    its own saved config); a wrong override is a one-line error, as in the tool."""
     from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
-    from clip_dinoiser.config import register_configs
+    from clip_dinoiser import config
+    from clip_dinoiser.engine.cli import one_line
+    from clip_dinoiser.engine.hints import check_spelling, composition_error
     from clip_dinoiser.readers import read_config
 
-    register_configs()
-    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3", job_name="weights"):
-        cfg = compose(config_name=tool, overrides=overrides)
+    config.register_configs()
+    schema, groups = SCHEMAS[tool]
+    check_spelling(overrides, getattr(config, schema), dict.fromkeys(groups, ""), CONFIGS, f"tools/{tool}.py")
+    try:
+        with initialize_config_dir(config_dir=CONFIGS, version_base="1.3", job_name="weights"):
+            cfg = compose(config_name=tool, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as e:
+        cause = e if isinstance(e, OmegaConfBaseException) else e.__cause__
+        if isinstance(cause, OmegaConfBaseException):
+            raise config.config_error(cause) from None
+        raise composition_error(e, CONFIGS) or config.ConfigError(one_line(e)) from None
     if tool in TRAINING and cfg.train.resume:
         return read_config(os.path.join(str(cfg.train.resume), "config.yaml"))
     return OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
