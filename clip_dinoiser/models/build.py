@@ -20,7 +20,7 @@ from ..download import RELEASED_NAME, resolve_released
 from ..errors import ConfigError, UserError
 from ..plugins import locate
 from ..readers import read_weights
-from ..weights import Weight, check_weights, clip_weight, file_weight, released_weight
+from ..weights import FILE, Weight, check_weights, clip_weight, file_weight, released_weight
 from .backbone import Backbone, CLIPBackbone, load_open_clip, register_model_config
 from .clip_dinoiser import CLIPDINOiser
 from .heads import DINOiserHeads, load_heads
@@ -161,6 +161,8 @@ def model_weights(cfg: ModelConfig, keys: Keys = Keys()) -> list[Weight]:
         rows += teacher_weights(model_teachers(cfg), keys("teachers"))
     if cfg.name == "target":
         rows.append(file_weight(cfg.checkpoint, keys("checkpoint"), "target network (last.pt of a MaskCLIP+ run)"))
+    if cfg.name not in MODEL_BUILDERS:  # a builder of your own may load other weights: only the files it names
+        rows = [w for w in rows if w is not None and w.kind == FILE]
     return [w for w in rows if w is not None]
 
 

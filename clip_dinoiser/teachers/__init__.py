@@ -12,7 +12,7 @@ from ..config import HEADS, TeacherConfig, parse
 from ..download import resolve_released
 from ..errors import ConfigError
 from ..plugins import locate
-from ..weights import Weight, check_weights, released_weight, timm_weight
+from ..weights import FILE, Weight, check_weights, released_weight, timm_weight
 from .base import Teacher
 from .dino import DINOTeacher
 from .found import FOUNDTeacher, load_found_decoder
@@ -72,7 +72,9 @@ def teacher_weights(cfg: Mapping[str, Any], prefix: str = "teachers") -> list[We
     FOUND's decoder."""
     rows = []
     for name, c in teacher_configs(cfg, prefix).items():
-        rows.append(timm_weight(c.pretrained, f"{prefix}.{name}.pretrained", "teacher weights"))
+        vit = timm_weight(c.pretrained, f"{prefix}.{name}.pretrained", "teacher weights")
+        if vit is not None and (c.type in TEACHER_TYPES or vit.kind == FILE):  # your own type: the files it names
+            rows.append(vit)
         if c.type == "found":
             check_found_files(c, f"{prefix}.{name}")
             rows.append(released_weight(c.decoder, "found_decoder", f"{prefix}.{name}.decoder",
