@@ -36,6 +36,8 @@ def check_spelling(argv: Sequence[str], schema: type, groups: Mapping[str, str],
 
     parser = OverridesParser.create()
     multirun = any(a in MULTIRUN_FLAGS for a in argv)
+    folders = [config_dir, *user_config_dirs(argv)]
+    searched = any(a.split("=", 1)[0].lstrip("+~") == "hydra.searchpath" for a in argv)  # options from anywhere
     for i, arg in enumerate(argv):
         if arg.startswith("-") or (i > 0 and argv[i - 1] in FLAGS_WITH_VALUE):
             continue
@@ -53,13 +55,24 @@ def check_spelling(argv: Sequence[str], schema: type, groups: Mapping[str, str],
                 raise UserError(sweep_without_multirun(arg, key, list(override.value().list), schema, tool))
             continue
         value = override.value()
-        if key in groups and not override.is_add() and isinstance(value, str):
-            options = group_options(config_dir, key)
+        if key in groups and not override.is_add() and isinstance(value, str) and not searched:
+            options = sorted({o for folder in folders for o in group_options(folder, key)})
             if options and value not in options:
                 raise UserError(unknown_option(key, value, options))
         hint = list_hint(key, value, schema)
         if hint:
             raise UserError(hint)
+
+
+def user_config_dirs(argv: Sequence[str]) -> list[str]:
+    """The folders of ``--config-dir`` / ``-cd`` on the command line (their groups add options)."""
+    dirs = []
+    for i, arg in enumerate(argv):
+        if arg in ("-cd", "--config-dir") and i + 1 < len(argv):
+            dirs.append(argv[i + 1])
+        elif arg.startswith("--config-dir="):
+            dirs.append(arg.split("=", 1)[1])
+    return dirs
 
 
 def bare_argument(arg: str, schema: type, groups: Mapping[str, str], config_dir: str) -> str:
@@ -89,9 +102,9 @@ def unknown_option(group: str, value: str, options: Sequence[str]) -> str:
 
 
 def list_hint(key: str, value, schema: type) -> str | None:
-    """One number given to a key that takes a list: the list, repeated to its length."""
+    """One value given to a key that takes a list: the list (a number repeated to the list's length)."""
     kind = field_type(schema, key) or ""
-    if not kind.startswith(("list", "tuple")) or value is None or isinstance(value, list | dict | str):
+    if not kind.startswith(("list", "tuple")) or value is None or isinstance(value, list | dict):
         return None
     length = field_length(schema, key) or 1
     return f"{key}={value}: {key} is a list: '{key}=[{','.join([str(value)] * length)}]'"
@@ -99,10 +112,14 @@ def list_hint(key: str, value, schema: type) -> str | None:
 
 def composition_error(e: BaseException, config_dir: str) -> UserError | None:
     """hydra's "Could not find '<group>/<option>'" (its options on further lines) as one line
-    with the group's options; None for any other error."""
+    with the group's options (those hydra lists, else ``configs/``'s); None for any other error."""
     match = re.search(r"Could not find '([^'/]+)/([^']+)'", str(e))
     if not match:
         return None
     group, value = match.groups()
-    options = group_options(config_dir, group)
+    listed = str(e).split(f"Available options in '{group}':\n", 1)
+    lines = listed[1].splitlines() if len(listed) > 1 else []
+    indented = [ln.strip() for ln in lines[: next((i for i, ln in enumerate(lines) if not ln.startswith("\t")),
+                                                  len(lines))]]
+    options = [o for o in indented if o != "schema"] or group_options(config_dir, group)  # schema: our dataclass
     return UserError(unknown_option(group, value, options)) if options else None
