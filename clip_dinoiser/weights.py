@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from . import download
 from .download import RELEASED, RELEASED_NAME, cached_released, released_url
 from .errors import UserError
-from .files import WEIGHT_SUFFIXES, WEIGHTS_ENV, local_copy, weights_folder
+from .files import WEIGHT_SUFFIXES, WEIGHTS_ENV, local_copy, looks_like_path, weights_folder
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class Weight:
         return local_copy(self.file if self.kind == RELEASED_FILE else self.file.removesuffix(".safetensors"))
 
     def cached(self) -> str | None:
-        """Its download in a cache (ours, Hugging Face's, torch hub's), or None."""
+        """Its download in a cache (ours for ``released``, Hugging Face's for hub tags), or None."""
         if self.kind == RELEASED_FILE:
             return cached_released(self.arch)
         repo = _hub_repo(self)
@@ -124,9 +124,9 @@ def _hub_repo(w: Weight) -> tuple[str, tuple[str, ...]] | None:
             hub = (get_pretrained_cfg(w.arch, w.value) or {}).get("hf_hub", "")
             if not hub:
                 return None
-            repo, name = os.path.split(hub.rstrip("/") if hub.endswith("/") else hub)
-            if hub.endswith("/"):
+            if hub.endswith("/"):  # open_clip's convention: a repository, its default file names
                 return hub.rstrip("/"), ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+            repo, name = os.path.split(hub)
             return repo, (name,)
         if w.kind == TIMM:
             import timm
@@ -142,8 +142,8 @@ def _hub_repo(w: Weight) -> tuple[str, tuple[str, ...]] | None:
 
 
 def looks_like_file(value: str) -> bool:
-    """A value that names a file (a folder separator, a weights suffix, or an existing file), not a hub tag."""
-    return os.sep in value or value.endswith(WEIGHT_SUFFIXES) or os.path.isfile(value)
+    """A value that names a file (``files.looks_like_path``, or an existing file), not a hub tag."""
+    return looks_like_path(value) or os.path.isfile(value)
 
 
 def clip_weight(name: str, pretrained: str | None, key: str) -> Weight | None:

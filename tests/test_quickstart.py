@@ -151,7 +151,8 @@ def test_the_quickstart_runs_as_written_when_the_weights_are_reachable(tmp_path,
     checkout = fresh_checkout(tmp_path / "clip_dinoiser")
     assert os.listdir(os.path.join(checkout, "checkpoints")) == ["README.md"]
     Image.fromarray(random_image(300, 400)).save(os.path.join(checkout, "photo.jpg"))
-    env = user_env(tmp_path, HF_ENDPOINT=url, CLIP_DINOISER_RELEASES_URL=f"{url}/releases", PYTHONPATH=str(shim))
+    env = user_env(tmp_path, HF_ENDPOINT=url, CLIP_DINOISER_RELEASES_URL=f"{url}/releases",
+                   PYTHONPATH=f"{shim}{os.pathsep}{checkout}")  # the clone's own package
     command = quickstart_command()
     r = subprocess.run([sys.executable, *command[1:]], cwd=checkout, capture_output=True, text=True, timeout=900,
                        env=env)
