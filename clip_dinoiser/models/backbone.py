@@ -272,6 +272,55 @@ def _qkv(block: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return qkv.chunk(3, dim=-1)
 
 
+def plain_block(block: nn.Module) -> bool:
+    """Whether ``block`` is open_clip's ``ResidualAttentionBlock`` doing self-attention with an
+    ``nn.MultiheadAttention`` (the blocks of CLIP's ViTs and text towers, every open_clip version),
+    which ``residual_block`` runs by hand."""
+    attn = getattr(block, "attn", None)
+    return (isinstance(attn, nn.MultiheadAttention) and attn._qkv_same_embed_dim and attn.bias_k is None
+            and not attn.add_zero_attn and not hasattr(block, "ln_1_kv")
+            and all(hasattr(block, name) for name in ("ln_1", "ln_2", "mlp")))
+
+
+def self_attention(block: nn.Module, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+    """What ``block.attention(ln_1(x))`` computes (a ``plain_block``), on B x L x C batch-first tokens.
+
+    One projection of the contiguous tokens to queries, keys and values, then
+    ``F.scaled_dot_product_attention`` per head, then ``out_proj``: equal to
+    ``nn.MultiheadAttention`` to float rounding. Why not the module itself: under autocast (and
+    whenever gradients are on) it leaves its fused fast path, transposes the tokens to L x B x C
+    and projects the non-contiguous tensor, which ``matmul`` runs as a batched product over a
+    weight expanded per sequence position (``aten::bmm`` copying gigabytes on a CPU under bf16).
+
+    Args:
+        attn_mask: additive L x L mask (the text tower's causal mask), cast to the queries' dtype
+            as open_clip does.
+    """
+    attn = block.attn
+    b, n, c = x.shape
+    heads = attn.num_heads
+    qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
+    q, k, v = qkv.view(b, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4).unbind(0)  # each B x heads x L x c/heads
+    mask = None if attn_mask is None else attn_mask.to(q.dtype)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=attn.dropout if attn.training else 0.0)
+    return F.linear(out.transpose(1, 2).reshape(b, n, c), attn.out_proj.weight, attn.out_proj.bias)
+
+
+def residual_block(block: nn.Module, x: Tensor, *, seq_first: bool = False, attn_mask: Tensor | None = None) -> Tensor:
+    """One open_clip residual block on B x L x C batch-first tokens (``block(x, attn_mask=...)``).
+
+    A ``plain_block`` runs by hand (``self_attention``), so no layout or precision leaves the fast
+    kernels; any other block runs as its own module, sequence-first where ``seq_first`` (open_clip
+    < 2.26's blocks).
+    """
+    if plain_block(block):
+        x = x + _ls(block, 1)(self_attention(block, x, attn_mask))
+        return x + _ls(block, 2)(block.mlp(block.ln_2(x)))
+    y = x.transpose(0, 1) if seq_first else x
+    y = block(y) if attn_mask is None else block(y, attn_mask=attn_mask)
+    return y.transpose(0, 1) if seq_first else y
+
+
 class CLIPBackbone(nn.Module):
     """Frozen open_clip ViT image tower exposing MaskCLIP features.
 
@@ -375,33 +424,36 @@ class CLIPBackbone(nn.Module):
         x = v.patch_dropout(x)
         x = v.ln_pre(x)
 
+        # Tokens stay batch-first and contiguous through every block (``residual_block``), whatever
+        # layout the blocks' own modules take (``sequence_first``: open_clip < 2.26).
         seq_first = sequence_first(v.transformer)
-        if seq_first:
-            x = x.transpose(0, 1)
         blocks = v.transformer.resblocks
         inter = None
         for i, block in enumerate(blocks[:-1]):
             if i == self.feats_idx and with_inter:
-                x, inter = _block_with_ln2(block, x)
-                inter = _patch_map(inter.transpose(0, 1) if seq_first else inter, (h, w))
+                x, inter = _block_with_ln2(block, x, seq_first)
+                inter = _patch_map(inter, (h, w))
                 if not with_dense:
                     return BackboneOutput(dense=None, inter=inter)
             else:
-                x = block(x)
+                x = residual_block(block, x, seq_first=seq_first)
         last = blocks[-1]
         _, k, val = _qkv(last, x)
         val = F.linear(val, last.attn.out_proj.weight, last.attn.out_proj.bias)
         val = x + _ls(last, 1)(val)
         val = val + _ls(last, 2)(last.mlp(last.ln_2(val)))
-        if seq_first:
-            val, k = val.transpose(0, 1), k.transpose(0, 1)
 
         val = v.ln_post(val)
         if v.proj is not None:
-            val = val @ v.proj  # the 1x1 "conv" of MaskCLIP: a per-patch linear map
+            # the 1x1 "conv" of MaskCLIP: a per-patch linear map, ``val @ proj``. As ``F.linear`` on the
+            # transposed copy: a CPU without bf16 matrix units runs a bf16 product whose second factor
+            # is row-major (``x @ proj``) about 8x slower than one whose factor is K-contiguous.
+            val = F.linear(val, v.proj.t().contiguous())
         dense = _patch_map(val, (h, w))
-        # MaskCLIP's ViT applies out_proj to the query, key and value parts alike (vit.py, return_qkv)
-        keys = F.linear(k[:, 1:], last.attn.out_proj.weight, last.attn.out_proj.bias) if with_keys else None
+        # MaskCLIP's ViT applies out_proj to the query, key and value parts alike (vit.py, return_qkv).
+        # The keys as one contiguous matrix: ``F.linear`` on the strided slice would run a batched product.
+        keys = (F.linear(k[:, 1:].contiguous(), last.attn.out_proj.weight, last.attn.out_proj.bias) if with_keys
+                else None)
         return BackboneOutput(dense=dense, inter=inter, keys=keys)
 
 
@@ -410,12 +462,18 @@ def _patch_map(tokens: Tensor, grid: tuple[int, int]) -> Tensor:
     return tokens[:, 1:].transpose(1, 2).reshape(tokens.shape[0], -1, *grid)
 
 
-def _block_with_ln2(block: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
-    """One open_clip residual block that also returns its ``ln_2`` output."""
-    if hasattr(block, "attention"):  # open_clip ResidualAttentionBlock
-        attn = block.attention(q_x=block.ln_1(x))
-    else:  # open_clip CustomResidualAttentionBlock
-        attn = block.ln_attn(block.attn(block.ln_1(x)))
+def _block_with_ln2(block: nn.Module, x: Tensor, seq_first: bool = False) -> tuple[Tensor, Tensor]:
+    """One open_clip residual block on B x L x C batch-first tokens (``residual_block``) that also
+    returns its ``ln_2`` output."""
+    if plain_block(block):
+        attn = self_attention(block, x)
+    else:
+        y = x.transpose(0, 1) if seq_first else x
+        if hasattr(block, "attention"):  # open_clip ResidualAttentionBlock
+            attn = block.attention(q_x=block.ln_1(y))
+        else:  # open_clip CustomResidualAttentionBlock
+            attn = block.ln_attn(block.attn(block.ln_1(y)))
+        attn = attn.transpose(0, 1) if seq_first else attn
     x = x + _ls(block, 1)(attn)
     normed = block.ln_2(x)
     return x + _ls(block, 2)(block.mlp(normed)), normed

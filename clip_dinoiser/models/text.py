@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from ..config import MaskCLIPConfig
 from ..errors import UserError
 from ..vocabulary import Vocabulary, parse_vocabulary, read_vocabulary_file
-from .backbone import sequence_first
+from .backbone import residual_block, sequence_first
 from .text_cache import TextEmbeddingCache
 
 __all__ = ["Classes", "TextClassifier", "Vocabulary", "parse_vocabulary", "read_vocabulary_file", "text_tower"]
@@ -74,10 +74,9 @@ def encode_text_to_eot(clip_model: nn.Module, tokens: Tensor) -> Tensor:
     x = m.token_embedding(tokens[:, :n]).to(cast) + m.positional_embedding[:n].to(cast)
     mask = m.attn_mask[:n, :n]
     seq_first = sequence_first(m.transformer)  # open_clip < 2.26: blocks take L x B x C
-    x = x.transpose(0, 1) if seq_first else x
-    for block in m.transformer.resblocks:
-        x = block(x, attn_mask=mask)
-    x = m.ln_final(x.transpose(0, 1) if seq_first else x)
+    for block in m.transformer.resblocks:  # batch-first, by hand where it can (``residual_block``)
+        x = residual_block(block, x, seq_first=seq_first, attn_mask=mask)
+    x = m.ln_final(x)
     x = x[torch.arange(x.shape[0], device=x.device), ends]
     proj = m.text_projection
     if proj is None:

@@ -47,6 +47,7 @@ TARGETS = {
     "clip_dinoiser/models/text.py": ["imagenet_templates", "TEMPLATE_SETS", "encode_text_to_eot", "encode_names",
                                      "combine_synonyms", "TextClassifier.forward", "Classes.bg_index"],
     "clip_dinoiser/models/backbone.py": ["OPENAI_MEAN", "OPENAI_STD", "interpolate_pos_embed", "_qkv",
+                                         "plain_block", "self_attention", "residual_block",
                                          "CLIPBackbone.__init__", "CLIPBackbone._patchify",
                                          "CLIPBackbone.forward", "_patch_map", "_block_with_ln2", "IMAGENET_MEAN",
                                          "IMAGENET_STD", "input_stats", "prepare_input", "is_resnet_config",
