@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import open_clip
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from clip_dinoiser.models import CLIPBackbone
+from clip_dinoiser.models import CLIPBackbone, build_model
 from clip_dinoiser.models.backbone import plain_block, residual_block
+from clip_dinoiser.models.maskclip import Features
 from clip_dinoiser.models.text import encode_text_to_eot
 from clip_dinoiser.ops import pad_to_multiple
+from tests.conftest import random_image
 from tests.test_models import reference_features
 
 
@@ -95,3 +99,78 @@ def test_vit_b16_blocks_by_hand_equal_open_clips_forward():
     torch.manual_seed(0)
     model = open_clip.create_model("ViT-B-16").eval()
     check_towers_by_hand(model, [(224, 224), (448, 448), (320, 480)], tol=2e-5)
+
+
+PRODUCTS = ("mm", "addmm", "bmm", "baddbmm", "convolution", "_scaled_dot_product_flash_attention_for_cpu",
+            "_scaled_dot_product_attention_math", "_native_multi_head_attention")
+
+
+class OpDtypes(TorchDispatchMode):
+    """Records every aten op below autocast: (stage, op name, dtypes of its floating tensor inputs,
+    whether an input is expanded: a zero stride over a dimension of size > 1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stage, self.ops = "", []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        tensors = [a for a in torch.utils._pytree.tree_leaves((args, kwargs or {}))
+                   if isinstance(a, torch.Tensor) and a.is_floating_point()]
+        expanded = any(s == 0 and n > 1 for t in tensors for s, n in zip(t.stride(), t.shape))
+        name = func.overloadpacket.__name__
+        self.ops.append((self.stage, name, tuple(str(t.dtype)[6:] for t in tensors), expanded))
+        return func(*args, **(kwargs or {}))
+
+    def of(self, stage: str, names=None) -> list[tuple]:
+        return [op for op in self.ops if op[0] == stage and (names is None or op[1] in names)]
+
+
+def test_every_stage_runs_in_its_dtype_under_cpu_autocast(model_cfg):
+    """Under CPU bf16 autocast the backbone's and the heads' products run in bf16 on plain
+    matrices (no batched product over an expanded weight, the slow path of nn.MultiheadAttention
+    under autocast), layer norms with fp32 statistics; the correlations, the pooling, the classifier and the
+    refinements in fp32 (thresholds and a temperature of 100)."""
+    model = build_model({**model_cfg, "maskclip": {**model_cfg["maskclip"], "ks_thresh": 0.5, "pd_thresh": 0.1}})
+    model.set_vocabulary(["cat", "sofa", "background"])
+    images = torch.rand(2, 3, 64, 80)
+    record = OpDtypes()
+    with record, torch.autocast("cpu", dtype=torch.bfloat16):
+        record.stage = "backbone"
+        out = model.backbone(images, with_inter=True, with_keys=True)
+        record.stage = "heads"
+        corrs, objectness = model.heads(out.inter)
+        record.stage = "decode"
+        probs = model.decode(Features(out.dense, out.keys, corrs, objectness))
+    products = record.of("backbone", PRODUCTS)
+    assert {op[1] for op in products} == {"mm", "addmm", "_scaled_dot_product_flash_attention_for_cpu"}
+    assert all(set(op[2]) == {"bfloat16"} and not op[3] for op in products), products
+    assert len(record.of("backbone", ["_scaled_dot_product_flash_attention_for_cpu"])) == 3  # blocks 0-2 of 4
+    norms = record.of("backbone", ["native_layer_norm"])
+    # bf16 tokens, fp32 weight and bias: PyTorch's CPU kernel for that mix keeps its statistics in fp32
+    assert norms and all(op[2] == ("bfloat16", "float32", "float32") for op in norms), norms
+    assert out.dense.dtype == out.inter.dtype == torch.bfloat16
+    heads = record.of("heads", PRODUCTS)
+    assert [(op[1], set(op[2])) for op in heads] == [("convolution", {"bfloat16"}), ("bmm", {"float32"}),
+                                                    ("convolution", {"bfloat16"})]
+    assert corrs.dtype == torch.float32
+    decode = [op for op in record.of("decode") if op[1] != "_to_copy"]  # after the casts of its bf16 inputs
+    assert decode and all(set(op[2]) <= {"float32"} for op in decode), [op for op in decode if "bfloat16" in op[2]]
+    assert {"bmm", "_softmax"} <= {op[1] for op in decode}
+    assert probs.dtype == torch.float32
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_bf16_labels_equal_fp32_labels_on_the_tests_images(model_cfg, seed):
+    """The fast path (bf16 autocast) gives the plain path's labels wherever the plain path has no
+    near-tie (top-two probability margin above 1e-2); the window sums are fp32."""
+    from clip_dinoiser.engine.evaluation.inference import segment
+
+    model = build_model(model_cfg)
+    image = random_image(75, 100, seed=seed)
+    labels, probs = segment(model, image, ["cat", "sofa", "tree", "background"], precision="fp32")
+    fast, fast_probs = segment(model, image, precision="bf16")
+    assert fast_probs.dtype == torch.float32
+    top2 = probs.topk(2, dim=0).values
+    clear = (top2[0] - top2[1] > 1e-2).numpy()
+    assert clear.mean() > 0.5 and np.array_equal(fast[clear], labels[clear])
+    assert (fast_probs - probs).abs().max() < 0.05

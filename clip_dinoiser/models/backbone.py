@@ -287,10 +287,13 @@ def self_attention(block: nn.Module, x: Tensor, attn_mask: Tensor | None = None)
 
     One projection of the contiguous tokens to queries, keys and values, then
     ``F.scaled_dot_product_attention`` per head, then ``out_proj``: equal to
-    ``nn.MultiheadAttention`` to float rounding. Why not the module itself: under autocast (and
-    whenever gradients are on) it leaves its fused fast path, transposes the tokens to L x B x C
-    and projects the non-contiguous tensor, which ``matmul`` runs as a batched product over a
-    weight expanded per sequence position (``aten::bmm`` copying gigabytes on a CPU under bf16).
+    ``nn.MultiheadAttention`` to float rounding. Why not the module itself: on a CPU under bf16
+    autocast it runs ``torch._native_multi_head_attention``, whose attention is two batched
+    products (``aten::bmm`` of queries by transposed keys, then of the probabilities by values,
+    plus a concatenation): oneDNN copies their operands on an AMX CPU (79 % of a bf16 forward in
+    the issue's profile), a CPU without bf16 units runs them in reference kernels (over 10x slower
+    than the fused ``scaled_dot_product_attention``, measured on an AVX2 CPU). Where its fast
+    path's conditions fail (training, CUDA autocast) the module projects L x B x C transposed tokens.
 
     Args:
         attn_mask: additive L x L mask (the text tower's causal mask), cast to the queries' dtype

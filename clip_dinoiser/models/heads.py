@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from ..errors import UserError
 from ..files import save_atomic
+from ..ops import full_precision
 from ..readers import read_weights, state_mismatch
 
 
@@ -34,9 +35,12 @@ class DINOiserHeads(nn.Module):
         return {"correlation": self.obj_proj, "objectness": self.bkg_decoder}
 
     def correlations(self, inter: Tensor) -> Tensor:
-        """Cosine correlations of the projected patches: B x W x h x w -> B x N x N."""
-        proj = F.normalize(self.obj_proj(inter).flatten(2), dim=1)  # B x P x N
-        return proj.transpose(1, 2) @ proj
+        """Cosine correlations of the projected patches: B x W x h x w -> B x N x N (fp32: the
+        pooling thresholds them at gamma; the convolution runs in the autocast dtype)."""
+        proj = self.obj_proj(inter).flatten(2)
+        with full_precision(proj):
+            proj = F.normalize(proj.float(), dim=1)  # B x P x N
+            return proj.transpose(1, 2) @ proj
 
     def objectness_logits(self, inter: Tensor) -> Tensor:
         """Foreground logits from per-patch L2-normalised features: B x 1 x h x w."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..ops import full_precision
 from .backbone import Backbone
 from .refinement import background_refinement, key_smoothing, prompt_denoising
 from .text import Classes, TextClassifier
@@ -122,10 +123,13 @@ class MaskCLIP(nn.Module):
             decoding: the settings (default: ``self.decoding``).
             classes: the vocabulary (default: the current one).
         """
-        d, classes = decoding or self.decoding, classes or self.text.current
-        dense = feats.dense
+        with full_precision(feats.dense):  # thresholds and a temperature of 100: fp32 under autocast too
+            return self._decode(feats, decoding or self.decoding, classes or self.text.current)
+
+    def _decode(self, feats: Features, d: Decoding, classes: Classes) -> Tensor:
+        dense = feats.dense.float()
         if feats.corrs is not None:
-            dense = self.pooling(dense, feats.corrs, d.gamma)
+            dense = self.pooling(dense, feats.corrs.float(), d.gamma)
         logits = self.text(dense, d.temperature, classes)
         probs = logits.softmax(dim=1)
         if d.pd_thresh > 0:

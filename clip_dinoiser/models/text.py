@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from ..config import MaskCLIPConfig
 from ..errors import UserError
+from ..ops import full_precision
 from ..vocabulary import Vocabulary, parse_vocabulary, read_vocabulary_file
 from .backbone import residual_block, sequence_first
 from .text_cache import TextEmbeddingCache
@@ -238,8 +239,9 @@ class TextClassifier(nn.Module):
         """Cosine logits times ``temperature``: B x D x h x w -> B x K x h x w (fp32), against
         ``classes`` (default: the current vocabulary)."""
         embeddings = (classes or self.current).embeddings
-        feats = F.normalize(feats.float(), dim=1)
-        return temperature * torch.einsum("bdhw,kd->bkhw", feats, embeddings.to(feats.device))
+        with full_precision(feats):  # cosines times a temperature of 100: fp32 under autocast too
+            feats = F.normalize(feats.float(), dim=1)
+            return temperature * torch.einsum("bdhw,kd->bkhw", feats, embeddings.to(feats.device).float())
 
 
 @dataclass(frozen=True, eq=False)

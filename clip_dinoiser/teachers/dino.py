@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import UserError
+from ..ops import full_precision
 from .base import Teacher
 from .vit import FrozenViT
 
@@ -29,8 +30,9 @@ class DINOTeacher(Teacher):
     def correlations(self, images: Tensor) -> Tensor:
         """B x 3 x H x W in [0, 1] -> B x N x N cosine correlations of the value features (fp32)."""
         _, _, v = self.vit.last_qkv(images)
-        v = F.normalize(v.float(), dim=-1)
-        return v @ v.transpose(1, 2)
+        with full_precision(v):  # thresholded at gamma: fp32 under autocast too
+            v = F.normalize(v.float(), dim=-1)
+            return v @ v.transpose(1, 2)
 
     @torch.no_grad()
     def target(self, images: Tensor, grid: tuple[int, int], gamma: float) -> Tensor:

@@ -42,7 +42,7 @@ TARGETS = {
     "clip_dinoiser/models/pooling.py": ["threshold_correlations", "guided_pooling"],
     "clip_dinoiser/models/refinement.py": ["prompt_denoising", "key_smoothing", "background_refinement"],
     "clip_dinoiser/models/maskclip.py": ["Decoding.from_config", "refines_background", "MaskCLIP.decode",
-                                        "MaskCLIP.features", "MaskCLIP.forward"],
+                                        "MaskCLIP._decode", "MaskCLIP.features", "MaskCLIP.forward"],
     "clip_dinoiser/models/clip_dinoiser.py": ["CLIPDINOiser.features"],
     "clip_dinoiser/models/text.py": ["imagenet_templates", "TEMPLATE_SETS", "encode_text_to_eot", "encode_names",
                                      "combine_synonyms", "TextClassifier.forward", "Classes.bg_index"],
