@@ -187,10 +187,10 @@ class Segmenter:
     Args:
         model: a segmenter from ``clip_dinoiser.models.build_model``.
         slide: the test-time geometry (the paper's by default).
-        precision: fp32 / bf16 / fp16.
+        precision: auto (bf16 on a CPU with native bf16: AMX, AVX512-BF16; else fp32), fp32, bf16 or fp16.
     """
 
-    def __init__(self, model: torch.nn.Module, *, slide: SlideConfig | None = None, precision: str = "fp32") -> None:
+    def __init__(self, model: torch.nn.Module, *, slide: SlideConfig | None = None, precision: str = "auto") -> None:
         check_precision(precision)
         self.model, self.slide, self.precision = model, slide or SlideConfig(), precision
 
@@ -240,7 +240,7 @@ def load(name: str = "clip_dinoiser", weights: str | None = "released", device: 
             ``checkpoints/last.pt``, else the authors' file, downloaded once; a heads file; None:
             random), a target network's ``last.pt``; maskclip and dino_maskclip have none.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
-        precision: fp32 / bf16 / fp16.
+        precision: auto (bf16 on a CPU with native bf16: AMX, AVX512-BF16; else fp32), fp32, bf16 or fp16.
         slide: test-time geometry (``SlideConfig``, or its keys over the protocol's).
         protocol: the test protocol preset (``clip_dinoiser``, ``maskclip``: ``protocols.py``), its
             ``slide`` and ``model`` values under yours.

@@ -198,7 +198,7 @@ class EvalConfig:
     protocol: str = "clip_dinoiser"  # the test protocol preset (configs: protocol=maskclip; protocols.py)
     data: DataConfig = MISSING
     device: str = "auto"  # auto / cpu / cuda (torchrun: one GPU per rank)
-    precision: str = "fp32"  # fp32 / bf16 / fp16 (autocast)
+    precision: str = "auto"  # auto (bf16 on a CPU with native bf16, else fp32) / fp32 / bf16 / fp16 (autocast)
     loader_batch: int = kind(COUNT, default=8)  # images per loader item (consecutive images share model calls)
     num_workers: int | None = kind(NON_NEGATIVE_INT, default=None)  # loader processes per rank (null: CPU cores, <= 8)
     limit: int | None = kind(COUNT, default=None)  # evaluate only the first N images of each benchmark
@@ -220,7 +220,7 @@ class DemoConfig:
     prompts_file: str | None = None  # or a UTF-8 text file, one class per line
     output: str = "outputs/demo"  # folder for <name>_mask.png, <name>_labels.png, <name>_figure.png
     device: str = "auto"  # auto / cpu / cuda
-    precision: str = "fp32"  # fp32 / bf16 / fp16 (autocast)
+    precision: str = "auto"  # auto (bf16 on a CPU with native bf16, else fp32) / fp32 / bf16 / fp16 (autocast)
     alpha: float = kind(FRACTION, default=0.5)  # overlay opacity
     figure: bool = True  # also write <name>_figure.png: input | MaskCLIP | CLIP-DINOiser | objectness
     query: list[int] | None = kind(NON_NEGATIVE_INT, length=2, default=None)  # [x, y]: correlations of this pixel
@@ -237,7 +237,7 @@ class AppConfig:
     port: int = kind(PORT, default=7860)
     examples: list[str] = field(default_factory=list)  # image files offered as examples on the page
     device: str = "auto"  # auto / cpu / cuda
-    precision: str = "fp32"  # fp32 / bf16 / fp16 (autocast)
+    precision: str = "auto"  # auto (bf16 on a CPU with native bf16, else fp32) / fp32 / bf16 / fp16 (autocast)
     alpha: float = kind(FRACTION, default=0.5)  # overlay opacity
     slide: SlideConfig = field(default_factory=SlideConfig)
 
@@ -273,7 +273,7 @@ class TrainEvalConfig:
     enabled: bool = False  # score last.pt at the end of the run (results.json in the run folder)
     data: DataConfig = field(default_factory=DataConfig)
     slide: SlideConfig = field(default_factory=SlideConfig)
-    precision: str = "fp32"  # fp32 / bf16 / fp16 (autocast)
+    precision: str = "auto"  # auto (bf16 on a CPU with native bf16, else fp32) / fp32 / bf16 / fp16 (autocast)
     num_workers: int | None = kind(NON_NEGATIVE_INT, default=None)  # loader processes (null: CPU cores, <= 4)
     limit: int | None = kind(COUNT, default=None)  # evaluate only the first N images of each benchmark
 
@@ -286,7 +286,7 @@ class TrainConfig:
     eval: TrainEvalConfig = field(default_factory=TrainEvalConfig)  # off by default
     device: str = "auto"  # auto / cpu / cuda (torchrun: one GPU per rank)
     overwrite: bool = False  # a new run may replace the checkpoints and heads of an earlier run in train.output
-    precision: str = "fp32"  # fp32 (the paper) / bf16
+    precision: str = "fp32"  # fp32 (the paper) / bf16 / auto (bf16 on a CPU with native bf16)
 
 
 @dataclass
@@ -329,7 +329,7 @@ class TrainTargetConfig:
     train: TargetTrainSettings = field(default_factory=TargetTrainSettings)
     eval: TrainEvalConfig = field(default_factory=TrainEvalConfig)  # off by default
     device: str = "auto"  # auto / cpu / cuda (torchrun: one GPU per rank)
-    precision: str = "fp32"  # fp32 / bf16 / fp16 (autocast of the annotator and the target)
+    precision: str = "fp32"  # fp32 / bf16 / fp16 / auto (autocast of the annotator and the target)
     overwrite: bool = False  # a new run may replace an earlier run's files in train.output
 
 

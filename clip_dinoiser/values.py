@@ -126,7 +126,8 @@ def validate(obj: Any, prefix: str = "") -> Any:
     return obj
 
 
-PRECISION_NAMES = ("fp32", "bf16", "fp16")  # compute precisions (autocast for the half ones)
+# compute precisions (autocast for the half ones); auto: bf16 on a CPU with native bf16, else fp32 (precision.py)
+PRECISION_NAMES = ("auto", "fp32", "bf16", "fp16")
 
 
 def check_precision(precision: str) -> None:

@@ -174,3 +174,26 @@ def test_bf16_labels_equal_fp32_labels_on_the_tests_images(model_cfg, seed):
     clear = (top2[0] - top2[1] > 1e-2).numpy()
     assert clear.mean() > 0.5 and np.array_equal(fast[clear], labels[clear])
     assert (fast_probs - probs).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_only_on_a_cpu_with_native_bf16(monkeypatch, native):
+    import clip_dinoiser.precision as precision
+    from clip_dinoiser.engine.evaluation.inference import autocast
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
+    assert precision.resolve_precision("auto", "cpu") == ("bf16" if native else "fp32")
+    assert precision.resolve_precision("auto", torch.device("cuda")) == "fp32"  # the paper's, on a GPU
+    for forced in ("fp32", "bf16", "fp16"):
+        assert precision.resolve_precision(forced, "cpu") == forced
+    with autocast("cpu", "auto"):
+        assert torch.is_autocast_enabled("cpu") is native
+        if native:
+            assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+def test_this_cpus_bf16_units_are_read_from_torch():
+    """AMX tiles or AVX512-BF16, as PyTorch's CPU checks report them."""
+    from clip_dinoiser.precision import cpu_has_native_bf16
+
+    assert cpu_has_native_bf16() == (torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from ...config import SlideConfig
 from ...errors import UserError
+from ...precision import resolve_precision
 from ...values import check_precision
 
 PRECISIONS = MappingProxyType({"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16})
@@ -52,8 +53,9 @@ def window_boxes(h: int, w: int, crop: tuple[int, int], stride: tuple[int, int])
 
 
 def autocast(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager:
-    """Autocast context for ``precision`` (fp32 = none)."""
+    """Autocast context for ``precision`` on ``device`` (fp32 = none; ``auto``: ``resolve_precision``)."""
     check_precision(precision)
+    precision = resolve_precision(precision, device)
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=PRECISIONS[precision])
