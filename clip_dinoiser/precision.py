@@ -9,14 +9,11 @@ there. The fidelity of bf16 against fp32 is measured by ``tools/benchmark.py cpu
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
 AUTO = "auto"
 
 
-@functools.cache
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU has bf16 matrix instructions: AMX tiles or AVX512-BF16 dot products."""
     cpu = getattr(torch, "cpu", None)
