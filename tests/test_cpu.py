@@ -6,6 +6,8 @@ labels on the tests' images. No wall-clock figures here: ``tools/benchmark.py cp
 from __future__ import annotations
 
 import copy
+import importlib.util
+import os
 
 import numpy as np
 import open_clip
@@ -20,6 +22,8 @@ from clip_dinoiser.models.text import encode_text_to_eot
 from clip_dinoiser.ops import pad_to_multiple
 from tests.conftest import random_image
 from tests.test_models import reference_features
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(autouse=True)
@@ -197,3 +201,53 @@ def test_this_cpus_bf16_units_are_read_from_torch():
     from clip_dinoiser.precision import cpu_has_native_bf16
 
     assert cpu_has_native_bf16() == (torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+
+
+@pytest.mark.slow
+def test_exported_segmenter_gives_pytorchs_labels(tmp_path, tiny_clip_file, monkeypatch):
+    """tools/export.py writes one ONNX file; ONNX Runtime gives the PyTorch model's probabilities on
+    the tests' windows, and the README's lines give the PyTorch pipeline's labels on a photo."""
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    import json
+    import re
+
+    from PIL import Image
+
+    from clip_dinoiser import load
+    from clip_dinoiser.engine.evaluation.inference import resize_keep_ratio, segment, to_tensor
+    from clip_dinoiser.engine.export import WindowSegmenter
+    from tests.conftest import write_heads
+
+    spec = importlib.util.spec_from_file_location("tool_export", os.path.join(ROOT, "tools", "export.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+
+    name, path = tiny_clip_file
+    heads = write_heads(tmp_path, proj_dim=256, seed=3)  # the default model.proj_dim
+    classes = ["cat", "sofa,couch", "tree", "background"]
+    out = str(tmp_path / "segmenter.onnx")
+    assert tool.main(["--prompts", *classes, "--weights", heads, "--clip-name", name, "--clip-pretrained", path,
+                 "--output", out]) == 0
+    session = ort.InferenceSession(out, providers=["CPUExecutionProvider"])
+    assert json.loads(session.get_modelmeta().custom_metadata_map["classes"]) == ["cat", "sofa", "tree", "background"]
+    model = load("clip_dinoiser", heads, "cpu", precision="fp32", clip={"name": name, "pretrained": path}).model
+    model.set_vocabulary(classes)
+    image = random_image(375, 500, seed=4)
+    resized = to_tensor(resize_keep_ratio(image))
+    windows = torch.stack([resized[:, :, :448], resized[:, :, -448:], resized[:, :, 100:548]])
+    expected = WindowSegmenter(model)(windows)
+    got = torch.from_numpy(session.run(None, {"windows": windows.numpy()})[0])
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    top2 = expected.topk(2, dim=1).values
+    clear = top2[:, 0] - top2[:, 1] > 1e-2
+    assert clear.float().mean() > 0.5 and torch.equal(got.argmax(1)[clear], expected.argmax(1)[clear])
+    # The README's lines, as written, on a photo: PyTorch's labels up to the resize kernels.
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "onnxruntime" in b]
+    Image.fromarray(image).save(tmp_path / "photo.jpg", quality=95)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - the README's own code
+    labels, _ = segment(model, np.asarray(Image.open(tmp_path / "photo.jpg").convert("RGB")))
+    assert namespace["labels"].shape == labels.shape and (namespace["labels"] == labels).mean() > 0.9

@@ -3,6 +3,7 @@
     python tools/benchmark.py eval  [--device cuda] [--images 400]
     python tools/benchmark.py train [--device cuda] [--iters 30]
     python tools/benchmark.py startup [--repeat 3]     # time to a ready model, cold and warm text cache
+    python tools/benchmark.py cpu [--repeat 3] [--paths fp32,bf16,compile,onnxruntime]   # CPU paths, one photo
     python tools/benchmark.py all --json out.json        # a new file (--overwrite to replace one)
 
 Models are ViT-B/16-sized with random weights (speed does not depend on the weights):
@@ -355,9 +356,143 @@ def bench_startup(clip: str, repeat: int) -> dict:
             "cold_s": cold, "warm_s": warm, "cold_vs_baseline": cold / base, "warm_vs_baseline": warm / base}
 
 
+CPU_PATHS = ("fp32", "bf16", "compile", "onnxruntime")
+
+
+def cpu_flags() -> dict:
+    """The CPU's model name, PyTorch's capability string and its bf16-relevant flags (``lscpu``'s)."""
+    from clip_dinoiser.precision import cpu_has_native_bf16
+
+    info = {"capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": cpu_has_native_bf16()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+        model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
+        flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+        info.update(model=model, flags=sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "f16c"))))
+    except OSError:
+        pass
+    return info
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeat: int = 3) -> float:
+    """GFLOP/s of an n x n by n x n product in ``dtype`` as the model's layers run it (``F.linear``:
+    the second factor K-contiguous), median of ``repeat`` after one warm-up: the practical peak."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    sec = timed(lambda: torch.nn.functional.linear(a, b), torch.device("cpu"), warmup=1, repeat=repeat)
+    return 2 * n**3 / sec / 1e9
+
+
+def synthetic_photo(h: int = 375, w: int = 500, seed: int = 0) -> np.ndarray:
+    """A VOC-sized RGB photo stand-in (smooth colour fields with noise, as ``write_voc_like``'s)."""
+    rng = np.random.default_rng(seed)
+    img = np.clip(rng.normal(120, 60, (h // 25, w // 25, 3)), 0, 255).astype(np.uint8)
+    return np.asarray(Image.fromarray(img).resize((w, h), Image.BICUBIC))
+
+
+def cpu_runners(model: torch.nn.Module, paths: list[str], tmp: str) -> dict[str, tuple[torch.nn.Module, str, float]]:
+    """Per path: (the window model, its autocast precision, seconds to set it up: compile, export)."""
+    from clip_dinoiser.engine.export import SessionWindows, export_onnx, onnx_session
+
+    runners = {}
+    for path in paths:
+        t = time.perf_counter()
+        if path in ("fp32", "bf16"):
+            runners[path] = (model, path, 0.0)
+            continue
+        if path == "compile":
+            runners[path] = (torch.compile(model), "fp32", time.perf_counter() - t)  # compiled at its first call
+            continue
+        onnx = os.path.join(tmp, "segmenter.onnx")
+        export_onnx(model, onnx)
+        runners[path] = (SessionWindows(onnx_session(onnx)), "fp32", time.perf_counter() - t)
+    return runners
+
+
+def photo_probabilities(runner: torch.nn.Module, photo: np.ndarray, precision: str) -> torch.Tensor:
+    """The test-time pipeline (resize, windows, averaging, resize to the photo) on one photo: K x H x W."""
+    from clip_dinoiser.engine.evaluation.inference import resize_keep_ratio, slide_inference, to_tensor
+
+    with torch.no_grad():
+        (probs,) = slide_inference(runner, [to_tensor(resize_keep_ratio(photo))], out_sizes=[photo.shape[:2]],
+                                   precision=precision)
+    return probs
+
+
+def fidelity(probs: torch.Tensor, reference: torch.Tensor) -> dict:
+    """Argmax agreement with the fp32 reference (all pixels; those whose top-two margin exceeds
+    1e-2) and the largest probability difference."""
+    top2 = reference.topk(2, dim=0).values
+    clear = top2[0] - top2[1] > 1e-2
+    agree = probs.argmax(0) == reference.argmax(0)
+    return {"agreement": float(agree.float().mean()), "agreement_margin_1e-2": float(agree[clear].float().mean()),
+            "max_abs_dprob": float((probs - reference).abs().max())}
+
+
+def bench_cpu(clip: str, repeat: int, paths: list[str]) -> dict:
+    """CPU inference paths on one 500 x 375 photo (two 448 windows), in one run: seconds per image
+    and per window, achieved GFLOP/s against the same run's large-matmul GFLOP/s, fidelity against
+    fp32, and the cold start of a first result (model ready + text tower, path set-up, first photo)."""
+    import open_clip
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from clip_dinoiser.models import save_heads
+    from clip_dinoiser.models.backbone import register_model_config
+
+    out: dict = {"cpu": cpu_flags(), "threads": torch.get_num_threads(), "torch": torch.__version__}
+    out["matmul_gflops_fp32"] = matmul_gflops(torch.float32)
+    out["matmul_gflops_bf16"] = matmul_gflops(torch.bfloat16)
+    out["matmul_bf16_over_fp32"] = out["matmul_gflops_bf16"] / out["matmul_gflops_fp32"]
+    print(json.dumps(out), flush=True)
+    photo, vocabulary = synthetic_photo(), read_vocabulary_file(BENCHMARKS["voc"].vocabulary_file)
+    with tempfile.TemporaryDirectory() as tmp:
+        name = register_model_config(clip)
+        torch.manual_seed(0)
+        weights, heads = os.path.join(tmp, "clip.pt"), os.path.join(tmp, "last.pt")
+        torch.save(open_clip.create_model(name).state_dict(), weights)
+        model = build_model({"name": "clip_dinoiser", "clip": {"name": clip, "pretrained": weights},
+                             "checkpoint": None, "text_cache": None})
+        save_heads(model.heads, heads)
+        t = time.perf_counter()
+        open_clip.create_model(name).load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        out["bare_open_clip_load_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        model = build_model({"name": "clip_dinoiser", "clip": {"name": clip, "pretrained": weights},
+                             "checkpoint": heads, "text_cache": None})
+        model.set_vocabulary(vocabulary)  # 80 templates per class, no cache
+        out["model_ready_s"] = time.perf_counter() - t
+        out["classes"] = len(vocabulary)
+        with FlopCounterMode(display=False) as counter:
+            reference = photo_probabilities(model, photo, "fp32")
+        out["gflop_per_image"] = counter.get_total_flops() / 1e9
+        out["windows_per_image"] = 2
+        runners = cpu_runners(model, paths, tmp)
+        results, times = {}, {p: [] for p in paths}
+        for path, (runner, precision, setup) in runners.items():
+            t = time.perf_counter()
+            probs = photo_probabilities(runner, photo, precision)
+            first = time.perf_counter() - t
+            results[path] = {"precision": precision, "setup_s": setup, "first_result_s": first,
+                             "cold_start_s": out["model_ready_s"] + setup + first, **fidelity(probs, reference)}
+            print(json.dumps({path: results[path]}), flush=True)
+        for _ in range(repeat):  # the paths in turn, so that a change of load spreads over all of them
+            for path, (runner, precision, _) in runners.items():
+                t = time.perf_counter()
+                photo_probabilities(runner, photo, precision)
+                times[path].append(time.perf_counter() - t)
+        for path, r in results.items():
+            sec = float(np.median(times[path]))
+            peak = out["matmul_gflops_bf16" if r["precision"] == "bf16" else "matmul_gflops_fp32"]
+            r.update(seconds_per_image=sec, seconds_per_window=sec / out["windows_per_image"],
+                     gflops=out["gflop_per_image"] / sec, fraction_of_matmul_peak=out["gflop_per_image"] / sec / peak,
+                     over_fp32_eager=sec / float(np.median(times["fp32"])) if "fp32" in times else None)
+        out["paths"] = results
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["eval", "train", "target", "startup", "sweep", "all"])
+    p.add_argument("what", choices=["eval", "train", "target", "startup", "sweep", "cpu", "all"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--images", type=int, default=1449, help="synthetic VOC images (VOC 2012 val has 1449)")
     p.add_argument("--window-batch", type=int, default=SlideConfig.window_batch)
@@ -369,6 +504,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="write the results here (a new file, or --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--repeat", type=int, default=10, help="timed calls per figure (1 for a smoke run)")
+    p.add_argument("--paths", default=",".join(CPU_PATHS), help=f"cpu: the paths to compare ({','.join(CPU_PATHS)})")
     args = p.parse_args(argv)
     return run(args)
 
@@ -380,6 +516,9 @@ def check_arguments(args: argparse.Namespace) -> torch.device:
         kind_.check(getattr(args, name), f"--{name.replace('_', '-')}")
     if args.clip.endswith(".json") and not os.path.isfile(args.clip):
         raise FileNotFoundError(f"CLIP model config not found: {args.clip} (--clip)")
+    unknown = [p for p in args.paths.split(",") if p not in CPU_PATHS]
+    if unknown:
+        raise ValueError(f"--paths: unknown path {unknown[0]} (choose from {', '.join(CPU_PATHS)})")
     if args.json:
         folder = os.path.dirname(os.path.abspath(args.json))
         check_output_dir(folder, "--json")
@@ -410,6 +549,9 @@ def run(args: argparse.Namespace) -> int:
     if args.what in ("sweep", "all"):
         results["sweep"] = bench_sweep(device, args.images, args.workers, args.clip)
         print(json.dumps({"sweep": results["sweep"]}, indent=1), flush=True)
+    if args.what == "cpu":  # not in "all": a CPU figure, minutes per path
+        results["cpu"] = bench_cpu(args.clip, args.repeat, args.paths.split(","))
+        print(json.dumps({"cpu": results["cpu"]}, indent=1), flush=True)
     if args.what in ("startup", "all"):
         results["startup"] = bench_startup(args.clip, args.repeat)
         print(json.dumps({"startup": results["startup"]}, indent=1), flush=True)

@@ -397,6 +397,8 @@ class CLIPBackbone(nn.Module):
         768 x 14 x 14 map costs ~3 ms on an H100, as much as a tenth of a window's forward).
         The cache is keyed on the parameter's version, so changed weights are never served stale."""
         pos = self.visual.positional_embedding
+        if torch.compiler.is_compiling():  # torch.compile / torch.export (ONNX): the resize is in the graph
+            return interpolate_pos_embed(pos, grid, self.native_grid)
         key = (tuple(grid), pos.device, pos.dtype, pos._version, pos.data_ptr())
         if key not in self._pos_cache:
             if len(self._pos_cache) >= 16:
