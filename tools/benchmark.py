@@ -3,7 +3,7 @@
     python tools/benchmark.py eval  [--device cuda] [--images 400]
     python tools/benchmark.py train [--device cuda] [--iters 30]
     python tools/benchmark.py startup [--repeat 3]     # time to a ready model, cold and warm text cache
-    python tools/benchmark.py cpu [--repeat 3] [--paths fp32,bf16,compile,onnxruntime]   # CPU paths, one photo
+    python tools/benchmark.py cpu [--repeat 3] [--paths fp32,bf16,compile,onnxruntime] [--miou-images 8]
     python tools/benchmark.py all --json out.json        # a new file (--overwrite to replace one)
 
 Models are ViT-B/16-sized with random weights (speed does not depend on the weights):
@@ -429,6 +429,20 @@ def fidelity(probs: torch.Tensor, reference: torch.Tensor) -> dict:
             "max_abs_dprob": float((probs - reference).abs().max())}
 
 
+def bench_cpu_miou(clip: str, n_images: int, workers: int) -> dict:
+    """Evaluation mIoU of fp32 and bf16 on ``n_images`` synthetic VOC images (random ViT-B/16-sized
+    weights, random heads, VOC's 21 classes with its background refinement), in one run."""
+    out: dict = {"images": n_images}
+    with Evaluator(num_workers=workers, progress=False) as evaluator, tempfile.TemporaryDirectory() as tmp:
+        model, root = build_dinoiser(torch.device("cpu"), clip), write_voc_like(tmp, n_images)
+        for precision in ("fp32", "bf16"):
+            evaluator.precision = precision
+            r = evaluator.evaluate(model, BENCHMARKS["voc"], root)
+            out[f"miou_{precision}"], out[f"seconds_{precision}"] = r.miou, r.seconds
+    out["miou_bf16_minus_fp32"] = out["miou_bf16"] - out["miou_fp32"]
+    return out
+
+
 def bench_cpu(clip: str, repeat: int, paths: list[str]) -> dict:
     """CPU inference paths on one 500 x 375 photo (two 448 windows), in one run: seconds per image
     and per window, achieved GFLOP/s against the same run's large-matmul GFLOP/s, fidelity against
@@ -504,6 +518,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="write the results here (a new file, or --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--repeat", type=int, default=10, help="timed calls per figure (1 for a smoke run)")
+    p.add_argument("--miou-images", type=int, default=0, help="cpu: also evaluate fp32 and bf16 on N synthetic images")
     p.add_argument("--paths", default=",".join(CPU_PATHS), help=f"cpu: the paths to compare ({','.join(CPU_PATHS)})")
     args = p.parse_args(argv)
     return run(args)
@@ -512,7 +527,7 @@ def main(argv=None) -> int:
 def check_arguments(args: argparse.Namespace) -> torch.device:
     """Every argument checked before any work (one line each, as the other tools)."""
     for name, kind_ in (("images", COUNT), ("window_batch", COUNT), ("iters", COUNT), ("batch", COUNT), ("crop", COUNT),
-                        ("workers", NON_NEGATIVE_INT), ("repeat", COUNT)):
+                        ("workers", NON_NEGATIVE_INT), ("repeat", COUNT), ("miou_images", NON_NEGATIVE_INT)):
         kind_.check(getattr(args, name), f"--{name.replace('_', '-')}")
     if args.clip.endswith(".json") and not os.path.isfile(args.clip):
         raise FileNotFoundError(f"CLIP model config not found: {args.clip} (--clip)")
@@ -551,6 +566,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"sweep": results["sweep"]}, indent=1), flush=True)
     if args.what == "cpu":  # not in "all": a CPU figure, minutes per path
         results["cpu"] = bench_cpu(args.clip, args.repeat, args.paths.split(","))
+        if args.miou_images:
+            results["cpu"]["miou"] = bench_cpu_miou(args.clip, args.miou_images, args.workers)
         print(json.dumps({"cpu": results["cpu"]}, indent=1), flush=True)
     if args.what in ("startup", "all"):
         results["startup"] = bench_startup(args.clip, args.repeat)
