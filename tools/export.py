@@ -37,7 +37,7 @@ def main(argv=None) -> int:
 @user_errors_as_one_line
 def run(args: argparse.Namespace) -> int:
     from clip_dinoiser import load
-    from clip_dinoiser.engine.export import export_onnx
+    from clip_dinoiser.engine.evaluation.export import export_onnx
     from clip_dinoiser.errors import UserError
     from clip_dinoiser.files import check_output_dir
     from clip_dinoiser.models import read_vocabulary_file

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import UserError
+from ...errors import UserError
 
 INPUT, OUTPUT = "windows", "probabilities"
 
