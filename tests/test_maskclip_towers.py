@@ -288,7 +288,7 @@ def test_whole_mode_runs_each_image_at_once_and_slide_logits_average_scores(tiny
 # --------------------------------------------------------------------------- protocol presets
 
 
-def test_protocol_maskclip_reads_maskclips_class_names_and_templates(tiny_rn_file):
+def test_protocol_maskclip_reads_maskclips_class_names_and_templates(tiny_rn_file, tmp_path):
     from clip_dinoiser.data.benchmarks import BENCHMARKS
     from clip_dinoiser.engine.evaluation.evaluate import Evaluator
     from clip_dinoiser.models.text import maskclip_templates
@@ -312,6 +312,10 @@ def test_protocol_maskclip_reads_maskclips_class_names_and_templates(tiny_rn_fil
     setting = Evaluator(slide=SlideConfig(scores="logits"), vocabulary_set="maskclip").setting(
         model, BENCHMARKS["voc20"])
     assert setting.classes.names[0] == "airplane" and setting.decoding.scores == "logits"
+    own = tmp_path / "names.txt"  # data.vocabulary: a file of the user's, over any set
+    own.write_text("".join(f"thing{i}\n" for i in range(20)))
+    setting = Evaluator(vocabulary_set="maskclip").setting(model, BENCHMARKS["voc20"], vocabulary=str(own))
+    assert setting.classes.names == [f"thing{i}" for i in range(20)]
 
 
 def test_load_applies_a_protocol_under_the_callers_own_settings(tiny_rn_file):
