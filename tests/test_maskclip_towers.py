@@ -165,6 +165,22 @@ def test_prompt_denoising_and_key_smoothing_decide_per_class_and_per_patch_as_ma
     torch.testing.assert_close(key_smoothing(probs, keys, 0.6), expected)
 
 
+def test_background_refinement_resizes_a_coarser_objectness_map_bilinearly():
+    """The refinements' third rule (CLIP-DINOiser's) on an objectness map of another grid: resized
+    bilinearly (align_corners=False) to the probabilities' grid, then the rule per pixel."""
+    from clip_dinoiser.models.refinement import background_refinement
+
+    torch.manual_seed(0)
+    probs = torch.rand(2, 3, 4, 6).softmax(1)
+    probs[0, :, 0, 0] = torch.tensor([0.995, 0.003, 0.002])  # one confident pixel
+    logits = torch.randn(2, 1, 2, 3) * 3
+    up = F.interpolate(logits, size=(4, 6), mode="bilinear", align_corners=False)
+    rule = (torch.sigmoid(up[:, 0]) <= 0.5) & (probs.max(1).values < 0.99)
+    expected = probs.clone()
+    expected[:, 1][rule] = 1.0
+    assert torch.equal(background_refinement(probs, logits, 1, 0.99), expected)
+
+
 def test_vit_keys_go_through_the_attention_output_projection(tiny_clip_file):
     """MaskCLIP's ViT (``vit.py``, ``return_qkv``) applies ``out_proj`` to the key part of the last
     block's ``in_proj``: our keys equal that, computed from open_clip's own modules."""
