@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -199,7 +200,7 @@ class EvalConfig:
     device: str = "auto"  # auto / cpu / cuda (torchrun: one GPU per rank)
     precision: str = "fp32"  # fp32 / bf16 / fp16 (autocast)
     loader_batch: int = kind(COUNT, default=8)  # images per loader item (consecutive images share model calls)
-    num_workers: int = kind(NON_NEGATIVE_INT, default=8)  # data-loading processes per rank
+    num_workers: int | None = kind(NON_NEGATIVE_INT, default=None)  # loader processes per rank (null: CPU cores, <= 8)
     limit: int | None = kind(COUNT, default=None)  # evaluate only the first N images of each benchmark
     progress: bool = True  # progress bar
     output: str = "outputs/eval/${now:%Y-%m-%d_%H-%M-%S}"  # run folder: config, results.json, results.csv
@@ -257,9 +258,10 @@ class TrainSettings:
     step_lr_gamma: float = kind(POSITIVE, default=0.1)  # learning-rate factor at each milestone
     im_size: int = kind(Kind(integer=True, low=16), default=448)  # training crop size
     antialias: bool = False  # image resize without antialiasing, as the reference (torchvision 0.13.1)
-    num_workers: int = kind(NON_NEGATIVE_INT, default=8)  # data-loading processes per rank
+    num_workers: int | None = kind(NON_NEGATIVE_INT, default=None)  # loader processes per rank (null: CPU cores, <= 8)
     seed: int = kind(NON_NEGATIVE_INT, default=0)  # sample, order, augmentations and initial heads
     save_every: int = kind(COUNT, default=500)  # iterations between checkpoints
+    log_every: int = kind(COUNT, default=50)  # iterations between the loss lines in train.log and the console
     keep_checkpoints: int = kind(COUNT, default=2)  # newest checkpoints kept in checkpoints/
     stop_after: int | None = kind(COUNT, default=None)  # stop (and save) after this many iterations in this call
 
@@ -272,7 +274,7 @@ class TrainEvalConfig:
     data: DataConfig = field(default_factory=DataConfig)
     slide: SlideConfig = field(default_factory=SlideConfig)
     precision: str = "fp32"  # fp32 / bf16 / fp16 (autocast)
-    num_workers: int = kind(NON_NEGATIVE_INT, default=4)  # data-loading processes
+    num_workers: int | None = kind(NON_NEGATIVE_INT, default=None)  # loader processes (null: CPU cores, <= 4)
     limit: int | None = kind(COUNT, default=None)  # evaluate only the first N images of each benchmark
 
 
@@ -312,9 +314,10 @@ class TargetTrainSettings:
     photometric: bool = True  # mmseg's PhotoMetricDistortion
     conf_thresh: float = kind(FRACTION, default=0.0)  # pixels whose label probability is below: ignored (0: off)
     self_train_from: int | None = kind(COUNT, default=None)  # from this iteration the target labels (null: never)
-    num_workers: int = kind(NON_NEGATIVE_INT, default=8)  # data-loading processes per rank
+    num_workers: int | None = kind(NON_NEGATIVE_INT, default=None)  # loader processes per rank (null: CPU cores, <= 8)
     seed: int = kind(NON_NEGATIVE_INT, default=0)  # order, augmentations and the head's initialisation
     save_every: int = kind(COUNT, default=500)  # iterations between checkpoints
+    log_every: int = kind(COUNT, default=50)  # iterations between the loss lines in train.log and the console
     keep_checkpoints: int = kind(COUNT, default=2)  # newest checkpoints kept in checkpoints/
     stop_after: int | None = kind(COUNT, default=None)  # stop (and save) after this many iterations in this call
 
@@ -352,6 +355,27 @@ def register_configs() -> None:
     for name, node in (("eval_schema", EvalConfig), ("demo_schema", DemoConfig), ("app_schema", AppConfig),
                        ("train_schema", TrainConfig), ("train_target_schema", TrainTargetConfig)):
         cs.store(name=name, node=node)
+
+
+@dataclass(frozen=True)
+class Keys:
+    """How the user spells the keys of one model config, for messages: where the config sits
+    (``model``; ``annotator`` for MaskCLIP+'s annotator) and the keys a caller names otherwise
+    (the Python API's ``weights=`` for ``checkpoint``). ``Keys("annotator")("clip.pretrained")``
+    is ``annotator.clip.pretrained``."""
+
+    prefix: str = "model"
+    renamed: Mapping[str, str] = field(default_factory=dict)
+
+    def __call__(self, key: str) -> str:
+        if key in self.renamed:
+            return self.renamed[key]
+        return f"{self.prefix}.{key}" if self.prefix else key
+
+    @classmethod
+    def of(cls, where: str | Keys) -> Keys:
+        """``where`` as ``Keys`` (a plain prefix such as ``model`` or ``annotator``, or ``Keys``)."""
+        return where if isinstance(where, Keys) else cls(where)
 
 
 def parse(cls: type[T], cfg: Any, prefix: str) -> T:
@@ -401,6 +425,12 @@ def _field(cls: Any, dotted: str) -> dataclasses.Field | None:
 def field_kind(cls: type, dotted: str) -> Kind:
     """The kind of number of the field ``dotted`` (``maskclip.ks_thresh``) of the dataclass ``cls``."""
     return _field(cls, dotted).metadata["kind"]
+
+
+def field_length(cls: type, dotted: str) -> int | None:
+    """The list length of the field ``dotted`` of the dataclass ``cls`` (``kind(length=...)``), or None."""
+    f = _field(cls, dotted)
+    return None if f is None else f.metadata.get("length")
 
 
 def field_type(cls: type, dotted: str) -> str | None:

@@ -1,10 +1,12 @@
-"""The authors' released files by name: downloaded once into the cache, checked, reused.
+"""The authors' released files by name: a local copy, or downloaded once into the cache, checked, reused.
 
-``model.checkpoint=released`` and ``teachers.found.decoder=released`` resolve here. Each file
-is checked against its git blob id (SHA-1 of ``b"blob <size>\\0" + content``), a checksum
-anyone can recompute from the public repository (``git hash-object <file>``). A download is
-written under a temporary name and renamed only once its checksum matches, so an interrupted
-or wrong download never leaves a file that a later run would load.
+``model.checkpoint=released`` and ``teachers.found.decoder=released`` resolve here: to a copy
+under its published name in the weights folder (``checkpoints/last.pt``, ``files.weights_folder``)
+when there is one, else to the cached download. Each download is checked against its git blob
+id (SHA-1 of ``b"blob <size>\\0" + content``), a checksum anyone can recompute from the public
+repository (``git hash-object <file>``). A download is written under a temporary name and
+renamed only once its checksum matches, so an interrupted or wrong download never leaves a
+file that a later run would load.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from types import MappingProxyType
 from tqdm import tqdm
 
 from .errors import UserError
-from .files import default_cache_dir
+from .files import default_cache_dir, local_copy
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +42,20 @@ class ReleasedFile:
     filename: str  # name in the cache folder
     url: str
     git_blob: str
+    published: str = ""  # its name where it is published: a local copy's name in the weights folder
+    what: str = ""  # in words
 
 
 RELEASED = MappingProxyType({
     # CLIP-DINOiser heads (Wysoczanska et al., ECCV 2024): checkpoints/last.pt of wysoczanska/clip_dinoiser.
     "heads": ReleasedFile("clip_dinoiser_last.pt",
                           "https://github.com/wysoczanska/clip_dinoiser/raw/HEAD/checkpoints/last.pt",
-                          "0b6c94d9c439ebac7bcb07fe805be3654ea03c7f"),
+                          "0b6c94d9c439ebac7bcb07fe805be3654ea03c7f", "last.pt", "CLIP-DINOiser heads"),
     # FOUND's decoder (Simeoni et al., CVPR 2023): data/weights/decoder_weights.pt of valeoai/FOUND (2,689 bytes).
     "found_decoder": ReleasedFile("found_decoder_weights.pt",
                                   "https://github.com/valeoai/FOUND/raw/HEAD/data/weights/decoder_weights.pt",
-                                  "c1bd70fa400b55f7d0ec12a9c61b7c26aa2bb71f"),
+                                  "c1bd70fa400b55f7d0ec12a9c61b7c26aa2bb71f", "decoder_weights.pt",
+                                  "FOUND decoder"),
 })
 
 
@@ -100,9 +105,40 @@ def fetch(url: str, git_blob: str, dest: str, *, progress: bool = True, timeout:
     return dest
 
 
+def released_url(which: str, url: str | None = None) -> str:
+    """Where ``RELEASED[which]`` is downloaded from: ``url``, else the mirror of ``MIRROR_ENV``,
+    else the official address."""
+    spec = RELEASED[which]
+    mirror = os.environ.get(MIRROR_ENV)
+    return url or (f"{mirror.rstrip('/')}/{spec.filename}" if mirror else spec.url)
+
+
+def released_cache(which: str, cache_dir: str | None = None) -> str:
+    """The path of ``RELEASED[which]``'s download in the cache (whether it is there or not)."""
+    return os.path.join(cache_dir or os.path.join(default_cache_dir(), "weights"), RELEASED[which].filename)
+
+
+def cached_released(which: str) -> str | None:
+    """The checked download of ``RELEASED[which]`` in the cache, or None."""
+    path = released_cache(which)
+    return path if os.path.isfile(path) and git_blob_id(path) == RELEASED[which].git_blob else None
+
+
+def released_copy(which: str, key: str | None = None) -> str | None:
+    """The local copy of ``RELEASED[which]`` in the weights folder (by its published name), or
+    None. A copy whose content is not the released file is used, with a warning."""
+    spec = RELEASED[which]
+    path = local_copy(spec.published)
+    if path is not None and git_blob_id(path) != spec.git_blob:
+        log.warning("%s=released: %s is not the released %s (its git blob differs): used as it is", key or which,
+                    path, spec.what)
+    return path
+
+
 def resolve_released(value: str | None, which: str, url: str | None = None, cache_dir: str | None = None,
                      key: str | None = None) -> str | None:
-    """``value``, or for ``"released"`` the cached (downloaded on first use) file of ``RELEASED[which]``.
+    """``value``, or for ``"released"`` the local copy in the weights folder (``released_copy``),
+    else the cached (downloaded on first use) file of ``RELEASED[which]``.
 
     Args:
         url: download address instead of the official one (mirrors, tests); same checksum.
@@ -110,11 +146,11 @@ def resolve_released(value: str | None, which: str, url: str | None = None, cach
     """
     if value != RELEASED_NAME:
         return value
-    spec = RELEASED[which]
-    folder = cache_dir or os.path.join(default_cache_dir(), "weights")
-    mirror = os.environ.get(MIRROR_ENV)
-    url = url or (f"{mirror.rstrip('/')}/{spec.filename}" if mirror else spec.url)
-    return fetch(url, spec.git_blob, os.path.join(folder, spec.filename), key=key)
+    copy = released_copy(which, key)
+    if copy is not None:
+        log.info("%s=released: %s", key or which, copy)
+        return copy
+    return fetch(released_url(which, url), RELEASED[which].git_blob, released_cache(which, cache_dir), key=key)
 
 
 def hub_address() -> tuple[str, int]:
@@ -130,10 +166,25 @@ def hub_address() -> tuple[str, int]:
 
 def hub_reachable(timeout: float = 2.0) -> bool:
     """A TCP connection to the hub opens within ``timeout`` (assumed true behind a proxy)."""
+    return _connects(hub_address(), timeout)
+
+
+def url_reachable(url: str, timeout: float = 2.0) -> bool:
+    """A TCP connection to ``url``'s server opens within ``timeout`` (assumed true behind a proxy;
+    a ``file:`` address: the file exists)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme == "file":
+        return os.path.exists(urllib.request.url2pathname(parts.path))
+    return _connects((parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)), timeout)
+
+
+def _connects(address: tuple[str, int], timeout: float) -> bool:
     if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return True
     try:
-        socket.create_connection(hub_address(), timeout=timeout).close()
+        socket.create_connection(address, timeout=timeout).close()
         return True
     except OSError:
         return False

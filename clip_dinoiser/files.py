@@ -11,12 +11,32 @@ from collections.abc import Callable
 from typing import IO, Any
 
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+WEIGHTS_ENV = "CLIP_DINOISER_WEIGHTS"  # the folder of local weight copies (read per call)
+WEIGHTS_FOLDER = "checkpoints"  # ... when WEIGHTS_ENV is not set (relative to the working folder)
 
 
 def default_cache_dir() -> str:
     """``$XDG_CACHE_HOME/clip_dinoiser``, else ``~/.cache/clip_dinoiser`` (read when called)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "clip_dinoiser")
+
+
+def weights_folder() -> str:
+    """The folder where the tools look for local copies of weights by file name:
+    ``$CLIP_DINOISER_WEIGHTS``, else ``checkpoints`` (read when called)."""
+    return os.path.expanduser(os.environ.get(WEIGHTS_ENV) or WEIGHTS_FOLDER)
+
+
+def local_copy(name: str) -> str | None:
+    """The file ``name`` in ``weights_folder()``, or None. A name without a weights suffix
+    (``vit_base_patch16_224.dino``) matches that name with any of ``WEIGHT_SUFFIXES``."""
+    folder = weights_folder()
+    names = [name] if name.endswith(WEIGHT_SUFFIXES) else [name + suffix for suffix in WEIGHT_SUFFIXES]
+    for candidate in names:
+        path = os.path.join(folder, candidate)
+        if os.path.isfile(path):
+            return path
+    return None
 
 
 def looks_like_path(value: str | None) -> bool:

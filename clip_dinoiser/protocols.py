@@ -209,7 +209,8 @@ def published_miou(protocol: str, model: Mapping[str, Any], benchmark: str,
     maskclip = model.get("maskclip") or {}
     if model.get("name") == "maskclip" and (maskclip.get("ks_thresh") or maskclip.get("pd_thresh")):
         return None
-    wanted = (protocol, model.get("name"), clip.get("name"), clip.get("pretrained"), benchmark,
+    tower = str(clip.get("name") or "").removesuffix("-quickgelu")  # the same weights under open_clip's other name
+    wanted = (protocol, model.get("name"), tower, clip.get("pretrained"), benchmark,
               tuple(corruption) if corruption else None, zero_shot, metric)
     for p in PUBLISHED:
         if (p.protocol, p.model, p.tower, p.pretrained, p.benchmark, p.corruption, p.zero_shot, p.metric) == wanted:

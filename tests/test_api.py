@@ -32,7 +32,8 @@ def tiny_load(tiny_clip_file, tiny_heads_file):
                              weights=tiny_heads_file, slide=SLIDE)
 
 
-def test_api_labels_equal_the_demo_pixel_for_pixel(tmp_path, tiny_load, tiny_clip_file, tiny_heads_file):
+def test_api_labels_and_files_equal_the_demos_pixel_for_pixel(tmp_path, tiny_load, tiny_clip_file, tiny_heads_file):
+    """The labels, and ``result.save``'s files (the overlay, the label map, the figure)."""
     image = random_image(90, 130, seed=4)
     Image.fromarray(image).save(tmp_path / "photo.png")
     segmenter = tiny_load(device="cpu")
@@ -53,6 +54,11 @@ def test_api_labels_equal_the_demo_pixel_for_pixel(tmp_path, tiny_load, tiny_cli
     assert r.returncode == 0, r.stderr[-2000:]
     demo_labels = np.asarray(Image.open(tmp_path / "out" / "photo_labels.png"))
     assert np.array_equal(demo_labels, result.labels)
+    written = result.save(str(tmp_path / "api"))
+    assert [os.path.basename(p) for p in written] == ["photo_mask.png", "photo_labels.png", "photo_figure.png"]
+    for name in ("photo_mask.png", "photo_labels.png", "photo_figure.png"):
+        ours, demos = Image.open(tmp_path / "api" / name), Image.open(tmp_path / "out" / name)
+        assert ours.mode == demos.mode and np.array_equal(np.asarray(ours), np.asarray(demos)), name
 
 
 def test_api_takes_paths_pil_images_arrays_and_lists(tmp_path, tiny_load):

@@ -19,7 +19,7 @@ from PIL import Image
 
 from clip_dinoiser.config import SlideConfig
 from clip_dinoiser.models import build_model
-from clip_dinoiser.visualize import make_palette, overlay
+from clip_dinoiser.visualize import overlay, palette_for
 
 from .conftest import TINY_CLIP_CFG, random_image
 
@@ -227,7 +227,7 @@ def test_the_result_panels_are_large_and_their_text_legible(segmented):
         assert text_height(panel[bottom + 1:]) * scale >= 12, tab  # the legend, or the colour bar's caption
         if tab != "objectness":  # the swatches of the legend are as high as its text
             legend = panel[bottom + 1:].astype(int) @ [65536, 256, 1]
-            swatches = np.isin(legend, make_palette(len(NAMES)).astype(int) @ [65536, 256, 1])
+            swatches = np.isin(legend, palette_for(NAMES).astype(int) @ [65536, 256, 1])
             assert swatches.any(axis=1).sum() * scale >= 12, tab
     page.get_by_role("tab", name="Segmentation").click()
 
@@ -247,7 +247,7 @@ def test_the_overlay_and_the_label_map_download(segmented, tmp_path):
     assert labels.mode == "P" and labels.size == (W, H)
     values = np.asarray(labels)
     assert set(np.unique(values)) <= set(range(len(NAMES)))  # pixel value = class index
-    palette = make_palette(len(NAMES))
+    palette = palette_for(NAMES)
     assert np.array_equal(np.asarray(labels.getpalette()[: 3 * len(NAMES)]).reshape(-1, 3), palette)
     shown_overlay = np.asarray(Image.open(files["overlay"]).convert("RGB"))
     assert shown_overlay.shape[0] == H and shown_overlay.shape[1] > W  # the overlay, then its legend

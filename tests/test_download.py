@@ -15,7 +15,7 @@ import torch
 
 from clip_dinoiser import download
 from clip_dinoiser.download import RELEASED, ReleasedFile, fetch, git_blob_id
-from clip_dinoiser.models import build_model, load_heads_state
+from clip_dinoiser.models import build_model, load_heads_state, load_open_clip
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -155,8 +155,10 @@ def test_uncached_hub_tags_fail_fast_offline(empty_hub_cache, monkeypatch, offli
         raise OSError("no network in this test")
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
-    with pytest.raises(ValueError, match=r"cannot load CLIP weights 'laion2b_s34b_b88k'.*model\.clip\.pretrained"):
+    with pytest.raises(ValueError, match=r"cannot find 1 weights file .*: model\.clip\.pretrained=laion2b_s34b_b88k"):
         build_model({"name": "maskclip", "clip": {"name": "ViT-B-16", "pretrained": "laion2b_s34b_b88k"}})
+    with pytest.raises(ValueError, match=r"cannot load CLIP weights 'laion2b_s34b_b88k'.*model\.clip\.pretrained"):
+        load_open_clip("ViT-B-16", "laion2b_s34b_b88k")  # the loader alone, past the check: as fast
     with pytest.raises(ValueError, match="cannot load teacher 'vit_small_patch8_224.dino'"):
         load_timm_vit("vit_small_patch8_224", "vit_small_patch8_224.dino")
     assert connections == []

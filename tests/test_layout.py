@@ -18,7 +18,7 @@ ROOT = PACKAGE.parent
 OURS = ("clip_dinoiser", "tools", "tests")
 # tools/: what users run, each named in the README (quality instruments live with the tests). A new command: here too.
 USER_COMMANDS = ("demo.py", "eval.py", "train.py", "train_target.py", "summarize.py", "app.py", "benchmark.py",
-                 "convert_cityscapes.py", "convert_coco_object.py", "convert_coco_stuff.py")
+                 "convert_cityscapes.py", "convert_coco_object.py", "convert_coco_stuff.py", "weights.py")
 
 
 def modules():

@@ -238,7 +238,8 @@ def test_eval_tools_model_carries_the_paper_constants(tiny_clip_file, heads_256)
 
 def test_vit_b16_heads_read_768_channels(monkeypatch):
     """The eval tool's model at ViT-B/16 size: open_clip builds the architecture the config names on
-    the meta device (no weights, no download); the heads are built by the real code at full size."""
+    the meta device (no weights, no download, so no weights file to find first); the heads are
+    built by the real code at full size."""
     import open_clip
 
     from clip_dinoiser.models import build as build_module
@@ -246,12 +247,13 @@ def test_vit_b16_heads_read_768_channels(monkeypatch):
     cfg = compose_tool("eval", "model.checkpoint=null", "model.text_cache=null")
     made = []
 
-    def meta_clip(name, pretrained):
+    def meta_clip(name, pretrained, key):
         made.append((name, pretrained))
         with torch.device("meta"):
             return open_clip.create_model(name, device="meta")
 
     monkeypatch.setattr(build_module, "load_open_clip", meta_clip)
+    monkeypatch.setattr(build_module, "check_weights", lambda rows: None)
     model = build_model(cfg.model)
     assert made == [(paper("clip.name"), paper("clip.pretrained"))]
     b = model.backbone

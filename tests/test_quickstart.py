@@ -1,7 +1,7 @@
 """The README's Quickstart command, verbatim, in a fresh checkout (no checkpoints, empty caches):
 with the weights reachable (a local HTTP server stands in for the Hugging Face hub, which serves
 CLIP, and for the released heads' address) it writes its three outputs; offline it fails in one
-line naming the key and the ``released`` option."""
+line naming every missing file with its key."""
 
 from __future__ import annotations
 
@@ -102,16 +102,21 @@ def user_env(tmp_path, **extra) -> dict[str, str]:
     return {**env, "XDG_CACHE_HOME": str(tmp_path / "cache"), "HF_HOME": str(tmp_path / "hf"), **extra}
 
 
-def test_offline_the_quickstart_fails_in_one_line_naming_the_key(tmp_path):
+def test_offline_the_quickstart_names_every_missing_weights_file_in_one_line(tmp_path):
+    """Offline, before anything loads: CLIP's and the heads' files in one line, each with its key,
+    its local copy's name and the folder to put it in (one attempt tells all)."""
     checkout = fresh_checkout(tmp_path / "clip_dinoiser")
     Image.fromarray(random_image(60, 80)).save(os.path.join(checkout, "photo.jpg"))
-    env = user_env(tmp_path, CLIP_DINOISER_RELEASES_URL=f"http://127.0.0.1:{free_port()}")  # nothing listens
+    env = user_env(tmp_path, CLIP_DINOISER_RELEASES_URL=f"http://127.0.0.1:{free_port()}",  # nothing listens
+                   HF_HUB_OFFLINE="1")
     r = subprocess.run([sys.executable, *quickstart_command()[1:]], cwd=checkout, capture_output=True, text=True,
                        timeout=300, env=env)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     last = r.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: cannot download") and "(model.checkpoint=released)" in last
-    assert "give model.checkpoint=<its path>" in last
+    assert last.startswith("error: cannot find 2 weights files"), last
+    for named in ("model.clip.pretrained=laion2b_s34b_b88k", "ViT-B-16.laion2b_s34b_b88k", "model.checkpoint=released",
+                  "last.pt from http://127.0.0.1", "in checkpoints/", "CLIP_DINOISER_WEIGHTS"):
+        assert named in last, named
     assert not os.path.exists(os.path.join(checkout, "out"))
 
 
@@ -146,7 +151,8 @@ def test_the_quickstart_runs_as_written_when_the_weights_are_reachable(tmp_path,
     checkout = fresh_checkout(tmp_path / "clip_dinoiser")
     assert os.listdir(os.path.join(checkout, "checkpoints")) == ["README.md"]
     Image.fromarray(random_image(300, 400)).save(os.path.join(checkout, "photo.jpg"))
-    env = user_env(tmp_path, HF_ENDPOINT=url, CLIP_DINOISER_RELEASES_URL=f"{url}/releases", PYTHONPATH=str(shim))
+    env = user_env(tmp_path, HF_ENDPOINT=url, CLIP_DINOISER_RELEASES_URL=f"{url}/releases",
+                   PYTHONPATH=f"{shim}{os.pathsep}{checkout}")  # the clone's own package
     command = quickstart_command()
     r = subprocess.run([sys.executable, *command[1:]], cwd=checkout, capture_output=True, text=True, timeout=900,
                        env=env)

@@ -263,6 +263,8 @@ def test_ctrl_c_in_the_training_tool_saves_and_says_how_to_resume(tmp_path, trai
     assert last.startswith("interrupted (SIGINT): iteration ") and f"train.resume={run}" in last
     iteration = int(last.split("iteration ")[1].split(" ")[0])
     assert os.listdir(run / "checkpoints") == [f"iter_{iteration:07d}.pt"]
+    log = (run / "train.log").read_text()
+    assert last in log and f"iteration {iteration}/" in log  # the resume command and the last loss line too
 
 
 def test_unreadable_training_images_are_named_or_skipped_and_replaced(tmp_path, tiny_clip_file, tiny_teachers, caplog):

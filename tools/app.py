@@ -260,6 +260,7 @@ def run(cfg: DictConfig) -> None:
     except ImportError:
         raise UserError('the web app needs Gradio: pip install -e ".[app]"') from None
     t0 = time.perf_counter()
+    say(f"loading {cfg.model.name} on {device} (a line per stage)")
     model = build_model(cfg.model).to(device)
     say(f"model ready in {time.perf_counter() - t0:.1f} s ({cfg.model.name} on {device})")
     with tempfile.TemporaryDirectory(prefix="clip_dinoiser_app_") as downloads:

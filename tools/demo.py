@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING
 import hydra
 import numpy as np
 from omegaconf import DictConfig
-from PIL import Image
 from tqdm import tqdm
 
 from clip_dinoiser.config import DemoConfig, parse, register_configs
@@ -33,7 +32,7 @@ from clip_dinoiser.data.images import load_image
 from clip_dinoiser.engine.job.cli import launch, one_line, resolve_device, user_errors_as_one_line
 from clip_dinoiser.engine.job.runs import refuse_existing
 from clip_dinoiser.errors import UserError
-from clip_dinoiser.files import check_output_dir, write_atomic
+from clip_dinoiser.files import check_output_dir
 from clip_dinoiser.readers import IMAGE_EXTENSIONS
 from clip_dinoiser.values import check_precision
 from clip_dinoiser.visualize import MAX_INDEXED_CLASSES
@@ -74,18 +73,11 @@ def demo_images(spec: str) -> tuple[list[str], bool]:
 
 
 def write_outputs(image: np.ndarray, data: FigureData, names: list[str], stem: str, cfg: DictConfig) -> list[str]:
-    """<stem>_mask.png, <stem>_labels.png and (figure=true) <stem>_figure.png in ``cfg.output``,
-    each written atomically (an interrupted run never leaves half a PNG)."""
-    from clip_dinoiser.engine.reporting.figures import figure
-    from clip_dinoiser.visualize import label_images
+    """<stem>_mask.png, <stem>_labels.png and (figure=true) <stem>_figure.png in ``cfg.output``
+    (``engine.reporting.figures.write_pictures``, as the Python API's ``Segmentation.save``)."""
+    from clip_dinoiser.engine.reporting.figures import write_pictures
 
-    images = list(label_images(image, data.labels, names, cfg.alpha))
-    if cfg.figure:
-        images.append(Image.fromarray(figure(image, data, names, alpha=cfg.alpha)))
-    paths = output_paths(cfg, stem)
-    for path, im in zip(paths, images):
-        write_atomic(path, lambda f, im=im: im.save(f, format="PNG"), binary=True)
-    return paths
+    return write_pictures(cfg.output, stem, image, data, names, alpha=cfg.alpha, with_figure=cfg.figure)
 
 
 def output_stems(paths: list[str]) -> list[str]:
@@ -103,8 +95,9 @@ def output_stems(paths: list[str]) -> list[str]:
 
 
 def output_paths(cfg: DictConfig, stem: str) -> list[str]:
-    kinds = ("mask", "labels", "figure") if cfg.figure else ("mask", "labels")
-    return [os.path.join(cfg.output, f"{stem}_{kind}.png") for kind in kinds]
+    from clip_dinoiser.engine.reporting.figures import picture_paths
+
+    return picture_paths(cfg.output, stem, with_figure=cfg.figure)
 
 
 @user_errors_as_one_line
@@ -123,6 +116,7 @@ def run(cfg: DictConfig) -> list[str]:
     if query is not None and not single:
         raise UserError(f"query={list(cfg.query)}: give one pixel [x, y] of a single image")
     check_precision(cfg.precision)
+    log.info("loading %s: torch, then its weights (a line per stage)", cfg.model.name)
     device = resolve_device(cfg.device)
     from clip_dinoiser.engine.evaluation.inference import check_point
     from clip_dinoiser.engine.reporting.figures import segment_for_figure

@@ -96,6 +96,7 @@ def run(cfg: DictConfig) -> list[list[BenchmarkResult]]:
     In a hydra multirun (``-m``) each job's run folder is ``hydra.sweep.dir/<job number>`` and the
     sweep's summary (with the robustness table for corruption sweeps) is rewritten after every job."""
     sweep_dir = multirun_folder(cfg)
+    log.info("checking the settings, the benchmarks' folders and the weights")
     benchmarks, settings, points, folders = check_settings(cfg)
     from clip_dinoiser.data.benchmarks import corruption_of, reference_for
     from clip_dinoiser.engine.evaluation.evaluate import Evaluator

@@ -136,6 +136,34 @@ def reference_for(bench: Benchmark, model: Any, protocol: str = "clip_dinoiser",
     return replace(bench, paper_miou=found.miou, title=f"{bench.title} (vs {found.method})")
 
 
+def benchmark_palette(bench: Benchmark) -> np.ndarray:
+    """The colours of ``bench``'s classes (num_classes x 3 uint8, in label order): its dataset's own
+    (mmseg's ``METAINFO`` palette; VOC's is VOC's label PNG palette), a class named ``background``
+    black (as VOC's; Context's grey in mmseg); a benchmark of your own: ``visualize.palette_for``."""
+    from ..visualize import BACKGROUND, BLACK, palette_for
+
+    names = [s[0] for s in read_vocabulary_file(bench.vocabulary_file)]
+    if bench.dataset == "BaseSegDataset":
+        return palette_for(names)
+    palette = np.array(dataset_class(bench.dataset).METAINFO["palette"], np.uint8)[: bench.num_classes]
+    for i, name in enumerate(names[: len(palette)]):
+        if name.strip().lower() == BACKGROUND:
+            palette[i] = BLACK
+    return palette
+
+
+def label_file_palette(bench: Benchmark, shift: int) -> np.ndarray:
+    """The 256-entry palette of an indexed PNG whose pixel values are ``bench``'s label values
+    (class index + ``shift``: 1 where the dataset reduces label 0): ``benchmark_palette`` at those
+    values, VOC's colour map elsewhere (for VOC and VOC20 that is exactly VOC's label PNG palette)."""
+    from ..visualize import voc_colormap
+
+    palette = voc_colormap(256)
+    colours = benchmark_palette(bench)
+    palette[shift : shift + len(colours)] = colours
+    return palette
+
+
 def get_benchmark(name: str) -> Benchmark:
     if name not in BENCHMARKS:
         raise ConfigError(f"data={name}: unknown benchmark (choose from {', '.join(PAPER_ORDER)}, all, or describe "
@@ -165,7 +193,8 @@ def selected_benchmarks(cfg: DataConfig) -> list[tuple[Benchmark, str]]:
     return [(bench, cfg.root or os.path.join(DATA_ROOT, bench.root))]
 
 
-def _dataset_class(name: str):
+def dataset_class(name: str):
+    """The mmseg dataset class ``name``: mmseg's own, or one of ``datasets.py`` (VOC20, COCO-Object)."""
     import mmseg.datasets as md
 
     ours = {"PascalVOC20Dataset": PascalVOC20Dataset, "COCOObjectDataset": COCOObjectDataset}
@@ -232,7 +261,7 @@ def image_suffix(bench: Benchmark) -> str:
 
     if bench.img_suffix is not None:
         return bench.img_suffix
-    return inspect.signature(_dataset_class(bench.dataset)).parameters["img_suffix"].default
+    return inspect.signature(dataset_class(bench.dataset)).parameters["img_suffix"].default
 
 
 # The dataset classes that drop label 0 and shift the rest down by one (mmseg's own choice for each; a
@@ -346,7 +375,7 @@ def build_dataset(bench: Benchmark, root: str, *, scale: tuple[int, int] = Slide
             kwargs[key] = getattr(bench, key)
     if bench.dataset == "BaseSegDataset":  # a benchmark of your own: its classes from its class-name file
         kwargs["metainfo"] = {"classes": tuple(s[0] for s in read_vocabulary_file(bench.vocabulary_file))}
-    dataset = _dataset_class(bench.dataset)(
+    dataset = dataset_class(bench.dataset)(
         data_root=root,
         data_prefix={"img_path": bench.img_dir, "seg_map_path": bench.ann_dir},
         pipeline=eval_pipeline(bench.num_classes, scale),

@@ -19,17 +19,24 @@ def _names(benchmark: str) -> tuple[str, ...]:
     return tuple(line.split(",")[0].strip() for line in text.splitlines() if line.strip())
 
 
-def _palette(n: int) -> list[list[int]]:
-    from ..visualize import make_palette
+def _voc_colours(first: int, n: int) -> list[list[int]]:
+    """VOC's own colours of labels ``first`` .. ``first + n - 1`` (``visualize.voc_colormap``)."""
+    from ..visualize import voc_colormap
 
-    return make_palette(n).tolist()
+    return voc_colormap()[first : first + n].tolist()
+
+
+def _distinct_colours(names: tuple[str, ...]) -> list[list[int]]:
+    from ..visualize import palette_for
+
+    return palette_for(names).tolist()
 
 
 class PascalVOC20Dataset(BaseSegDataset):
     """PASCAL VOC 2012 without the background class: label 0 and the 255 borders are ignored
-    (``reduce_zero_label``), 20 object classes are scored."""
+    (``reduce_zero_label``), 20 object classes are scored (in VOC's own colours)."""
 
-    METAINFO = dict(classes=_VOC20, palette=_palette(20))
+    METAINFO = dict(classes=_VOC20, palette=_voc_colours(1, 20))
 
     def __init__(self, ann_file: str, img_suffix: str = ".jpg", seg_map_suffix: str = ".png", **kwargs) -> None:
         super().__init__(img_suffix=img_suffix, seg_map_suffix=seg_map_suffix, ann_file=ann_file,
@@ -38,9 +45,10 @@ class PascalVOC20Dataset(BaseSegDataset):
 
 class COCOObjectDataset(BaseSegDataset):
     """COCO-Object: the 80 COCO thing classes of COCO-Stuff 164k plus background (label 0);
-    annotations ``*_instanceTrainIds.png`` made by ``tools/convert_coco_object.py``."""
+    annotations ``*_instanceTrainIds.png`` made by ``tools/convert_coco_object.py``. Colours:
+    ``visualize.palette_for`` (background black; mmseg's COCO-Stuff palette repeats colours)."""
 
-    METAINFO = dict(classes=_names("coco_object"), palette=_palette(81))
+    METAINFO = dict(classes=_names("coco_object"), palette=_distinct_colours(_names("coco_object")))
 
     def __init__(self, img_suffix: str = ".jpg", seg_map_suffix: str = "_instanceTrainIds.png", **kwargs) -> None:
         super().__init__(img_suffix=img_suffix, seg_map_suffix=seg_map_suffix, reduce_zero_label=False, **kwargs)

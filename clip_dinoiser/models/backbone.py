@@ -32,6 +32,7 @@ from ..files import check_local_file
 from ..ops import pad_to_multiple
 from ..readers import read_json, read_weights
 from ..values import check_choice
+from ..weights import clip_weight, local_or_value
 
 log = logging.getLogger(__name__)
 
@@ -122,29 +123,34 @@ def is_resnet_config(name: str) -> bool:
     return isinstance((config.get("vision_cfg") or {}).get("layers"), (list, tuple))
 
 
-def load_open_clip(name: str, pretrained: str | None) -> nn.Module:
+def load_open_clip(name: str, pretrained: str | None, key: str = "model.clip.pretrained") -> nn.Module:
     """Build an open_clip model from an architecture name and a pretrained tag or local file.
 
     Args:
         name: open_clip architecture (``ViT-B-16``, ``ViT-L-14``, ...) or the path of an
             open_clip model-config JSON file (custom architectures).
-        pretrained: a pretrained tag (``laion2b_s34b_b88k``, ``openai``), a local checkpoint
-            path (offline clusters), or None / empty for random weights.
+        pretrained: a pretrained tag (``laion2b_s34b_b88k``, ``openai``; its local copy
+            ``<name>.<tag>.safetensors`` in the weights folder is used when there is one, see
+            ``weights.py``), a local checkpoint path (offline clusters), or None / empty for
+            random weights.
+        key: the config key of ``pretrained``, for messages.
     """
     import open_clip  # heavy: imported on first use, never at package import
 
     name = register_model_config(name)
     if name not in open_clip.list_models():
         raise UserError(f"unknown open_clip model '{name}' (see open_clip.list_models())")
-    check_local_file(pretrained, "CLIP checkpoint", "model.clip.pretrained")
+    check_local_file(pretrained, "CLIP checkpoint", key)
+    quick_gelu = trained_with_quick_gelu(name, pretrained)  # before the tag becomes its local copy's path
+    pretrained = local_or_value(clip_weight(name, pretrained, key))
     if pretrained and os.path.isfile(pretrained):
-        model = _open_clip_from_state_dict(name, pretrained)
+        model = open_clip_from_state_dict(name, pretrained, key, quick_gelu)
         if model is not None:
             return model.eval()
         try:  # a wrapped or converted checkpoint: open_clip's own loader
-            return open_clip.create_model(name, pretrained=pretrained).eval()
+            return open_clip.create_model(name, pretrained=pretrained, force_quick_gelu=quick_gelu).eval()
         except Exception as e:  # keys or shapes of another architecture
-            raise UserError(f"CLIP checkpoint {pretrained} does not fit {name} (model.clip.pretrained): "
+            raise UserError(f"CLIP checkpoint {pretrained} does not fit {name} ({key}): "
                             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     from open_clip.pretrained import download_pretrained, get_pretrained_cfg
 
@@ -153,16 +159,29 @@ def load_open_clip(name: str, pretrained: str | None) -> nn.Module:
         with hub_offline_if_unreachable():
             if tag_cfg:
                 download_pretrained(tag_cfg)  # fetched, or found in the cache, before the model is built
-            model = open_clip.create_model(name, pretrained=pretrained or None)
+            model = open_clip.create_model(name, pretrained=pretrained or None, force_quick_gelu=quick_gelu)
     except (RuntimeError, OSError) as e:  # download failures (offline machine), unknown tags
         raise UserError(
             f"cannot load CLIP weights '{pretrained}' for {name}: {str(e).splitlines()[0] if str(e) else e!r} "
-            "(offline? pass a local checkpoint file as model.clip.pretrained)"
+            f"(offline? pass a local checkpoint file as {key})"
         ) from e
     return model.eval()
 
 
-def _open_clip_from_state_dict(name: str, path: str) -> nn.Module | None:
+def trained_with_quick_gelu(name: str, pretrained: str | None) -> bool:
+    """Whether the open_clip tag ``pretrained`` of ``name`` was trained with QuickGELU (OpenAI's
+    weights: ``RN50`` / ``openai``, ``ViT-B-16`` / ``openai``, ...). open_clip >= 2.26 builds the
+    plain config's exact GELU for them and only warns; its ``*-quickgelu`` configs, or this flag,
+    give the activation they were trained with (text and image towers)."""
+    if not pretrained or os.path.isfile(pretrained):
+        return False
+    from open_clip.pretrained import get_pretrained_cfg
+
+    return bool((get_pretrained_cfg(name, pretrained) or {}).get("quick_gelu", False))
+
+
+def open_clip_from_state_dict(name: str, path: str, key: str = "model.clip.pretrained",
+                               quick_gelu: bool = False) -> nn.Module | None:
     """The open_clip model ``name`` with the tensors of a plain state-dict file, built without
     a random initialisation (on the meta device; the weights are assigned, not copied).
 
@@ -171,13 +190,15 @@ def _open_clip_from_state_dict(name: str, path: str) -> nn.Module | None:
     """
     import open_clip
 
-    state = read_weights(path, "CLIP checkpoint", "model.clip.pretrained")  # garbage files: one line
+    state = read_weights(path, "CLIP checkpoint", key)  # garbage files: one line
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         return None
+    # the hub's files are often fp16 (open_clip_model.safetensors); assigned as they are, the model would be too
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     logging.disable(logging.WARNING)  # open_clip warns that no pretrained weights were loaded: they are, below
     try:
         with torch.device("meta"):
-            model = open_clip.create_model(name, device="meta")
+            model = open_clip.create_model(name, device="meta", force_quick_gelu=quick_gelu)
     finally:
         logging.disable(logging.NOTSET)
     try:

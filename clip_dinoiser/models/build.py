@@ -8,19 +8,19 @@ Extension points, each a config key naming a built-in or the import path of your
 from __future__ import annotations
 
 import logging
-import os
+import time
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
 from torch import nn
 
-from ..config import ModelConfig, TargetConfig, paper_teachers, parse
+from ..config import Keys, ModelConfig, TargetConfig, paper_teachers, parse
 from ..download import RELEASED_NAME, resolve_released
 from ..errors import ConfigError, UserError
-from ..files import check_local_file
 from ..plugins import locate
 from ..readers import read_weights
+from ..weights import FILE, Weight, check_weights, clip_weight, file_weight, released_weight
 from .backbone import Backbone, CLIPBackbone, as_mmseg_vit, is_resnet_config, load_open_clip, register_model_config
 from .clip_dinoiser import CLIPDINOiser
 from .heads import DINOiserHeads, load_heads
@@ -49,17 +49,21 @@ BACKBONES: Mapping[str, Callable[[nn.Module, ModelConfig], Backbone]] = MappingP
 POOLINGS: Mapping[str, Pooling] = MappingProxyType({"guided": guided_pooling})
 
 
-def build_clip(cfg: ModelConfig) -> tuple[Backbone, TextClassifier]:
+def build_clip(cfg: ModelConfig, keys: Keys = Keys()) -> tuple[Backbone, TextClassifier]:
     """The frozen image tower (``model.clip.backbone``) and the open_clip text classifier."""
-    factory = locate(cfg.clip.backbone, BACKBONES, "model.clip.backbone")
-    name, model = load_clip(cfg)
+    factory = locate(cfg.clip.backbone, BACKBONES, keys("clip.backbone"))
+    name, model = load_clip(cfg, keys)
     return factory(model, cfg), build_text(cfg, model, name)
 
 
-def load_clip(cfg: ModelConfig) -> tuple[str, nn.Module]:
+def load_clip(cfg: ModelConfig, keys: Keys = Keys()) -> tuple[str, nn.Module]:
     """(open_clip's model name, the open_clip model) of ``model.clip``."""
     name = register_model_config(cfg.clip.name)
-    return name, load_open_clip(name, cfg.clip.pretrained)
+    started = time.perf_counter()
+    log.info("loading CLIP %s (%s)", name, cfg.clip.pretrained or "random weights")
+    model = load_open_clip(name, cfg.clip.pretrained, keys("clip.pretrained"))
+    log.info("CLIP %s loaded in %.1f s", name, time.perf_counter() - started)
+    return name, model
 
 
 def build_text(cfg: ModelConfig, model: nn.Module, name: str) -> TextClassifier:
@@ -79,36 +83,37 @@ def text_cache(name: str, pretrained: str | None, folder: str | None) -> TextEmb
     return TextEmbeddingCache(default_cache_dir() if folder == "auto" else str(folder), identity)
 
 
-def build_maskclip(cfg: ModelConfig) -> MaskCLIP:
-    backbone, text = build_clip(cfg)
+def build_maskclip(cfg: ModelConfig, keys: Keys = Keys()) -> MaskCLIP:
+    backbone, text = build_clip(cfg, keys)
     return MaskCLIP(backbone, text, Decoding.from_config(cfg))
 
 
-def build_clip_dinoiser(cfg: ModelConfig, training: bool = False) -> CLIPDINOiser:
+def build_clip_dinoiser(cfg: ModelConfig, training: bool = False, keys: Keys = Keys()) -> CLIPDINOiser:
     """CLIP-DINOiser with the heads of ``model.checkpoint``; ``training``: the heads are about to be
     trained (random heads are expected, not warned about)."""
-    # "released": the authors' last.pt, downloaded once into the cache (before CLIP is loaded)
-    checkpoint = resolve_released(cfg.checkpoint, "heads", cfg.checkpoint_url, key="model.checkpoint")
-    pooling = locate(cfg.pooling, POOLINGS, "model.pooling")
-    backbone, text = build_clip(cfg)
+    # "released": a local copy (checkpoints/last.pt), else the authors' last.pt downloaded once (before CLIP)
+    checkpoint = resolve_released(cfg.checkpoint, "heads", cfg.checkpoint_url, key=keys("checkpoint"))
+    pooling = locate(cfg.pooling, POOLINGS, keys("pooling"))
+    backbone, text = build_clip(cfg, keys)
     heads = DINOiserHeads(in_dim=backbone.width, proj_dim=cfg.proj_dim, kernel_size=cfg.kernel_size)
     if checkpoint:
+        log.info("loading the CLIP-DINOiser heads %s", checkpoint)
         load_heads(heads, checkpoint)
     elif not training:
-        log.warning("model.checkpoint is not set: the CLIP-DINOiser heads are random")
+        log.warning("%s is not set: the CLIP-DINOiser heads are random", keys("checkpoint"))
     return CLIPDINOiser(backbone, text, heads, Decoding.from_config(cfg), pooling)
 
 
-def build_dino_maskclip(cfg: ModelConfig) -> nn.Module:
+def build_dino_maskclip(cfg: ModelConfig, keys: Keys = Keys()) -> nn.Module:
     from ..teachers import build_teachers, by_head  # needs timm
     from .dino_maskclip import DINOMaskCLIP
 
-    pooling = locate(cfg.pooling, POOLINGS, "model.pooling")
-    teachers = build_teachers(model_teachers(cfg), "model.teachers")
+    pooling = locate(cfg.pooling, POOLINGS, keys("pooling"))
+    teachers = build_teachers(model_teachers(cfg), keys("teachers"))
     dino, found = by_head(teachers, "correlation"), by_head(teachers, "objectness")
     if dino is None:
-        raise ConfigError("model.teachers: dino_maskclip needs a correlation teacher (type: dino)")
-    backbone, text = build_clip(cfg)
+        raise ConfigError(f"{keys('teachers')}: dino_maskclip needs a correlation teacher (type: dino)")
+    backbone, text = build_clip(cfg, keys)
     return DINOMaskCLIP(backbone, text, dino, found, Decoding.from_config(cfg), pooling)
 
 
@@ -117,21 +122,22 @@ def model_teachers(cfg: ModelConfig) -> Mapping[str, Any]:
     return cfg.teachers if cfg.teachers is not None else paper_teachers()
 
 
-def build_target_model(cfg: ModelConfig) -> nn.Module:
+def build_target_model(cfg: ModelConfig, keys: Keys = Keys()) -> nn.Module:
     """A MaskCLIP+ target network trained by ``tools/train_target.py`` (``model.checkpoint``: its
     ``last.pt``, which records the network's settings), classifying with the class embeddings of
     CLIP's text tower (``model.clip``: the CLIP its annotator used)."""
     from .target import TargetModel, build_target, load_target_state
 
-    ckpt = read_weights(cfg.checkpoint or "", "target checkpoint", "model.checkpoint")
+    log.info("loading the target network %s", cfg.checkpoint)
+    ckpt = read_weights(cfg.checkpoint or "", "target checkpoint", keys("checkpoint"))
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("target"), dict) or "model_state_dict" not in ckpt:
         raise UserError(f"{cfg.checkpoint} is not a target network's last.pt (tools/train_target.py) "
-                        "(model.checkpoint)")
+                        f"({keys('checkpoint')})")
     recorded = ckpt.get("clip") or {}
     if recorded and (recorded.get("name"), recorded.get("pretrained")) != (cfg.clip.name, cfg.clip.pretrained):
         log.warning("the target was trained with the class embeddings of CLIP %s / %s; model.clip gives %s / %s",
                     recorded.get("name"), recorded.get("pretrained"), cfg.clip.name, cfg.clip.pretrained)
-    name, model = load_clip(cfg)
+    name, model = load_clip(cfg, keys)
     text = build_text(cfg, model, name)  # only the text tower classifies: no image tower is built
     target = build_target(parse(TargetConfig, {**ckpt["target"], "pretrained": None}, "target"), text.dim)
     load_target_state(target, ckpt["model_state_dict"], cfg.checkpoint)
@@ -148,22 +154,33 @@ MODEL_BUILDERS: Mapping[str, Callable[[ModelConfig], nn.Module]] = MappingProxyT
 })
 
 
-def check_model_files(cfg: ModelConfig) -> None:
-    """Fail on a missing local file that ``cfg`` names, before any weights are loaded."""
-    check_local_file(cfg.clip.pretrained, "CLIP checkpoint", "model.clip.pretrained")
+def model_weights(cfg: ModelConfig, keys: Keys = Keys()) -> list[Weight]:
+    """The weights files the model of ``cfg`` loads (``weights.Weight`` rows, with the keys as the
+    user spells them): CLIP's, the heads (``clip_dinoiser``), the teachers' (``dino_maskclip``),
+    the trained network (``target``)."""
+    rows = [clip_weight(cfg.clip.name, cfg.clip.pretrained, keys("clip.pretrained"))]
     if cfg.name == "clip_dinoiser":
-        if cfg.checkpoint and cfg.checkpoint != RELEASED_NAME and not os.path.isfile(cfg.checkpoint):
-            kind = "is a folder" if os.path.isdir(cfg.checkpoint) else "not found"
-            raise FileNotFoundError(f"heads checkpoint {kind}: {cfg.checkpoint} (model.checkpoint; "
-                                    "model.checkpoint=released downloads the authors' heads, 7 MB)")
+        rows.append(released_weight(cfg.checkpoint, "heads", keys("checkpoint"), "heads checkpoint",
+                                    cfg.checkpoint_url))
     if cfg.name == "dino_maskclip":
-        from ..teachers import check_teacher_files
+        from ..teachers import teacher_weights
 
-        check_teacher_files(model_teachers(cfg), "model.teachers")
-    if cfg.name == "target" and (not cfg.checkpoint or cfg.checkpoint == RELEASED_NAME
-                                 or not os.path.isfile(cfg.checkpoint)):
-        raise FileNotFoundError(f"model=target needs its trained network: model.checkpoint=<run folder>/last.pt "
+        rows += teacher_weights(model_teachers(cfg), keys("teachers"))
+    if cfg.name == "target":
+        rows.append(file_weight(cfg.checkpoint, keys("checkpoint"), "target network (last.pt of a MaskCLIP+ run)"))
+    if cfg.name not in MODEL_BUILDERS:  # a builder of your own may load other weights: only the files it names
+        rows = [w for w in rows if w is not None and w.kind == FILE]
+    return [w for w in rows if w is not None]
+
+
+def check_model_files(cfg: ModelConfig, keys: Keys | str = Keys()) -> None:
+    """Every weights file of ``cfg`` found (``model_weights``; missing ones listed together, each
+    with its key), before any weights are loaded."""
+    keys = Keys.of(keys)
+    if cfg.name == "target" and (not cfg.checkpoint or cfg.checkpoint == RELEASED_NAME):
+        raise FileNotFoundError(f"model=target needs its trained network: {keys('checkpoint')}=<run folder>/last.pt "
                                 f"(got {cfg.checkpoint})")
+    check_weights(model_weights(cfg, keys))
 
 
 # Models that read a ViT's blocks or patch grid: not on a ResNet tower.
@@ -173,32 +190,36 @@ VIT_ONLY = MappingProxyType({
 })
 
 
-def model_config(cfg: ModelConfig | Mapping[str, Any], prefix: str = "model") -> ModelConfig:
+def model_config(cfg: ModelConfig | Mapping[str, Any], prefix: Keys | str = "model") -> ModelConfig:
     """``cfg`` as a checked ``ModelConfig``: an unknown key or a wrong type is a ``ConfigError``
     naming it, as are the model name and the extension points (which are imported here), and a
     model on a tower it cannot use."""
-    cfg = parse(ModelConfig, cfg, prefix)
-    locate(cfg.name, MODEL_BUILDERS, f"{prefix}.name")  # a built-in, or the import path of your own builder
-    locate(cfg.clip.backbone, BACKBONES, f"{prefix}.clip.backbone")
-    locate(cfg.pooling, POOLINGS, f"{prefix}.pooling")
+    keys = Keys.of(prefix)
+    cfg = parse(ModelConfig, cfg, keys.prefix)
+    locate(cfg.name, MODEL_BUILDERS, keys("name"))  # a built-in, or the import path of your own builder
+    locate(cfg.clip.backbone, BACKBONES, keys("clip.backbone"))
+    locate(cfg.pooling, POOLINGS, keys("pooling"))
     if cfg.name in VIT_ONLY and cfg.clip.backbone == "open_clip":
         name = register_model_config(cfg.clip.name)
         if is_resnet_config(name):
-            raise ConfigError(f"{prefix}.clip.name={cfg.clip.name} is a ResNet tower: {prefix}.name={cfg.name} needs "
-                              f"a ViT ({VIT_ONLY[cfg.name]}); {prefix}=maskclip runs on ResNets")
+            raise ConfigError(f"{keys('clip.name')}={cfg.clip.name} is a ResNet tower: {keys('name')}={cfg.name} "
+                              f"needs a ViT ({VIT_ONLY[cfg.name]}); {keys.prefix}=maskclip runs on ResNets")
     return cfg
 
 
-def check_model_config(cfg: ModelConfig | Mapping[str, Any], prefix: str = "model") -> ModelConfig:
-    """``model_config`` and its local files, checked before any weights are loaded (``prefix``:
-    where the config sits, for messages: ``model``, ``annotator``)."""
+def check_model_config(cfg: ModelConfig | Mapping[str, Any], prefix: Keys | str = "model") -> ModelConfig:
+    """``model_config`` and its weights files, checked before any weights are loaded (``prefix``:
+    where the config sits, for messages: ``model``, ``annotator``, or ``Keys``)."""
     cfg = model_config(cfg, prefix)
-    check_model_files(cfg)
+    check_model_files(cfg, prefix)
     return cfg
 
 
-def build_model(cfg: ModelConfig | Mapping[str, Any]) -> MaskCLIP:
+def build_model(cfg: ModelConfig | Mapping[str, Any], keys: Keys | str = "model") -> MaskCLIP:
     """Build the model ``cfg.name`` (``clip_dinoiser``, ``maskclip``, ``dino_maskclip``, ``target``,
-    or the import path of your own builder) in eval mode."""
-    cfg = check_model_config(cfg)
-    return locate(cfg.name, MODEL_BUILDERS, "model.name")(cfg).eval()
+    or the import path of your own builder) in eval mode. ``keys``: how messages name the keys
+    (``annotator`` for MaskCLIP+'s annotator; ``Keys``)."""
+    keys = Keys.of(keys)
+    cfg = check_model_config(cfg, keys)
+    builder = locate(cfg.name, MODEL_BUILDERS, keys("name"))
+    return (builder(cfg, keys=keys) if cfg.name in MODEL_BUILDERS else builder(cfg)).eval()

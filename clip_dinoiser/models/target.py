@@ -53,6 +53,7 @@ from ..errors import ConfigError, UserError
 from ..files import check_local_file
 from ..readers import read_weights, state_dict_of, state_mismatch
 from ..values import COUNT, NON_NEGATIVE_INT
+from ..weights import Weight, local_or_value, timm_weight
 from .maskclip import Decoding, Features
 from .text import Classes
 
@@ -286,12 +287,12 @@ def _mmseg_resnet_keys(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return renamed
 
 
-def read_backbone_state(path: str) -> dict[str, Tensor]:
+def read_backbone_state(path: str, key: str = "target.pretrained") -> dict[str, Tensor]:
     """A backbone state dict from ``path``: plain, or under ``state_dict`` / ``model``, with
     ``module.`` / ``backbone.`` prefixes stripped and mmseg ResNet names mapped to timm's."""
-    state = state_dict_of(read_weights(path, "target backbone weights"))
+    state = state_dict_of(read_weights(path, "target backbone weights", key))
     if state is None:
-        raise UserError(f"target backbone weights {path}: not a state dict of tensors")
+        raise UserError(f"target backbone weights {path} ({key}): not a state dict of tensors")
     return _mmseg_resnet_keys(state)
 
 
@@ -311,26 +312,36 @@ def _create(name: str, pretrained: bool, output_stride: int, kwargs: Mapping[str
                           ) from e
 
 
+def backbone_weight(pretrained: str | None, key: str = "target.pretrained") -> Weight | None:
+    """The backbone's weights file (``weights.Weight`` row; None: random weights)."""
+    return timm_weight(pretrained, key, "target backbone weights")
+
+
 def load_backbone(name: str, pretrained: str | None, *, output_stride: int = 8,
-                  kwargs: Mapping[str, Any] | None = None) -> nn.Module:
+                  kwargs: Mapping[str, Any] | None = None, key: str = "target.pretrained") -> nn.Module:
     """A timm ``features_only`` backbone dilated to ``output_stride``, with its weights.
 
     Args:
         name: timm architecture (``resnet101c``).
-        pretrained: timm ``name.tag`` (downloaded by timm on first use), a local state-dict file
-            (timm key names, or mmseg's ResNetV1c names), or None / empty for random weights.
+        pretrained: timm ``name.tag`` (downloaded by timm on first use; its local copy
+            ``<name.tag>.safetensors`` in the weights folder is used when there is one, see
+            ``weights.py``), a local state-dict file (timm key names, or mmseg's ResNetV1c
+            names), or None / empty for random weights.
         output_stride: stride of the last features.
         kwargs: timm ``create_model`` overrides.
+        key: the config key of ``pretrained``, for messages.
     """
     kwargs = dict(kwargs or {})
-    check_local_file(pretrained, "target backbone weights", "target.pretrained")
+    check_local_file(pretrained, "target backbone weights", key)
+    if pretrained and not os.path.isfile(pretrained) and pretrained.split(".")[0] != name:
+        raise ConfigError(f"{key}={pretrained} holds weights of {pretrained.split('.')[0]}, not of "
+                          f"target.backbone={name}")
+    log.info("building the target network's backbone %s (%s)", name, pretrained or "random weights")
+    pretrained = local_or_value(backbone_weight(pretrained, key))
     if pretrained and os.path.isfile(pretrained):
         model = _create(name, False, output_stride, kwargs)
-        _load_state(model, read_backbone_state(pretrained), pretrained)
+        _load_state(model, read_backbone_state(pretrained, key), pretrained)
     elif pretrained:
-        arch = pretrained.split(".")[0]
-        if arch != name:
-            raise ConfigError(f"target.pretrained={pretrained} holds weights of {arch}, not of target.backbone={name}")
         try:
             with hub_offline_if_unreachable():
                 model = _create(pretrained, True, output_stride, kwargs)
@@ -338,7 +349,7 @@ def load_backbone(name: str, pretrained: str | None, *, output_stride: int = 8,
             raise
         except Exception as e:  # offline machine, unknown tag
             raise UserError(f"cannot load target backbone '{pretrained}' from timm: {str(e).splitlines()[0]} "
-                            "(offline? pass a local weights file)") from e
+                            f"(offline? pass a local weights file as {key})") from e
     else:
         model = _create(name, False, output_stride, kwargs)
     reached = model.feature_info.reduction()[-1]

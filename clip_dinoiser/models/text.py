@@ -225,6 +225,8 @@ class TextClassifier(nn.Module):
         missing = [n for n in names if n not in found]
         if missing:
             device = next(self.clip.parameters()).device
+            log.info("encoding %d class name%s with CLIP's text tower (%d prompt templates each)", len(missing),
+                     "s" if len(missing) > 1 else "", max(1, len(self.templates)))
             feats = encode_names(self._encode_text, self.tokenizer, missing, self.templates, device=device).cpu()
             for name, emb in zip(missing, feats):
                 found[name] = emb

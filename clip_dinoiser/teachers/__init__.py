@@ -3,27 +3,31 @@ from the ``teachers`` config node: name -> ``TeacherConfig``."""
 
 from __future__ import annotations
 
-import os
+import logging
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
 from ..config import HEADS, TeacherConfig, parse
-from ..download import RELEASED_NAME, resolve_released
+from ..download import resolve_released
 from ..errors import ConfigError
-from ..files import check_local_file
 from ..plugins import locate
+from ..weights import FILE, Weight, check_weights, released_weight, timm_weight
 from .base import Teacher
 from .dino import DINOTeacher
 from .found import FOUNDTeacher, load_found_decoder
 from .vit import FrozenViT, dino_pos_embed, load_timm_vit
 
+log = logging.getLogger(__name__)
+
 __all__ = ["HEADS", "DINOTeacher", "FOUNDTeacher", "FrozenViT", "TEACHER_TYPES", "Teacher", "build_teachers",
-           "by_head", "check_teacher_files", "dino_pos_embed", "frozen_vit", "load_found_decoder", "load_timm_vit"]
+           "by_head", "check_teacher_files", "dino_pos_embed", "frozen_vit", "load_found_decoder", "load_timm_vit",
+           "teacher_weights"]
 
 
 def frozen_vit(cfg: TeacherConfig, key: str) -> FrozenViT:
     """The teacher's frozen timm ViT (``arch``, ``pretrained``, ``kwargs``)."""
+    log.info("loading the teacher %s (%s, %s)", key, cfg.arch, cfg.pretrained or "random weights")
     return FrozenViT(load_timm_vit(cfg.arch, cfg.pretrained, f"{key}.pretrained", **dict(cfg.kwargs)))
 
 
@@ -45,11 +49,9 @@ TEACHER_TYPES: Mapping[str, Callable[..., Teacher]] = MappingProxyType(
 
 
 def check_found_files(cfg: TeacherConfig, key: str) -> None:
-    """FOUND's decoder is set (a file that exists, or ``released``)."""
+    """FOUND's decoder is set (a file, or ``released``)."""
     if not cfg.decoder:
         raise ConfigError(f"{key}.decoder is not set: give FOUND's decoder_weights.pt or 'released'")
-    if cfg.decoder != RELEASED_NAME and not os.path.isfile(cfg.decoder):
-        raise FileNotFoundError(f"FOUND decoder weights not found: {cfg.decoder} ({key}.decoder)")
 
 
 def teacher_configs(cfg: Mapping[str, Any], prefix: str = "teachers") -> dict[str, TeacherConfig]:
@@ -65,12 +67,25 @@ def teacher_configs(cfg: Mapping[str, Any], prefix: str = "teachers") -> dict[st
     return configs
 
 
-def check_teacher_files(cfg: Mapping[str, Any], prefix: str = "teachers") -> None:
-    """Fail on a missing teacher file before any model is loaded."""
+def teacher_weights(cfg: Mapping[str, Any], prefix: str = "teachers") -> list[Weight]:
+    """The weights files of the ``teachers`` node (``weights.Weight`` rows): each teacher's ViT,
+    FOUND's decoder."""
+    rows = []
     for name, c in teacher_configs(cfg, prefix).items():
-        check_local_file(c.pretrained, "teacher weights", f"{prefix}.{name}.pretrained")
+        vit = timm_weight(c.pretrained, f"{prefix}.{name}.pretrained", "teacher weights")
+        if vit is not None and (c.type in TEACHER_TYPES or vit.kind == FILE):  # your own type: the files it names
+            rows.append(vit)
         if c.type == "found":
             check_found_files(c, f"{prefix}.{name}")
+            rows.append(released_weight(c.decoder, "found_decoder", f"{prefix}.{name}.decoder",
+                                        "FOUND decoder weights", c.decoder_url))
+    return [w for w in rows if w is not None]
+
+
+def check_teacher_files(cfg: Mapping[str, Any], prefix: str = "teachers") -> None:
+    """Every teacher's weights file found before any model is loaded (``teacher_weights``; the
+    missing ones listed together)."""
+    check_weights(teacher_weights(cfg, prefix))
 
 
 def build_teachers(cfg: Mapping[str, Any], prefix: str = "teachers") -> dict[str, Teacher]:

@@ -14,6 +14,7 @@ from ..errors import UserError
 from ..files import check_local_file
 from ..ops import pad_to_multiple
 from ..readers import read_weights, state_dict_of, state_mismatch
+from ..weights import local_or_value, timm_weight
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -25,14 +26,16 @@ def load_timm_vit(arch: str, pretrained: str | None, key: str = "pretrained", **
     Args:
         arch: timm architecture, used when ``pretrained`` is a file or empty
             (``vit_base_patch16_224``).
-        pretrained: timm ``name.tag`` to download, a local state-dict file (timm or original
-            DINO key names, which coincide), or None / empty for random weights.
+        pretrained: timm ``name.tag`` to download (its local copy ``<name.tag>.safetensors`` in
+            the weights folder is used when there is one, see ``weights.py``), a local state-dict
+            file (timm or original DINO key names, which coincide), or None / empty for random weights.
         key: the config key of ``pretrained``, for error messages.
         **kwargs: timm model overrides (``depth``, ``embed_dim``, ... for tests).
     """
     import timm
 
     check_local_file(pretrained, "teacher weights", key)
+    pretrained = local_or_value(timm_weight(pretrained, key, "teacher weights"))
     if pretrained and os.path.isfile(pretrained):
         model = timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
         load_vit_weights(model, pretrained, arch, key)
@@ -42,7 +45,7 @@ def load_timm_vit(arch: str, pretrained: str | None, key: str = "pretrained", **
                 model = timm.create_model(pretrained, pretrained=True, num_classes=0, **kwargs)
         except Exception as e:  # offline machine, unknown tag
             raise UserError(f"cannot load teacher '{pretrained}' from timm: {str(e).splitlines()[0]} "
-                             "(offline? pass a local weights file)") from e
+                            f"(offline? pass a local weights file as {key})") from e
     else:
         model = timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
     return model.eval().requires_grad_(False)

@@ -305,19 +305,20 @@ class Evaluator:
     """
 
     def __init__(self, *, slide: SlideConfig = SlideConfig(), precision: str = EvalConfig.precision,
-                 loader_batch: int = EvalConfig.loader_batch, num_workers: int = EvalConfig.num_workers,
+                 loader_batch: int = EvalConfig.loader_batch, num_workers: int | None = EvalConfig.num_workers,
                  limit: int | None = None, progress: bool = EvalConfig.progress,
                  corruption: tuple[str, int] | None = None, vocabulary_set: str | None = None) -> None:
         self.slide, self.precision, self.limit, self.progress = slide, precision, limit, progress
         self.corruption = corruption  # (name, severity) applied to every image before the resize (robustness)
         self.vocabulary_set = vocabulary_set  # whose class names (data.vocabulary_set; None: ours)
-        self.loader_batch, self.num_workers = loader_batch, num_workers
+        self.loader_batch, self.num_workers = loader_batch, dist.loader_processes(num_workers)  # None: the cores
         self._sampler = _Items([])
         self._loader: DataLoader | None = None
 
     def start(self) -> Evaluator:
         """Start the loader processes now (with ``num_workers`` > 0)."""
         if self.num_workers > 0 and self._loader is None:
+            log.info("starting %d data-loading processes", self.num_workers)
             eval_pipeline(1)  # import mmcv / mmseg here once: the forked processes inherit the modules
             self._loader = DataLoader(_Samples(), batch_size=self.loader_batch, sampler=self._sampler,
                                       num_workers=self.num_workers, collate_fn=_collate, persistent_workers=True,

@@ -9,18 +9,19 @@ import cv2
 import numpy as np
 from torch import Tensor
 
-from ...data.benchmarks import Benchmark
-from ...visualize import colorize, make_palette, save_indexed, side_by_side
+from ...data.benchmarks import Benchmark, benchmark_palette, label_file_palette
+from ...visualize import colorize, save_indexed, side_by_side, voc_colormap
 
-IGNORE_COLOR = (0, 0, 0)
+IGNORE_COLOR = tuple(int(c) for c in voc_colormap()[255])  # VOC's own "void" colour (224, 224, 192)
 
 
 class PredictionWriter:
     """Writes, for one benchmark and one setting, each scored label map as an indexed PNG under
     ``<folder>/predictions/<benchmark>/`` (same relative path and name as the image's label file,
     pixel values in the label file's own convention: +1 where the dataset reduces label 0, so the
-    files can be re-scored against the label files as they are), and the first ``examples``
-    images as figures image | ground truth | prediction under ``<folder>/examples/<benchmark>/``.
+    files can be re-scored against the label files as they are; the benchmark's own colours,
+    ``data.benchmarks.label_file_palette``), and the first ``examples`` images as figures
+    image | ground truth | prediction under ``<folder>/examples/<benchmark>/``.
 
     Args:
         folder: the run folder.
@@ -33,9 +34,9 @@ class PredictionWriter:
                  predictions: bool, examples: int) -> None:
         self.pred_dir = os.path.join(folder, "predictions", bench.name)
         self.example_dir = os.path.join(folder, "examples", bench.name)
-        self.ann_root, self.class_names = ann_root, class_names
+        self.bench, self.ann_root, self.class_names = bench, ann_root, class_names
         self.predictions, self.examples, self.written_examples = predictions, examples, 0
-        self.palette = make_palette(len(class_names))
+        self.palette = benchmark_palette(bench)
 
     def __call__(self, pred: Tensor, gt: Tensor, meta: dict[str, Any]) -> None:
         if not self.predictions and self.written_examples >= self.examples:
@@ -43,8 +44,7 @@ class PredictionWriter:
         labels = pred.cpu().numpy().astype(np.int64)
         if self.predictions:
             shift = 1 if meta["reduce_zero_label"] else 0
-            palette = np.zeros((256, 3), np.uint8)
-            palette[shift : shift + len(self.palette)] = self.palette
+            palette = label_file_palette(self.bench, shift)
             rel = os.path.relpath(meta["seg_map_path"], self.ann_root)
             path = os.path.join(self.pred_dir, os.path.splitext(rel)[0] + ".png")
             os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -9,6 +9,7 @@ from typing import Any
 
 from ...config import TrainEvalConfig
 from ...data.benchmarks import Benchmark, corruption_of, selected_benchmarks
+from ..job.distributed import loader_processes
 from ..job.runs import RunFolder
 from .evaluate import BenchmarkResult, Evaluator
 
@@ -83,8 +84,9 @@ def evaluate_model(model_cfg: dict[str, Any], cfg: TrainEvalConfig, device,
 
     benchmarks = selected_benchmarks(cfg.data)
     model = build_model(model_cfg).to(device)
-    with Evaluator(slide=cfg.slide, precision=cfg.precision, num_workers=cfg.num_workers, limit=cfg.limit,
-                   corruption=corruption_of(cfg.data), vocabulary_set=cfg.data.vocabulary_set) as ev:
+    with Evaluator(slide=cfg.slide, precision=cfg.precision, num_workers=loader_processes(cfg.num_workers, 4),
+                   limit=cfg.limit, corruption=corruption_of(cfg.data),
+                   vocabulary_set=cfg.data.vocabulary_set) as ev:
         results = [(b, ev.evaluate(model, b, root, vocabulary=cfg.data.vocabulary, bg_refine=cfg.data.bg_refine))
                    for b, root in benchmarks]
     write_results(results, None, run)

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 from ...config import check_switches, config_error
 from ...errors import UserError
-from .signals import Interrupted, handled, stop_at_once
+from .signals import Interrupted, handled, resume_command, stop_at_once
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +76,10 @@ def interrupted_message(e: Interrupted) -> str:
     """What was kept when a run was stopped by a signal, and how to go on."""
     if e.run_dir is None:
         return f"interrupted ({e.name}): stopped, no results written"
-    tool = f"tools/{os.path.basename(sys.argv[0])}" if sys.argv and sys.argv[0].endswith(".py") else "tools/train.py"
     if e.iteration is None:
-        return (f"interrupted ({e.name}) before an iteration could be saved; python {tool} "
-                f"train.resume={e.run_dir} continues from its newest checkpoint, if any")
-    return (f"interrupted ({e.name}): iteration {e.iteration} saved; continue with python {tool} "
-            f"train.resume={e.run_dir}")
+        return (f"interrupted ({e.name}) before an iteration could be saved; {resume_command(e.run_dir)} "
+                "continues from its newest checkpoint, if any")
+    return f"interrupted ({e.name}): iteration {e.iteration} saved; continue with {resume_command(e.run_dir)}"
 
 
 def launch(main: Callable[[], Any], *, schema: type | None = None, groups: dict[str, str] | None = None) -> None:
@@ -102,17 +100,25 @@ def launch(main: Callable[[], Any], *, schema: type | None = None, groups: dict[
         sys.exit(0)
 
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # hydra raises its errors instead of printing them
+    config_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(sys.argv[0]))), "configs")
     if schema is not None:
+        from .hints import check_spelling
+
         try:
             check_switches(sys.argv[1:], schema)
+            tool = f"tools/{os.path.basename(sys.argv[0])}"
+            check_spelling(sys.argv[1:], schema, groups or {}, config_dir, tool)  # common slips: the right spelling
         except UserError as e:
             print(f"error: {one_line(e)}", file=sys.stderr)
             sys.exit(2)
     try:
         main()
     except (HydraException, OmegaConfBaseException) as e:
+        from .hints import composition_error
+
         cause = e if isinstance(e, OmegaConfBaseException) else e.__cause__
-        message = config_error(cause) if isinstance(cause, OmegaConfBaseException) else one_line(e)
+        message = config_error(cause) if isinstance(cause, OmegaConfBaseException) else (
+            composition_error(e, config_dir) or one_line(e))
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
     except Exception as e:  # hydra failing on the command line itself: before the tool's code ran

@@ -10,6 +10,18 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+MAX_LOADER_PROCESSES = 8  # per rank, when the count is not given (num_workers=null)
+
+
+def loader_processes(requested: int | None, most: int = MAX_LOADER_PROCESSES) -> int:
+    """``requested`` data-loading processes, or for None the CPU cores this process may use
+    (its affinity, as PyTorch's DataLoader counts them) shared among torchrun's processes on this
+    machine, at most ``most``: never more than PyTorch suggests, so it never warns."""
+    if requested is not None:
+        return int(requested)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(most, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))))
+
 
 def init_distributed(device: torch.device) -> tuple[int, int]:
     """Join the process group when launched by torchrun; returns (rank, world_size).

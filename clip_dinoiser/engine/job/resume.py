@@ -18,8 +18,8 @@ SESSION_ONLY = ("train.stop_after",)  # applies to one invocation: never taken f
 def resume_free(length_key: str) -> tuple[str, ...]:
     """The keys a resumed training run may be given anew: those that do not change what it
     computes, and ``length_key`` (``train.epochs``, ``train.iterations``), which extends it."""
-    return ("train.resume", length_key, "train.num_workers", "train.save_every", "train.keep_checkpoints",
-            "train.stop_after", "device")
+    return ("train.resume", length_key, "train.num_workers", "train.save_every", "train.log_every",
+            "train.keep_checkpoints", "train.stop_after", "device")
 
 
 def _plain(value: Any) -> Any:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -93,6 +94,12 @@ def raise_if_stopped() -> None:
     """Raise ``Interrupted`` for a signal whose exception was swallowed where it landed."""
     if StopRequest.pending is not None:
         raise Interrupted(StopRequest.pending)
+
+
+def resume_command(run_dir: str) -> str:
+    """The command that continues the training run in ``run_dir``, with the tool that runs now."""
+    tool = f"tools/{os.path.basename(sys.argv[0])}" if sys.argv and sys.argv[0].endswith(".py") else "tools/train.py"
+    return f"python {tool} train.resume={run_dir}"
 
 
 def handled(e: Interrupted) -> Interrupted:

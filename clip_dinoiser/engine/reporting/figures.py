@@ -1,11 +1,14 @@
-"""What the demo and the web app show: one image segmented, with the panels that explain the method.
+"""What the demo, the web app and the Python API's results show: one image segmented, with the
+panels that explain the method.
 
     seg = segment_for_figure(model, image, slide=SlideConfig(), query=(120, 80))
     rgb = figure(image, seg, model.class_names)
+    write_pictures("out", "photo", image, seg, model.class_names)   # the demo's three files
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,7 +17,17 @@ from PIL import Image, ImageDraw
 from torch import Tensor, nn
 
 from ...config import SlideConfig
-from ...visualize import heat_map, make_palette, overlay, panel_width, side_by_side, text_px, titled_panel
+from ...files import write_atomic
+from ...visualize import (
+    heat_map,
+    label_images,
+    overlay,
+    palette_for,
+    panel_width,
+    side_by_side,
+    text_px,
+    titled_panel,
+)
 from ..evaluation.inference import (
     check_point,
     correlation_sources,
@@ -78,18 +91,42 @@ def _marked(heat: np.ndarray, point: tuple[int, int]) -> np.ndarray:
 
 
 def figure(image: np.ndarray, data: FigureData, names: list[str], *, alpha: float = 0.5) -> np.ndarray:
-    """Input | MaskCLIP | the model | objectness | correlations of the queried patch, one legend."""
-    palette = make_palette(len(names))
+    """Input | MaskCLIP | the model | objectness | correlations of the queried patch, one legend;
+    the heat maps with their colour scale."""
+    palette = palette_for(names)
     segs = ([("MaskCLIP", data.maskclip)] if data.maskclip is not None else []) + [(data.title, data.labels)]
     panels = [("Input", image)] + [(title, overlay(image, seg, palette, alpha)) for title, seg in segs]
     if data.objectness is not None:
-        panels.append(("Objectness", heat_map(data.objectness)))
+        panels.append(("Objectness", heat_map(data.objectness), "foreground probability"))
     for name, corr in data.correlations.items():
         source = "Correlations" if name == data.title else f"{name} correlations"
         panels.append((f"{source} of ({data.query[0]}, {data.query[1]})",
-                       _marked(heat_map(corr.clip(0, 1)), data.query)))
+                       _marked(heat_map(corr.clip(0, 1)), data.query), "cosine similarity"))
     shown = sorted(set().union(*(np.unique(seg).tolist() for _, seg in segs)))
     return side_by_side(panels, [(names[i], tuple(int(c) for c in palette[i])) for i in shown])
+
+
+PICTURES = ("mask", "labels", "figure")  # the demo's files: <stem>_<kind>.png
+
+
+def picture_paths(folder: str, stem: str, *, with_figure: bool = True) -> list[str]:
+    """The demo's files of one image: ``<stem>_mask.png``, ``<stem>_labels.png`` and, with the
+    figure, ``<stem>_figure.png``."""
+    return [os.path.join(folder, f"{stem}_{kind}.png") for kind in PICTURES[: 3 if with_figure else 2]]
+
+
+def write_pictures(folder: str, stem: str, image: np.ndarray, data: FigureData, names: list[str], *,
+                   alpha: float = 0.5, with_figure: bool = True) -> list[str]:
+    """The demo's files of one image in ``folder`` (``picture_paths``), each written atomically (an
+    interrupted run never leaves half a PNG): the overlay with a legend of the classes present,
+    the indexed label map (pixel value = class index) and the figure (``figure``)."""
+    pictures = list(label_images(image, data.labels, names, alpha))
+    if with_figure:
+        pictures.append(Image.fromarray(figure(image, data, names, alpha=alpha)))
+    paths = picture_paths(folder, stem, with_figure=with_figure)
+    for path, im in zip(paths, pictures):
+        write_atomic(path, lambda f, im=im: im.save(f, format="PNG"), binary=True)
+    return paths
 
 
 # The web app: its panels one by one, and clicks answered from correlations kept per image.
@@ -137,7 +174,7 @@ def page_panels(image: np.ndarray, data: FigureData, names: list[str], *,
                 alpha: float = 0.5) -> dict[str, np.ndarray | None]:
     """The web page's panels, each on its own at ``panel_width`` with its title and legend:
     "segmentation" (the model's), "maskclip" and "objectness" (None when not computed)."""
-    palette, width = make_palette(len(names)), panel_width(image.shape[1])
+    palette, width = palette_for(names), panel_width(image.shape[1])
 
     def legend(labels: np.ndarray) -> list[tuple[str, tuple[int, int, int]]]:
         return [(names[i], tuple(int(c) for c in palette[i])) for i in np.unique(labels).tolist()]

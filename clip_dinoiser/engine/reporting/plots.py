@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import textwrap
 from collections.abc import Mapping, Sequence
 from typing import IO, Any
+
+LABEL_WIDTH = 18  # characters per line of a bar's label (a setting longer than this keeps its own line whole)
+CLASS_LINES = 12  # classes drawn in the class-share panel of a MaskCLIP+ run (the largest; the rest summed)
 
 
 def _pyplot():
@@ -16,23 +18,32 @@ def _pyplot():
     return plt
 
 
+def scored_tables(tables: Sequence[Any]) -> list[Any]:
+    """The tables with an mIoU to plot (training runs without an evaluation have none)."""
+    return [t for t in tables if any(c for c in t.scores if c != "average" and c in t.columns)]
+
+
 def plot_summary(tables: Sequence[Any], f: IO) -> None:
-    """mIoU per benchmark, one panel per table (``summary.Table``): a line against the setting
-    when one numeric setting varies, grouped bars otherwise. The legend sits beside the axes and
-    the run labels are wrapped, so neither covers the bars."""
+    """mIoU per benchmark, one panel per table with scores (``summary.Table``; ``scored_tables``):
+    a line against the setting when one numeric setting varies, grouped bars otherwise, each bar
+    with its value written on it (a zero shows). The legend sits beside the axes and the run
+    labels are wrapped between settings, never inside one, so neither covers the bars."""
     plt = _pyplot()
-    scored = [t for t in tables if any(c for c in t.scores if c != "average" and c in t.columns)] or list(tables)
+    scored = scored_tables(tables)
+    if not scored:
+        raise ValueError("no table has an mIoU to plot")
     widths = [max(6.0, 1.2 + 0.9 * len(t.rows)) for t in scored]
     fig, axes = plt.subplots(1, len(scored), figsize=(sum(widths) + 2.5, 4.2), dpi=100, squeeze=False,
                              gridspec_kw={"width_ratios": widths})
     for ax, table in zip(axes[0], scored):
-        _plot_table(ax, table)
+        plot_table(ax, table)
     fig.tight_layout()
     fig.savefig(f, format="png", bbox_inches="tight")
     plt.close(fig)
 
 
-def _plot_table(ax, table: Any) -> None:
+def plot_table(ax, table: Any) -> None:
+    """One table's bar chart on ``ax``: a group of bars per benchmark, one bar per run, values written on them."""
     benchmarks = [c for c in table.scores if c != "average" and c in table.columns]
     rows = [r for r in table.rows if r["run"] != "paper"]
     swept = [c for c in table.columns if c not in ("run", *table.scores)]
@@ -44,27 +55,70 @@ def _plot_table(ax, table: Any) -> None:
             ax.plot([r[swept[0]] for r in order], [r[b] for r in order], marker="o", label=b)
         ax.set_xlabel(swept[0])
     else:
-        labels = ["\n".join(textwrap.wrap(", ".join(f"{k.rsplit('.', 1)[-1]}={r[k]}" for k in swept) or r["run"],
-                                          18)) for r in rows]
+        labels = run_labels(rows, swept)
         width = 0.8 / max(len(benchmarks), 1)
         for j, b in enumerate(benchmarks):
-            ax.bar([i + j * width for i in range(len(rows))], [r[b] or 0 for r in rows], width, label=b)
+            values = [r[b] for r in rows]
+            bars = ax.bar([i + j * width for i in range(len(rows))], [v or 0 for v in values], width, label=b)
+            ax.bar_label(bars, ["-" if v is None else f"{v:.1f}" for v in values], fontsize=7, padding=1)
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))], labels, fontsize=8)
+        ax.margins(y=0.12)  # room for the values above the highest bar
     ax.set_title("Evaluation runs" if table.kind == "eval" else "Training runs", fontsize=10)
     ax.set_ylabel("mIoU (%)")
     if benchmarks:
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
 
 
-def plot_curves(curves: Mapping[str, list[dict[str, float]]], f: IO) -> None:
-    """One panel per logged scalar (losses, learning rates, target statistics) against the
-    iteration, a line per run."""
+def run_labels(rows: Sequence[Mapping[str, Any]], swept: Sequence[str]) -> list[str]:
+    """A label per run: its varying settings (``gamma=0.1``; the full key where two keys end
+    alike; a clean run of a robustness sweep reads ``clean``, not ``corruption=None, severity=1``),
+    wrapped between settings, never inside one. Runs whose settings read the same get their
+    run name too, so distinct runs never share a label."""
+    last = [k.rsplit(".", 1)[-1] for k in swept]
+    shown = {k: (k if last.count(k.rsplit(".", 1)[-1]) > 1 else k.rsplit(".", 1)[-1]) for k in swept}
+    texts = []
+    for r in rows:
+        parts = []
+        for k in swept:
+            if k == "data.severity" and r.get("data.corruption") is None and "data.corruption" in swept:
+                continue  # a clean run has no severity
+            if k == "data.corruption" and r.get(k) is None:
+                parts.append("clean")
+                continue
+            parts.append(f"{shown[k]}={r.get(k)}")
+        texts.append(parts or [str(r["run"])])
+    joined = [", ".join(p) for p in texts]
+    for i, text in enumerate(joined):
+        if joined.count(text) > 1:
+            texts[i] = [str(rows[i]["run"]), *texts[i]]
+    return [_wrapped(parts) for parts in texts]
+
+
+def _wrapped(parts: Sequence[str]) -> str:
+    """``parts`` joined by ", " into lines of at most ``LABEL_WIDTH`` characters, a line break only
+    between two parts (a part longer than a line keeps a line of its own)."""
+    lines: list[str] = []
+    for part in parts:
+        if lines and len(lines[-1]) + 2 + len(part) <= LABEL_WIDTH:
+            lines[-1] += f", {part}"
+        else:
+            lines.append(part)
+    return "\n".join(lines)
+
+
+def curves_figure(curves: Mapping[str, list[dict[str, float]]]):
+    """The figure of ``plot_curves`` (matplotlib ``Figure``): one panel per logged scalar (losses,
+    agreements, learning rates, target statistics) against the iteration, a line per run; and a
+    MaskCLIP+ run's pseudo-labels' class shares (``classes/<name>``) in a panel of its own, a line
+    per class (the largest ``CLASS_LINES``, the rest summed as "other classes")."""
     plt = _pyplot()
     keys = sorted({k for rows in curves.values() for row in rows for k in row
-                   if k != "iteration" and not k.startswith("classes/")},  # per-class shares: too many panels
+                   if k != "iteration" and not k.startswith("classes/")},
                   key=lambda k: (not k.startswith("loss"), k))
-    cols = min(3, len(keys)) or 1
-    nrows = -(-len(keys) // cols) or 1
+    shares = [name for name, rows in curves.items() if any(k.startswith("classes/") for row in rows for k in row)]
+    panels = len(keys) + len(shares)
+    cols = min(3, panels) or 1
+    nrows = -(-panels // cols) or 1
     fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols + 2, 3.0 * nrows), dpi=100, squeeze=False)
     for ax, key in zip(axes.flat, keys):
         for name, rows in curves.items():
@@ -75,11 +129,38 @@ def plot_curves(curves: Mapping[str, list[dict[str, float]]], f: IO) -> None:
         ax.set_xlabel("iteration", fontsize=8)
         if key.startswith("lr/"):
             ax.set_yscale("log")
-    for ax in list(axes.flat)[len(keys):]:
+    for ax, name in zip(list(axes.flat)[len(keys):], shares):
+        _class_shares(ax, name, curves[name], many=len(curves) > 1)
+    for ax in list(axes.flat)[panels:]:
         ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    if keys:
+        handles, labels = axes.flat[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def _class_shares(ax, run: str, rows: Sequence[Mapping[str, float]], many: bool) -> None:
+    """A line per class: its share of the labelled pixels of each step's pseudo-labels."""
+    names = list(dict.fromkeys(k for row in rows for k in row if k.startswith("classes/")))
+    mean = {k: sum(row.get(k, 0.0) for row in rows) / max(len(rows), 1) for k in names}
+    top = sorted(names, key=lambda k: -mean[k])[:CLASS_LINES]
+    its = [row["iteration"] for row in rows]
+    for k in top:
+        ax.plot(its, [row.get(k, 0.0) for row in rows], linewidth=1, label=k.split("/", 1)[1])
+    rest = [k for k in names if k not in top]
+    if rest:
+        ax.plot(its, [sum(row.get(k, 0.0) for k in rest) for row in rows], linewidth=1, linestyle="--",
+                color="grey", label=f"{len(rest)} other classes")
+    ax.set_title(f"classes/ (share of labelled pixels){': ' + run if many else ''}", fontsize=9)
+    ax.set_xlabel("iteration", fontsize=8)
+    ax.legend(fontsize=6, ncol=2, loc="upper right")
+
+
+def plot_curves(curves: Mapping[str, list[dict[str, float]]], f: IO) -> None:
+    """``curves_figure`` as a PNG in ``f``."""
+    plt = _pyplot()
+    fig = curves_figure(curves)
     fig.savefig(f, format="png", bbox_inches="tight")
     plt.close(fig)
 

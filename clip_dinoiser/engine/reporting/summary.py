@@ -28,7 +28,7 @@ SUMMARY_FILES = ("summary.csv", "summary.md", "summary.png", "curves.png", "robu
 # Settings that never change a result: never columns.
 IGNORED = ("output", "overwrite", "progress", "num_workers", "loader_batch", "device", "sweep", "save_predictions",
            "save_examples", "limit", "train.output", "train.resume", "train.num_workers", "train.save_every",
-           "train.keep_checkpoints", "train.stop_after", "eval.num_workers", "eval.progress")
+           "train.log_every", "train.keep_checkpoints", "train.stop_after", "eval.num_workers", "eval.progress")
 
 
 @dataclass
@@ -192,8 +192,8 @@ def run_names(folders: Sequence[str]) -> dict[str, str]:
 
 
 def write_summary(folders: Sequence[str], out_dir: str) -> str:
-    """``summary.csv`` / ``.md`` / ``.png`` (and ``curves.png`` for training curves) of the runs
-    below ``folders``, in ``out_dir``; returns the markdown."""
+    """``summary.csv`` / ``.md``, ``summary.png`` (the mIoU of the runs that have one) and
+    ``curves.png`` (training curves) of the runs below ``folders``, in ``out_dir``; returns the markdown."""
     paths = find_runs(folders)
     if not paths:
         raise FileNotFoundError(f"no run (a folder with results.json or {METRICS}) under {', '.join(folders)}")
@@ -207,9 +207,13 @@ def write_summary(folders: Sequence[str], out_dir: str) -> str:
     os.makedirs(out_dir, exist_ok=True)
     write_atomic(os.path.join(out_dir, "summary.md"), lambda f: f.write(markdown))
     write_atomic(os.path.join(out_dir, "summary.csv"), lambda f: _write_csv(f, found))
-    from .plots import plot_curves, plot_summary
+    from .plots import plot_curves, plot_summary, scored_tables
 
-    write_atomic(os.path.join(out_dir, "summary.png"), lambda f: plot_summary(found, f), binary=True)
+    chart = os.path.join(out_dir, "summary.png")
+    if scored_tables(found):
+        write_atomic(chart, lambda f: plot_summary(found, f), binary=True)
+    elif os.path.isfile(chart):  # no mIoU to chart (training runs without an evaluation): no empty chart
+        os.remove(chart)
     if any(r.curves for r in runs):
         names = run_names(paths)
         write_atomic(os.path.join(out_dir, "curves.png"),

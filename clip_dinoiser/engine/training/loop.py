@@ -4,8 +4,9 @@ What a task brings (``Task``): the module that learns, its optimizer and schedul
 and one step's losses. What the loop gives every task, written once here: resumable seeded
 batches, DDP under torchrun, checkpoints (atomic, rotated), resume from the newest readable
 one, every exit saving its last iteration (the end, ``train.stop_after``, SIGINT, SIGTERM),
-curves (``metrics.jsonl`` always, TensorBoard files when ``tensorboard`` is installed) and a
-progress bar.
+curves (``metrics.jsonl`` always, TensorBoard files when ``tensorboard`` is installed), a
+progress bar showing the loss (and each teacher's loss and agreement), and a line of them in the
+log (``train.log``) every ``train.log_every`` iterations.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import glob
 import json
 import logging
 import os
+import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -28,7 +30,7 @@ from ...files import save_atomic
 from ...readers import read_weights
 from ..job import distributed as dist
 from ..job.runs import METRICS, RunFolder
-from ..job.signals import Interrupted, StopRequest, handled, ignore_signals, raise_if_stopped
+from ..job.signals import Interrupted, StopRequest, handled, ignore_signals, raise_if_stopped, resume_command
 
 log = logging.getLogger(__name__)
 
@@ -181,16 +183,23 @@ def run_loop(task: Task, sampler: ResumableBatchSampler, tcfg: Mapping[str, Any]
 
     curves = Curves(run if rank == 0 else None, start)
     bar = tqdm(total=sampler.total, initial=start, desc="train", unit="it", disable=rank != 0, dynamic_ncols=True)
+    log_every = int(tcfg.get("log_every") or 50)
     done = saved = start
+    started = time.perf_counter()
     try:
         with StopRequest() as stop:
             for it, batch in enumerate(loader, start):
                 raise_if_stopped()
                 loss, scalars = _step(task, module, batch, device, optimizer, scheduler)
                 done = it + 1
-                curves.add(done, {"loss": loss.detach(), **scalars, **_learning_rates(optimizer)})
-                _progress(bar, done, loss, scalars, rank)
+                lrs = _learning_rates(optimizer)
+                curves.add(done, {"loss": loss.detach(), **scalars, **lrs})
                 stopping = _agreed(stop.requested, device, world) or done >= end
+                if rank == 0:
+                    first = done == start + 1
+                    _progress(bar, loss, scalars, show=first or done % 20 == 0 or stopping,
+                              line=first or done % log_every == 0 or stopping, iteration=(done, sampler.total),
+                              lrs=lrs, seconds=(time.perf_counter() - started) / (done - start))
                 if done % save_every == 0 or stopping or done % 20 == 0:
                     _check_finite(loss, done, saved, device, world)
                 if done % save_every == 0 or stopping:
@@ -247,16 +256,44 @@ def _learning_rates(optimizer) -> dict[str, float]:
     return {f"lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(optimizer.param_groups)}
 
 
-def _progress(bar: tqdm, done: int, loss: Tensor, scalars: Mapping[str, Tensor], rank: int) -> None:
-    if rank == 0 and done % 20 == 0:
-        shown = {k: v for k, v in scalars.items() if k.startswith("loss/")}
-        bar.set_postfix(loss=f"{loss.item():.4f}", **{k[5:]: f"{float(v):.4f}" for k, v in shown.items()})
+def _progress(bar: tqdm, loss: Tensor, scalars: Mapping[str, Tensor | float], *, show: bool, line: bool,
+              iteration: tuple[int, int], lrs: Mapping[str, float], seconds: float) -> None:
+    """Advance the bar; with ``show``, its text is the step's ``step_summary``; with ``line``, the
+    summary, the learning rates and the pace go to the log (``train.log``)."""
+    if show or line:
+        text = step_summary(loss, scalars)
+        if show:
+            bar.set_postfix_str(text, refresh=False)
+        if line:
+            rates = ", ".join(f"{k[3:]} {v:.3g}" for k, v in lrs.items())
+            log.info("iteration %d/%d: %s; lr %s; %.2f s/iteration", *iteration, text, rates, seconds)
     bar.update(1)
+
+
+def step_summary(loss: Tensor, scalars: Mapping[str, Tensor | float]) -> str:
+    """A step in words: ``loss 0.9162 (dino 0.6931, found 0.2231), agreement dino 0.512, found 0.901``
+    (each teacher's loss and the agreement of its head with its target; for MaskCLIP+, the share
+    of ignored pseudo-labels). One device synchronisation."""
+    keys = [k for k in scalars if k.startswith(("loss/", "agreement/")) or k == "pseudo/ignored"]
+    values = torch.stack([torch.as_tensor(v).detach().float().reshape(()).cpu()
+                          for v in (loss, *(scalars[k] for k in keys))]).tolist()
+    named = dict(zip(keys, values[1:]))
+    text = f"loss {values[0]:.4f}"
+    parts = {prefix: [f"{k[len(prefix):]} {v:.4f}" if prefix == "loss/" else f"{k[len(prefix):]} {v:.3f}"
+                      for k, v in named.items() if k.startswith(prefix)] for prefix in ("loss/", "agreement/")}
+    if parts["loss/"]:
+        text += f" ({', '.join(parts['loss/'])})"
+    if parts["agreement/"]:
+        text += f", agreement {', '.join(parts['agreement/'])}"
+    if "pseudo/ignored" in named:
+        text += f", ignored pixels {named['pseudo/ignored']:.3f}"
+    return text
 
 
 def _loader(dataset: Dataset, sampler: ResumableBatchSampler, tcfg: Mapping[str, Any],
             device: torch.device) -> DataLoader:
-    workers = int(tcfg["num_workers"])
+    workers = dist.loader_processes(tcfg.get("num_workers"))
+    log.info("reading the images with %d data-loading processes", workers)
     return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
                       persistent_workers=False, prefetch_factor=4 if workers > 0 else None,
                       worker_init_fn=ignore_signals)
@@ -325,8 +362,8 @@ def run_task(task: Task, sampler: ResumableBatchSampler, tcfg: Mapping[str, Any]
         os.makedirs(run.record(CHECKPOINTS), exist_ok=True)
     done = run_loop(task, sampler, tcfg, run, device, rank, world, start, optimizer, scheduler)
     if done < sampler.total:
-        log.info("stopped after iteration %d of %d (train.stop_after): continue with train.resume=%s", done,
-                 sampler.total, run_dir)
+        log.info("stopped after iteration %d of %d (train.stop_after): continue with %s", done, sampler.total,
+                 resume_command(run_dir))
         return None
     last = os.path.join(run_dir, "last.pt")
     if rank == 0:

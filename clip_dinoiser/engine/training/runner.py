@@ -49,7 +49,8 @@ def run_training_tool(cfg: DictConfig, tool: TrainingTool) -> str | None:
     from hydra.core.hydra_config import HydraConfig
 
     from ..job import distributed as dist
-    from ..job.cli import multirun_dirs, resolve_device
+    from ..job.cli import interrupted_message, multirun_dirs, resolve_device
+    from ..job.signals import Interrupted
 
     resuming = bool(cfg.train.resume)
     config, changes = (resume_config(cfg, list(HydraConfig.get().overrides.task), tool.resume_free) if resuming
@@ -76,7 +77,11 @@ def run_training_tool(cfg: DictConfig, tool: TrainingTool) -> str | None:
     try:
         if resuming:
             log.info("resume of %s%s", folder.path, f" with {'; '.join(changes)}" if changes else "")
-        last = engine.train(config, device, run=folder, checked=True)
+        try:
+            last = engine.train(config, device, run=folder, checked=True)
+        except Interrupted as e:  # what the terminal is told (stderr), written in train.log too
+            handler.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, interrupted_message(e), None, None))
+            raise
         if last and evaluation.enabled:
             _evaluate(tool.evaluated(config, last), evaluation, device, folder)
             if multirun:

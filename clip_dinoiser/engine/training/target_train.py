@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...config import TargetConfig, TargetTrainSettings, parse, plain
+from ...config import Keys, TargetConfig, TargetTrainSettings, parse, plain
 from ...data.seg_train import (
     FOLDER,
     UNSEEN,
@@ -46,10 +46,12 @@ from ...data.seg_train import (
 from ...data.train_images import ResumableBatchSampler
 from ...errors import ConfigError
 from ...files import save_atomic
-from ...models import build_model, check_model_config
-from ...models.target import build_target, check_target_config, convert_sync_batchnorm
+from ...models import build_model, model_config
+from ...models.build import model_weights
+from ...models.target import backbone_weight, build_target, check_target_config, convert_sync_batchnorm
 from ...values import NON_NEGATIVE_INT, check_precision
 from ...vocabulary import Vocabulary, read_vocabulary_file
+from ...weights import Weight, check_weights
 from ..evaluation.inference import autocast
 from ..job import distributed as dist
 from ..job.resume import check_resume_folder
@@ -151,7 +153,7 @@ def check_run_inputs(cfg: Mapping[str, Any], *, folder: bool = True) -> None:
         run_folder(cfg).check()
     check_precision(cfg.get("precision", "fp32"))
     check_target_config(parse(TargetConfig, cfg.get("target"), "target"))
-    check_model_config(cfg["annotator"], "annotator")
+    model_config(cfg["annotator"], ANNOTATOR)
     if tcfg.min_lr > tcfg.lr:
         raise ConfigError(f"train.min_lr={tcfg.min_lr} is above train.lr={tcfg.lr}: the poly schedule decays from "
                           "lr to min_lr")
@@ -162,6 +164,17 @@ def check_run_inputs(cfg: Mapping[str, Any], *, folder: bool = True) -> None:
     root, files, vocabulary = split_and_vocabulary(tcfg)
     if unseen_classes(tcfg, len(vocabulary)) is not None:
         label_files(tcfg.benchmark, root, files)
+    check_weights(run_weights(cfg))  # every weights file; the missing ones in one message
+
+
+ANNOTATOR = Keys("annotator")  # the annotator's keys: annotator.clip.pretrained, annotator.checkpoint, ...
+
+
+def run_weights(cfg: Mapping[str, Any]) -> list[Weight]:
+    """Every weights file a MaskCLIP+ run loads (``weights.Weight`` rows): the annotator's and the
+    target's backbone."""
+    backbone = backbone_weight(parse(TargetConfig, cfg.get("target"), "target").pretrained)
+    return [*model_weights(model_config(cfg["annotator"], ANNOTATOR), ANNOTATOR), *([backbone] if backbone else [])]
 
 
 def poly_schedule(optimizer: torch.optim.Optimizer, total: int, power: float, min_lr: float):
@@ -306,7 +319,7 @@ def build_task(cfg: Mapping[str, Any], device: torch.device, world: int) -> Targ
     tcfg = parse(TargetTrainSettings, cfg["train"], "train")
     root, files, vocabulary = split_and_vocabulary(tcfg)
     unseen = unseen_classes(tcfg, len(vocabulary))
-    annotator = build_model(cfg["annotator"]).to(device)
+    annotator = build_model(cfg["annotator"], ANNOTATOR).to(device)
     annotator.set_vocabulary(vocabulary)
     classes = annotator.text.current
     torch.manual_seed(int(tcfg.seed))  # the head's initialisation

@@ -20,10 +20,11 @@ from ...config import HEADS, TrainSettings, parse, plain
 from ...data.train_images import ResumableBatchSampler, TrainImages, list_images, seeded_order, unreadable_image
 from ...download import resolve_released
 from ...errors import ConfigError, UserError
-from ...models import CLIPDINOiser, check_model_config, load_heads, save_heads
-from ...models.build import build_clip_dinoiser
-from ...teachers import Teacher, build_teachers, by_head, check_teacher_files
+from ...models import CLIPDINOiser, check_model_config, load_heads, model_config, save_heads
+from ...models.build import build_clip_dinoiser, model_weights
+from ...teachers import Teacher, build_teachers, by_head, teacher_configs, teacher_weights
 from ...values import check_precision
+from ...weights import Weight, check_weights, released_weight
 from ..evaluation.inference import autocast
 from ..job import distributed as dist
 from ..job.resume import check_resume_folder
@@ -75,10 +76,18 @@ def check_run_inputs(cfg: Mapping[str, Any], *, folder: bool = True) -> None:
     check_precision(cfg.get("precision", "fp32"))
     if not os.path.isdir(str(tcfg.data)):
         raise FileNotFoundError(f"training image folder not found: {tcfg.data} (train.data)")
-    check_model_config(student_config(cfg))  # keys, numbers, files
-    if tcfg.init and tcfg.init != "released" and not os.path.isfile(tcfg.init):
-        raise FileNotFoundError(f"heads to start from not found: {tcfg.init} (train.init; or 'released')")
-    check_teacher_files(cfg["teachers"])
+    model_config(student_config(cfg))  # keys, numbers
+    teacher_configs(cfg["teachers"])
+    check_weights(run_weights(cfg))  # every weights file; the missing ones in one message
+
+
+def run_weights(cfg: Mapping[str, Any]) -> list[Weight]:
+    """Every weights file a training run loads (``weights.Weight`` rows): CLIP's, the heads it
+    starts from (``train.init``) and the teachers'."""
+    init = released_weight(cfg["train"].get("init"), "heads", "train.init", "heads to start from",
+                           cfg["model"].get("checkpoint_url"))
+    return [*model_weights(model_config(student_config(cfg))), *([init] if init else []),
+            *teacher_weights(cfg["teachers"])]
 
 
 def student_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
