@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from ..config import Keys, ModelConfig, TargetConfig, paper_teachers, parse
+from ..config import METHODS, Keys, LastBlockConfig, ModelConfig, TargetConfig, paper_teachers, parse, plain
 from ..download import RELEASED_NAME, resolve_released
 from ..errors import ConfigError, UserError
 from ..plugins import locate
@@ -24,6 +24,7 @@ from ..weights import FILE, Weight, check_weights, clip_weight, file_weight, rel
 from .backbone import Backbone, CLIPBackbone, as_mmseg_vit, is_resnet_config, load_open_clip, register_model_config
 from .clip_dinoiser import CLIPDINOiser
 from .heads import DINOiserHeads, load_heads
+from .last_block import AttentionBlock, describe
 from .maskclip import Decoding, MaskCLIP, Pooling
 from .pooling import guided_pooling
 from .resnet import CLIPResNetBackbone, is_resnet_tower
@@ -39,7 +40,11 @@ def open_clip_backbone(clip_model: nn.Module, cfg: ModelConfig) -> Backbone:
         return CLIPResNetBackbone.from_open_clip(clip_model, input=cfg.clip.input)
     if cfg.clip.mmseg_vit:
         as_mmseg_vit(clip_model.visual)
-    return CLIPBackbone.from_open_clip(clip_model, feats_idx=cfg.feats_idx, input=cfg.clip.input)
+    last_block = AttentionBlock(cfg.last_block.attention, cfg.last_block.arch, cfg.last_block.gaussian_std)
+    if last_block != AttentionBlock():
+        log.info("CLIP's last block: %s attention", describe(last_block))
+    return CLIPBackbone.from_open_clip(clip_model, feats_idx=cfg.feats_idx, input=cfg.clip.input,
+                                       last_block=last_block, pos_resize=cfg.clip.pos_resize)
 
 
 # model.clip.backbone: factory(open_clip model, ModelConfig) -> Backbone
@@ -151,6 +156,10 @@ MODEL_BUILDERS: Mapping[str, Callable[[ModelConfig], nn.Module]] = MappingProxyT
     "clip_dinoiser": build_clip_dinoiser,
     "dino_maskclip": build_dino_maskclip,
     "target": build_target_model,
+    # the training-free peers: MaskCLIP's segmenter with the method's last block and decoding (config.METHODS)
+    "sclip": build_maskclip,
+    "naclip": build_maskclip,
+    "clearclip": build_maskclip,
 })
 
 
@@ -187,7 +196,50 @@ def check_model_files(cfg: ModelConfig, keys: Keys | str = Keys()) -> None:
 VIT_ONLY = MappingProxyType({
     "clip_dinoiser": "its heads read the ViT block model.feats_idx",
     "dino_maskclip": "DINO's correlations are on a ViT's 16-pixel patch grid",
+    "sclip": "it changes the self-attention of the ViT's last block",
+    "naclip": "it changes the self-attention of the ViT's last block",
+    "clearclip": "it changes the self-attention of the ViT's last block",
 })
+
+# model.per_benchmark: the keys a benchmark may change (those applied after the network passes: Decoding's)
+PER_BENCHMARK_KEYS = ("gamma", "delta", "bg_refine", "maskclip.ks_thresh", "maskclip.pd_thresh",
+                      "maskclip.temperature", "maskclip.synonyms", "post.pamr_steps", "post.pamr_dilations",
+                      "post.prob_thd", "post.area_thd")
+
+
+def with_method_defaults(cfg: Any) -> Any:
+    """``cfg`` (keys of a model config) over its method's own defaults (``config.METHODS``) where
+    ``model.name`` is a training-free peer; a ``ModelConfig`` is returned as it is."""
+    if isinstance(cfg, ModelConfig) or cfg is None:
+        return cfg
+    from ..protocols import merge
+
+    keys = plain(cfg)
+    name = keys.get("name", ModelConfig.name) if isinstance(keys, dict) else None
+    return merge(METHODS[name], keys) if name in METHODS else cfg
+
+
+def check_per_benchmark(cfg: ModelConfig, keys: Keys) -> None:
+    """Every ``model.per_benchmark`` entry sets only ``PER_BENCHMARK_KEYS``, each a valid value."""
+    from ..protocols import merge
+
+    for bench, over in cfg.per_benchmark.items():
+        where = f"{keys.prefix}.per_benchmark.{bench}"
+        if not isinstance(over, dict):
+            raise ConfigError(f"{where}: give the benchmark's keys, e.g. {{post: {{prob_thd: 0.1}}}}")
+        for key in _dotted(over):
+            if key not in PER_BENCHMARK_KEYS:
+                raise ConfigError(f"{where}.{key}: only settings applied after the network passes differ per "
+                                  f"benchmark ({', '.join(PER_BENCHMARK_KEYS)})")
+        base = {k: v for k, v in plain(cfg).items() if k != "per_benchmark"}
+        parse(ModelConfig, merge(base, over), where)
+
+
+def _dotted(node: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in node.items():
+        out += _dotted(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
+    return out
 
 
 def model_config(cfg: ModelConfig | Mapping[str, Any], prefix: Keys | str = "model") -> ModelConfig:
@@ -195,15 +247,24 @@ def model_config(cfg: ModelConfig | Mapping[str, Any], prefix: Keys | str = "mod
     naming it, as are the model name and the extension points (which are imported here), and a
     model on a tower it cannot use."""
     keys = Keys.of(prefix)
-    cfg = parse(ModelConfig, cfg, keys.prefix)
+    cfg = parse(ModelConfig, with_method_defaults(cfg), keys.prefix)
     locate(cfg.name, MODEL_BUILDERS, keys("name"))  # a built-in, or the import path of your own builder
     locate(cfg.clip.backbone, BACKBONES, keys("clip.backbone"))
     locate(cfg.pooling, POOLINGS, keys("pooling"))
-    if cfg.name in VIT_ONLY and cfg.clip.backbone == "open_clip":
+    if cfg.maskclip.synonyms == "max" and cfg.maskclip.pd_thresh > 0:
+        raise ConfigError(f"{keys('maskclip.synonyms')}=max: prompt denoising ({keys('maskclip.pd_thresh')}) drops "
+                          "classes, not names; use synonyms=mean with it")
+    check_per_benchmark(cfg, keys)
+    if cfg.clip.backbone == "open_clip" and (cfg.name in VIT_ONLY or cfg.last_block != LastBlockConfig()):
         name = register_model_config(cfg.clip.name)
-        if is_resnet_config(name):
+        if is_resnet_config(name) and cfg.name in VIT_ONLY:
             raise ConfigError(f"{keys('clip.name')}={cfg.clip.name} is a ResNet tower: {keys('name')}={cfg.name} "
                               f"needs a ViT ({VIT_ONLY[cfg.name]}); {keys.prefix}=maskclip runs on ResNets")
+        if is_resnet_config(name):
+            changed = "attention" if cfg.last_block.attention != LastBlockConfig.attention else "arch"
+            raise ConfigError(f"{keys('last_block.' + changed)}={getattr(cfg.last_block, changed)}: "
+                              f"{keys('clip.name')}={cfg.clip.name} is a ResNet tower, whose attention pool has "
+                              "no last block to change (a ViT's)")
     return cfg
 
 
