@@ -279,6 +279,7 @@ class Classes:
     embeddings: Tensor
     queries: Tensor | None = None
     query_class: Tensor | None = None
+    background: int | None = None  # the background class's index where no name says 'background' (a benchmark's 0)
 
     def name_queries(self) -> tuple[Tensor, Tensor]:
         """(Q x D name embeddings, Q class indices); one per class where none were encoded."""
@@ -292,11 +293,11 @@ class Classes:
 
     @property
     def bg_index(self) -> int | None:
-        """Index of the class named ``background`` (any synonym), or None."""
+        """Index of the class named ``background`` (any synonym), else ``background``, else None."""
         for i, synonyms in enumerate(self.vocabulary):
             if any(s.lower() == "background" for s in synonyms):
                 return i
-        return None
+        return self.background
 
 
 def _is_vocabulary(names) -> bool:

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from ...config import EvalConfig, SlideConfig
-from ...data.benchmarks import Benchmark, build_dataset, eval_pipeline
+from ...data.benchmarks import BENCHMARKS, Benchmark, build_dataset, eval_pipeline
 from ...errors import UserError
 from ...models.maskclip import Decoding
 from ...models.text import Classes, read_vocabulary_file
@@ -371,7 +371,12 @@ class Evaluator:
         refine = bench.bg_refine if bg_refine is None else bg_refine
         decoding = {"scores": self.slide.for_benchmark(bench.name).scores, **decoding}
         own = model.decoding_for(bench.name) if hasattr(model, "decoding_for") else model.decoding
-        return Setting(replace(own, bg_refine=refine, **decoding), model.text.classes(vocab))
+        classes = model.text.classes(vocab)
+        if refine and classes.bg_index is None and bench.bg_refine and bench.name in BENCHMARKS:
+            # class names that do not say 'background' (SCLIP's: 'sky, wall, tree, ...' for VOC's class 0): the
+            # benchmark's own background, label 0, is the class refined
+            classes = replace(classes, background=0)
+        return Setting(replace(own, bg_refine=refine, **decoding), classes)
 
     def evaluate(self, model: nn.Module, bench: Benchmark, root: str, *, vocabulary: str | None = None,
                  bg_refine: bool | None = None) -> BenchmarkResult:
