@@ -545,3 +545,23 @@ def test_load_gives_each_method_with_its_settings_and_segments(tiny_clip_file):
     sums = result.probs.sum(0)  # each class its best name's probability: at most the names' total, 1
     assert (result.probs >= 0).all() and (sums <= 1 + 1e-5).all() and (sums < 0.999).any()
     assert (result.labels == result.probs.argmax(0)).all()
+
+
+def test_a_last_block_given_per_call_replaces_the_backbones_own(tiny_visual):
+    """The seam a method whose last block reads more than CLIP's tokens uses (e.g. attention from another
+    model's features of the same images): ``backbone(images, last_block=...)``."""
+    from clip_dinoiser.models.backbone import CLIPBackbone
+
+    seen = []
+
+    def recording(block, x, grid):
+        seen.append((tuple(x.shape), grid))
+        return AttentionBlock("qq", "reduced")(block, x, grid)
+
+    clip = types.SimpleNamespace(visual=tiny_visual)
+    plain = CLIPBackbone.from_open_clip(clip, feats_idx=-3)
+    qq = CLIPBackbone.from_open_clip(clip, feats_idx=-3, last_block=AttentionBlock("qq", "reduced"))
+    images = images_of(64, 80)
+    assert torch.equal(plain(images, last_block=recording).dense, qq(images).dense)
+    assert seen == [((2, 21, 64), (4, 5))]
+    assert not torch.equal(plain(images).dense, qq(images).dense)

@@ -244,3 +244,13 @@ def test_published_numbers_print_only_under_the_methods_own_protocol_and_setting
                                            "model.clip.pretrained=laion2b_s34b_b88k"), "").model
     assert published_miou("clearclip", plain(laion), "ade20k").miou == 18.9
     assert published_miou("clearclip", plain(laion), "voc") is None  # no source we could check
+
+
+def test_readme_table_is_the_published_one():
+    """README's table of the peers' published numbers is ``protocols.PUBLISHED``'s."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        rows = {line.split("|")[1].strip(): line.split("|")[2:10] for line in f
+                if line.startswith(("| SCLIP |", "| NACLIP |", "| ClearCLIP |"))}
+    for name, title in (("sclip", "SCLIP"), ("naclip", "NACLIP"), ("clearclip", "ClearCLIP")):
+        cells = [c.strip() for c in rows[title]]
+        assert {b: float(c) for b, c in zip(_OURS, cells) if c != "-"} == PUBLISHED_NUMBERS[name][0]

@@ -422,7 +422,8 @@ class CLIPBackbone(nn.Module):
         return self._pos_cache[key]
 
     def forward(
-        self, images: Tensor, *, with_inter: bool = True, with_keys: bool = False, with_dense: bool = True
+        self, images: Tensor, *, with_inter: bool = True, with_keys: bool = False, with_dense: bool = True,
+        last_block: LastBlock | None = None,
     ) -> BackboneOutput:
         """Run the tower once.
 
@@ -433,6 +434,9 @@ class CLIPBackbone(nn.Module):
                 them: through the attention's output projection (``MaskClipHead`` on its ViT).
             with_dense: compute the MaskCLIP features (False: stop after block ``feats_idx``;
                 ``dense`` is then None).
+            last_block: this call's last block instead of the backbone's own (a method whose last
+                block reads something of these images besides CLIP's tokens, e.g. another model's
+                features, builds it per call).
         """
         v = self.visual
         x = prepare_input(images, self.mean, self.std, self.patch_size, self.input)
@@ -460,7 +464,8 @@ class CLIPBackbone(nn.Module):
         last = blocks[-1]
         if seq_first:
             x = x.transpose(0, 1)
-        val = v.ln_post(self.last_block(last, x, (h, w)))  # batch-first: B x (1 + h*w) x W
+        block = self.last_block if last_block is None else last_block
+        val = v.ln_post(block(last, x, (h, w)))  # batch-first: B x (1 + h*w) x W
         if v.proj is not None:
             val = val @ v.proj  # the 1x1 "conv" of MaskCLIP: a per-patch linear map
         dense = _patch_map(val, (h, w))
