@@ -236,7 +236,7 @@ def load(name: str = "clip_dinoiser", weights: str | None = "released", device: 
     Args:
         name: ``clip_dinoiser`` (the paper), ``maskclip``, ``dino_maskclip``, ``target`` (a
             MaskCLIP+ network of ``tools/train_target.py``), or a training-free peer: ``sclip``,
-            ``naclip``, ``clearclip`` (with the method's own settings, ``config.METHODS``).
+            ``naclip``, ``clearclip``, ``proxyclip`` (with the method's own settings, ``config.METHODS``).
         weights: the model's own weights file: CLIP-DINOiser's heads (``released``: a local copy
             ``checkpoints/last.pt``, else the authors' file, downloaded once; a heads file; None:
             random), a target network's ``last.pt``; maskclip and dino_maskclip have none.
@@ -244,7 +244,7 @@ def load(name: str = "clip_dinoiser", weights: str | None = "released", device: 
         precision: fp32 / bf16 / fp16.
         slide: test-time geometry (``SlideConfig``, or its keys over the protocol's).
         protocol: the test protocol preset (``clip_dinoiser``, ``maskclip``, ``sclip``, ``naclip``,
-            ``clearclip``: ``protocols.py``), its ``slide`` and ``model`` values under yours.
+            ``clearclip``, ``proxyclip``: ``protocols.py``), its ``slide`` and ``model`` values under yours.
         **settings: any other ``model.*`` key (``gamma=0.3``, ``clip={"pretrained": "file.pt"}``).
     """
     from .engine.job.cli import resolve_device

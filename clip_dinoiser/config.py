@@ -89,6 +89,22 @@ class PostConfig:
     area_thd: float = kind(FRACTION, default=0.0)  # a class under this share of the other pixels is dropped (SCLIP)
 
 
+NON_NEGATIVE = Kind(low=0)
+
+
+@dataclass
+class ProxyConfig:
+    """ProxyCLIP's proxy (``models/proxyclip.py``): a vision foundation model whose patch features give the
+    attention of CLIP's last block (DINO ViT-B/8 in ProxyCLIP's code; ViT-B/16: ``vit_base_patch16_224``)."""
+
+    arch: str = "vit_base_patch8_224"  # timm architecture
+    pretrained: str | None = "vit_base_patch8_224.dino"  # timm name.tag, a local weights file, or null (random)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # timm overrides (tests build tiny models)
+    beta: float = kind(NON_NEGATIVE, default=1.2)  # the similarities' shift: minus beta times their mean
+    gamma: float = kind(POSITIVE, default=3.0)  # their scale after the shift (negatives masked)
+    pad_to: int = kind(COUNT, default=56)  # windows padded around to a multiple (their compute_padsize(.., 56))
+
+
 # The student's heads, named by the teachers that train them (``Teacher.head``):
 # correlation: B x N x N logits (N = h * w patches); objectness: B x 1 x h x w logits.
 HEADS = ("correlation", "objectness")
@@ -123,7 +139,7 @@ class ModelConfig:
     """A segmenter: ``clip_dinoiser`` (the paper), ``maskclip``, ``dino_maskclip``, or a training-free
     peer (``sclip``, ``naclip``, ``clearclip``: ``METHODS``)."""
 
-    name: str = "clip_dinoiser"  # clip_dinoiser, maskclip, dino_maskclip, sclip, naclip, clearclip (model=...)
+    name: str = "clip_dinoiser"  # clip_dinoiser, maskclip, dino_maskclip, sclip, naclip, clearclip, proxyclip
     clip: CLIPConfig = field(default_factory=CLIPConfig)
     text_cache: str | None = "auto"  # class-name embeddings on disk: auto, a folder, or null (off)
     checkpoint: str | None = "released"  # heads: 'released' (the authors' last.pt, downloaded once), a file, or null
@@ -140,6 +156,8 @@ class ModelConfig:
     post: PostConfig = field(default_factory=PostConfig)  # PAMR and thresholds at the image's size
     per_benchmark: dict[str, Any] = field(default_factory=dict)  # a benchmark's own: {voc: {post: {prob_thd: 0.1}}}
     teachers: dict[str, Any] | None = None  # dino_maskclip: its teachers (null: the paper's)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)  # proxyclip: the proxy model and its attention
+    dinoiser: bool = False  # maskclip and the peers: CLIP-DINOiser's heads pool their features (model.checkpoint)
 
 
 # The training-free peers (model=sclip, naclip, clearclip): each method's settings over ModelConfig's, from its
@@ -154,6 +172,10 @@ METHODS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     "clearclip": {"clip": {"pretrained": "openai", "pos_resize": "dino"}, "bg_refine": False,
                   "maskclip": {"temperature": 50.0, "synonyms": "max"},
                   "last_block": {"attention": "qq", "arch": "reduced"}},
+    # ProxyCLIP: its last block is built per call from the proxy's features (models/proxyclip.py); the proxy's
+    # settings are ProxyConfig's defaults; CLIP's input is cropped to its patch grid after the padding to 56
+    "proxyclip": {"clip": {"pretrained": "openai", "pos_resize": "dino", "input": "floor"}, "bg_refine": False,
+                  "maskclip": {"temperature": 40.0, "synonyms": "max"}},
 })
 
 

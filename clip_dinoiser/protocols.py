@@ -107,6 +107,18 @@ PROTOCOLS: Mapping[str, Protocol] = MappingProxyType({p.name: p for p in [
                     "per_benchmark": {"voc": {"post": {"prob_thd": 0.5}}, "context": {"post": {"prob_thd": 0.15}},
                                       "coco_object": {"post": {"prob_thd": 0.4}}}},
              vocabulary_set="clearclip"),
+    Protocol("proxyclip", "ProxyCLIP's evaluation (Lan et al., ECCV 2024; mc-lan/ProxyCLIP e7b767f "
+             "proxyclip_segmentor.py, configs/cfg_*.py): keep-ratio resize to (2048, 336) ((2048, 448) Cityscapes "
+             "and ADE20k), 336 x 336 windows with stride 112 (224 x 224 on Cityscapes), each padded around to a "
+             "multiple of 56 (model.proxy.pad_to), the cosines averaged and resized, CLIP's rounded mean/std, its "
+             "class names each name a query, prob_thd 0.2 VOC, 0.15 Context, 0.25 COCO-Object",
+             slide={"scale": (2048, 336), "crop": (336, 336), "stride": (112, 112), "scores": "logits",
+                    "per_benchmark": {"cityscapes": {"scale": (2048, 448), "crop": (224, 224)},
+                                      "ade20k": {"scale": (2048, 448)}}},
+             model={"clip": {"input": "floor"},
+                    "per_benchmark": {"voc": {"post": {"prob_thd": 0.2}}, "context": {"post": {"prob_thd": 0.15}},
+                                      "coco_object": {"post": {"prob_thd": 0.25}}}},
+             vocabulary_set="proxyclip"),
 ]})
 DEFAULT = "clip_dinoiser"
 

@@ -468,7 +468,7 @@ class CLIPBackbone(nn.Module):
         val = v.ln_post(block(last, x, (h, w)))  # batch-first: B x (1 + h*w) x W
         if v.proj is not None:
             val = val @ v.proj  # the 1x1 "conv" of MaskCLIP: a per-patch linear map
-        dense = _patch_map(val, (h, w))
+        dense = _patch_map(val, getattr(block, "out_grid", None) or (h, w))  # a block's own grid (ProxyCLIP's)
         keys = None
         if with_keys:  # MaskCLIP's ViT applies out_proj to the query, key and value parts alike (vit.py, return_qkv)
             k = qkv(last, x[:, 1:])[1]

@@ -20,7 +20,16 @@ from ..download import RELEASED_NAME, resolve_released
 from ..errors import ConfigError, UserError
 from ..plugins import locate
 from ..readers import read_weights
-from ..weights import FILE, Weight, check_weights, clip_weight, file_weight, released_weight
+from ..weights import (
+    FILE,
+    Weight,
+    check_weights,
+    clip_weight,
+    file_weight,
+    looks_like_file,
+    released_weight,
+    timm_weight,
+)
 from .backbone import Backbone, CLIPBackbone, as_mmseg_vit, is_resnet_config, load_open_clip, register_model_config
 from .clip_dinoiser import CLIPDINOiser
 from .heads import DINOiserHeads, load_heads
@@ -89,24 +98,56 @@ def text_cache(name: str, pretrained: str | None, folder: str | None) -> TextEmb
 
 
 def build_maskclip(cfg: ModelConfig, keys: Keys = Keys()) -> MaskCLIP:
+    """MaskCLIP, or a peer that is MaskCLIP with another last block (SCLIP, NACLIP, ClearCLIP); with
+    ``model.dinoiser``, its features pooled by CLIP-DINOiser's heads (``build_clip_dinoiser``)."""
+    if cfg.dinoiser:
+        return build_clip_dinoiser(cfg, keys=keys)
     backbone, text = build_clip(cfg, keys)
     return MaskCLIP(backbone, text, Decoding.from_config(cfg))
 
 
 def build_clip_dinoiser(cfg: ModelConfig, training: bool = False, keys: Keys = Keys()) -> CLIPDINOiser:
     """CLIP-DINOiser with the heads of ``model.checkpoint``; ``training``: the heads are about to be
-    trained (random heads are expected, not warned about)."""
+    trained (random heads are expected, not warned about). The backbone's last block is ``model.last_block``'s:
+    MaskCLIP's value path by default, a peer's (``model=sclip model.dinoiser=true``) otherwise."""
     # "released": a local copy (checkpoints/last.pt), else the authors' last.pt downloaded once (before CLIP)
     checkpoint = resolve_released(cfg.checkpoint, "heads", cfg.checkpoint_url, key=keys("checkpoint"))
     pooling = locate(cfg.pooling, POOLINGS, keys("pooling"))
     backbone, text = build_clip(cfg, keys)
-    heads = DINOiserHeads(in_dim=backbone.width, proj_dim=cfg.proj_dim, kernel_size=cfg.kernel_size)
+    heads = build_heads(cfg, backbone.width, checkpoint, training, keys)
+    return CLIPDINOiser(backbone, text, heads, Decoding.from_config(cfg), pooling)
+
+
+def build_heads(cfg: ModelConfig, width: int, checkpoint: str | None, training: bool = False,
+                keys: Keys = Keys()) -> DINOiserHeads:
+    """CLIP-DINOiser's heads on a tower of ``width`` channels, with the weights of ``checkpoint`` (a file)."""
+    heads = DINOiserHeads(in_dim=width, proj_dim=cfg.proj_dim, kernel_size=cfg.kernel_size)
     if checkpoint:
         log.info("loading the CLIP-DINOiser heads %s", checkpoint)
         load_heads(heads, checkpoint)
     elif not training:
         log.warning("%s is not set: the CLIP-DINOiser heads are random", keys("checkpoint"))
-    return CLIPDINOiser(backbone, text, heads, Decoding.from_config(cfg), pooling)
+    return heads
+
+
+def build_proxyclip(cfg: ModelConfig, keys: Keys = Keys()) -> nn.Module:
+    """ProxyCLIP with the proxy of ``model.proxy`` (a timm ViT: DINO's by default); with ``model.dinoiser``,
+    its features pooled by CLIP-DINOiser's heads."""
+    from ..teachers import FrozenViT, load_timm_vit  # needs timm
+    from .proxyclip import ProxyCLIP
+
+    heads = pooling = None
+    if cfg.dinoiser:
+        checkpoint = resolve_released(cfg.checkpoint, "heads", cfg.checkpoint_url, key=keys("checkpoint"))
+        pooling = locate(cfg.pooling, POOLINGS, keys("pooling"))
+    p = cfg.proxy
+    log.info("loading ProxyCLIP's proxy %s (%s)", p.arch, p.pretrained or "random weights")
+    proxy = FrozenViT(load_timm_vit(p.arch, p.pretrained, keys("proxy.pretrained"), **dict(p.kwargs)))
+    backbone, text = build_clip(cfg, keys)
+    if cfg.dinoiser:
+        heads = build_heads(cfg, backbone.width, checkpoint, keys=keys)
+    return ProxyCLIP(backbone, text, proxy, Decoding.from_config(cfg), beta=p.beta, gamma=p.gamma, pad_to=p.pad_to,
+                     heads=heads, pooling=pooling)
 
 
 def build_dino_maskclip(cfg: ModelConfig, keys: Keys = Keys()) -> nn.Module:
@@ -160,6 +201,7 @@ MODEL_BUILDERS: Mapping[str, Callable[[ModelConfig], nn.Module]] = MappingProxyT
     "sclip": build_maskclip,
     "naclip": build_maskclip,
     "clearclip": build_maskclip,
+    "proxyclip": build_proxyclip,
 })
 
 
@@ -168,7 +210,9 @@ def model_weights(cfg: ModelConfig, keys: Keys = Keys()) -> list[Weight]:
     user spells them): CLIP's, the heads (``clip_dinoiser``), the teachers' (``dino_maskclip``),
     the trained network (``target``)."""
     rows = [clip_weight(cfg.clip.name, cfg.clip.pretrained, keys("clip.pretrained"))]
-    if cfg.name == "clip_dinoiser":
+    if cfg.name == "proxyclip":
+        rows.append(timm_weight(cfg.proxy.pretrained, keys("proxy.pretrained"), "ProxyCLIP's proxy weights"))
+    if cfg.name == "clip_dinoiser" or (cfg.dinoiser and cfg.name in DINOISER_ON):
         rows.append(released_weight(cfg.checkpoint, "heads", keys("checkpoint"), "heads checkpoint",
                                     cfg.checkpoint_url))
     if cfg.name == "dino_maskclip":
@@ -199,7 +243,14 @@ VIT_ONLY = MappingProxyType({
     "sclip": "it changes the self-attention of the ViT's last block",
     "naclip": "it changes the self-attention of the ViT's last block",
     "clearclip": "it changes the self-attention of the ViT's last block",
+    "proxyclip": "its proxy's attention replaces the self-attention of the ViT's last block",
 })
+# model.dinoiser: the models whose dense features CLIP-DINOiser's heads may pool (clip_dinoiser always does)
+DINOISER_ON = ("maskclip", "sclip", "naclip", "clearclip", "proxyclip")
+# the CLIP weights the released heads were trained on (their block feats_idx): others need heads of their own
+RELEASED_HEADS_CLIP = ("ViT-B-16", "laion2b_s34b_b88k")
+TRAIN_HEADS = ("python tools/train.py model.clip.pretrained={pretrained} train.data=<image folder> "
+               "train.output=<run folder>")
 
 # model.per_benchmark: the keys a benchmark may change (those applied after the network passes: Decoding's)
 PER_BENCHMARK_KEYS = ("gamma", "delta", "bg_refine", "maskclip.ks_thresh", "maskclip.pd_thresh",
@@ -255,17 +306,42 @@ def model_config(cfg: ModelConfig | Mapping[str, Any], prefix: Keys | str = "mod
         raise ConfigError(f"{keys('maskclip.synonyms')}=max: prompt denoising ({keys('maskclip.pd_thresh')}) drops "
                           "classes, not names; use synonyms=mean with it")
     check_per_benchmark(cfg, keys)
-    if cfg.clip.backbone == "open_clip" and (cfg.name in VIT_ONLY or cfg.last_block != LastBlockConfig()):
+    check_method(cfg, keys)
+    if cfg.clip.backbone == "open_clip" and (cfg.name in VIT_ONLY or cfg.last_block != LastBlockConfig()
+                                             or cfg.dinoiser):
         name = register_model_config(cfg.clip.name)
         if is_resnet_config(name) and cfg.name in VIT_ONLY:
             raise ConfigError(f"{keys('clip.name')}={cfg.clip.name} is a ResNet tower: {keys('name')}={cfg.name} "
                               f"needs a ViT ({VIT_ONLY[cfg.name]}); {keys.prefix}=maskclip runs on ResNets")
+        if is_resnet_config(name) and cfg.dinoiser:
+            raise ConfigError(f"{keys('dinoiser')}=true: {keys('clip.name')}={cfg.clip.name} is a ResNet tower; "
+                              f"CLIP-DINOiser's heads need a ViT ({VIT_ONLY['clip_dinoiser']})")
         if is_resnet_config(name):
             changed = "attention" if cfg.last_block.attention != LastBlockConfig.attention else "arch"
             raise ConfigError(f"{keys('last_block.' + changed)}={getattr(cfg.last_block, changed)}: "
                               f"{keys('clip.name')}={cfg.clip.name} is a ResNet tower, whose attention pool has "
                               "no last block to change (a ViT's)")
     return cfg
+
+
+def check_method(cfg: ModelConfig, keys: Keys) -> None:
+    """The settings a method cannot run with: ``model.dinoiser`` on a model that is not MaskCLIP or a peer, or
+    with the released heads on other CLIP weights than theirs; key smoothing on ProxyCLIP (its features are on
+    its proxy's grid, the keys on CLIP's)."""
+    if cfg.dinoiser and cfg.name not in DINOISER_ON and cfg.name != "clip_dinoiser":
+        raise ConfigError(f"{keys('dinoiser')}=true: {keys('name')}={cfg.name} has no dense CLIP features to pool "
+                          f"(choose from {', '.join(DINOISER_ON)})")
+    if cfg.dinoiser and cfg.name in DINOISER_ON and cfg.checkpoint == RELEASED_NAME:
+        pretrained = cfg.clip.pretrained or ""
+        if (cfg.clip.name.removesuffix("-quickgelu"), pretrained) != RELEASED_HEADS_CLIP and not looks_like_file(
+                pretrained):
+            raise ConfigError(f"{keys('checkpoint')}={RELEASED_NAME}: the released heads read block -3 of "
+                              f"{' / '.join(RELEASED_HEADS_CLIP)}, not of {cfg.clip.name} / {pretrained or 'random'}; "
+                              f"train heads on it ({TRAIN_HEADS.format(pretrained=pretrained or 'null')}) and give "
+                              f"{keys('checkpoint')}=<run folder>/last.pt")
+    if cfg.name == "proxyclip" and cfg.maskclip.ks_thresh > 0:
+        raise ConfigError(f"{keys('maskclip.ks_thresh')}={cfg.maskclip.ks_thresh}: ProxyCLIP's features are on its "
+                          "proxy's grid, the keys key smoothing reads on CLIP's (0 = off)")
 
 
 def check_model_config(cfg: ModelConfig | Mapping[str, Any], prefix: Keys | str = "model") -> ModelConfig:

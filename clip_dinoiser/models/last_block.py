@@ -53,7 +53,9 @@ class LastBlock(Protocol):
         grid: (h, w), the patch grid of the tokens.
 
     Returns:
-        B x (1 + h*w) x W tokens, which ``ln_post`` and the projection turn into dense features.
+        B x (1 + h*w) x W tokens, which ``ln_post`` and the projection turn into dense features; a
+        block whose tokens are on another grid (ProxyCLIP's, on its proxy's) says so in ``out_grid``
+        (h', w'), and returns B x (1 + h'*w') x W.
     """
 
     def __call__(self, block: nn.Module, x: Tensor, grid: tuple[int, int]) -> Tensor: ...
