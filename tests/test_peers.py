@@ -505,7 +505,7 @@ def test_eval_tool_under_protocol_sclip_equals_the_evaluator_with_its_settings(t
 
 
 @pytest.mark.slow
-def test_one_command_gives_the_comparison_table(tmp_path, tiny_clip_file, tiny_heads_file):
+def test_one_command_gives_the_comparison_table(tmp_path, tiny_clip_file, tiny_heads_file, tiny_proxy):
     """README's command: every method on the benchmarks, one row per method in the sweep's summary; then the
     same under SCLIP's protocol."""
     from .synthetic_data import make_benchmark
@@ -516,15 +516,17 @@ def test_one_command_gives_the_comparison_table(tmp_path, tiny_clip_file, tiny_h
     clip_name, path = tiny_clip_json(tiny_clip_file)
     common = [f"data.root={data}", "data=all", "data.names=[voc,voc20]", f"model.clip.name={clip_name}",
               f"model.clip.pretrained={path}", f"model.checkpoint={tiny_heads_file}", "model.proj_dim=16",
-              "slide.scale=[160,64]", "slide.crop=[48,48]", "slide.stride=[32,32]"]
+              "slide.scale=[160,64]", "slide.crop=[48,48]", "slide.stride=[32,32]",
+              f"model.proxy.arch={tiny_proxy['arch']}", f"model.proxy.pretrained={tiny_proxy['pretrained']}",
+              "++model.proxy.kwargs={" + ",".join(f"{k}:{v}" for k, v in tiny_proxy["kwargs"].items()) + "}"]
     for protocol in ("clip_dinoiser", "sclip"):
-        r = eval_tool(tmp_path, "-m", "model=maskclip,sclip,naclip,clearclip,clip_dinoiser", f"protocol={protocol}",
-                      f"hydra.sweep.dir={protocol}", *common)
+        r = eval_tool(tmp_path, "-m", "model=maskclip,sclip,naclip,clearclip,proxyclip,clip_dinoiser",
+                      f"protocol={protocol}", f"hydra.sweep.dir={protocol}", *common)
         assert r.returncode == 0, r.stderr[-3000:]
         summary = (tmp_path / protocol / "summary.md").read_text().splitlines()
         assert summary[0].startswith("| run | model.name | voc | voc20 | average |"), summary[0]
         names = [line.split("|")[2].strip() for line in summary[2:]]
-        assert names[:5] == ["maskclip", "sclip", "naclip", "clearclip", "clip_dinoiser"]
+        assert names[:6] == ["maskclip", "sclip", "naclip", "clearclip", "proxyclip", "clip_dinoiser"]
 
 
 def test_load_gives_each_method_with_its_settings_and_segments(tiny_clip_file):

@@ -254,3 +254,90 @@ def test_readme_table_is_the_published_one():
     for name, title in (("sclip", "SCLIP"), ("naclip", "NACLIP"), ("clearclip", "ClearCLIP")):
         cells = [c.strip() for c in rows[title]]
         assert {b: float(c) for b, c in zip(_OURS, cells) if c != "-"} == PUBLISHED_NUMBERS[name][0]
+
+
+# ----------------------------------------------------------------------------- ProxyCLIP
+# ``PC`` is github.com/mc-lan/ProxyCLIP (commit e7b767f). Its README prints no table and the paper's main table
+# (arXiv 2408.04883, Table 1) could not be checked from a source here: no published numbers are printed for it.
+PROXYCLIP = MappingProxyType({
+    "proxy": (("vit_base_patch8_224", "vit_base_patch8_224.dino"),
+              "PC proxyclip_segmentor.py vfm_model='dino': torch.hub.load('facebookresearch/dino:main', 'dino_vitb8')"),
+    "proxy_features": ("norm(last block)", "PC proxyclip_segmentor.py ex_feats = get_intermediate_layers(x)[0][:, 1:]"),
+    "beta": (1.2, "PC proxyclip_segmentor.py ProxyCLIPSegmentation(beta=1.2); open_clip/transformer.py custom_attn"),
+    "gamma": (3.0, "PC proxyclip_segmentor.py ProxyCLIPSegmentation(gamma=3.0)"),
+    "pad_to": (56, "PC proxyclip_segmentor.py forward_slide: compute_padsize(H, W, 56)"),
+    "weights": (("ViT-B-16", "openai"), "PC configs/base_config.py clip_type='openai', model_type='ViT-B/16'"),
+    "logit_scale": (40.0, "PC proxyclip_segmentor.py ProxyCLIPSegmentation(logit_scale=40)"),
+    "prob_thd.bench": ({"voc": 0.2, "context": 0.15, "coco_object": 0.25},
+                       "PC configs/cfg_voc21.py prob_thd=0.2, cfg_context60.py 0.15, cfg_coco_object.py 0.25"),
+    "slide": (((336, 336), (112, 112)), "PC proxyclip_segmentor.py slide_stride=112, slide_crop=336"),
+    "slide.cityscapes": (((224, 224), (112, 112)), "PC configs/cfg_city_scapes.py slide_stride=112, slide_crop=224"),
+    "scale": ({"cityscapes": (2048, 448), "ade20k": (2048, 448), "other": (2048, 336)},
+              "PC configs/cfg_*.py Resize(scale=(2048, 336)); cfg_city_scapes.py, cfg_ade20k.py (2048, 448)"),
+    "mean_std": (((122.771, 116.746, 104.094), (68.501, 66.632, 70.323)),
+                 "PC proxyclip_segmentor.py SegDataPreProcessor(mean=..., std=..., bgr_to_rgb=True)"),
+    "input": ("floor", "PC proxyclip_segmentor.py forward_feature: CLIP's grid img // patch_size after the padding"),
+    "pos_resize": ("dino", "PC open_clip/transformer.py interpolate_pos_encoding: scale_factor (w0 + 0.1) / sqrt(N)"),
+    "synonyms": ("max", "PC proxyclip_segmentor.py get_cls_idx (split('; ')), postprocess_result"),
+    "vocabulary_set": ("proxyclip", "PC configs/cls_*.txt"),
+    "pamr": (0, "PC proxyclip_segmentor.py: no PAMR"),
+})
+
+
+def test_proxyclip_entries_cite_a_source():
+    assert all(src.startswith("PC ") for _, src in PROXYCLIP.values())
+
+
+def test_proxyclip_composes_its_settings():
+    m = parse(EvalConfig, compose_tool("eval", "model=proxyclip"), "").model
+    assert (m.proxy.arch, m.proxy.pretrained) == PROXYCLIP["proxy"][0]
+    assert (m.proxy.beta, m.proxy.gamma, m.proxy.pad_to) == (1.2, 3.0, 56)
+    assert (m.clip.name, m.clip.pretrained) == PROXYCLIP["weights"][0]
+    assert (m.maskclip.temperature, m.maskclip.synonyms, m.clip.pos_resize, m.clip.input) == (40.0, "max", "dino",
+                                                                                              "floor")
+    assert (m.post.pamr_steps, m.post.prob_thd, m.post.area_thd, m.bg_refine, m.dinoiser) == (0, 0.0, 0.0, False, False)
+    with open(os.path.join(ROOT, "configs", "model", "proxyclip.yaml")) as f:
+        node = {k: v for k, v in yaml.safe_load(f).items() if k not in ("defaults", "name")}
+    assert node == METHODS["proxyclip"]
+    from clip_dinoiser.models.build import model_config
+
+    assert model_config({"name": "proxyclip", "text_cache": None}) == parse(
+        ModelConfig, {**METHODS["proxyclip"], "name": "proxyclip", "text_cache": None}, "model")
+
+
+def test_protocol_proxyclip_composes_its_test_settings():
+    s = composed("proxyclip")
+    assert s.protocol == "proxyclip" and s.slide.scores == "logits" and s.model.clip.input == "floor"
+    scales = PROXYCLIP["scale"][0]
+    for bench in _OURS:
+        slide = s.slide.for_benchmark(bench)
+        assert tuple(slide.scale) == scales.get(bench, scales["other"]) and slide.mode == "slide"
+        crop, stride = PROXYCLIP["slide.cityscapes" if bench == "cityscapes" else "slide"][0]
+        assert (tuple(slide.crop), tuple(slide.stride)) == (crop, stride)
+    from clip_dinoiser.models.maskclip import Decoding
+    from clip_dinoiser.protocols import get_protocol
+
+    decoding = Decoding.from_config(s.model)
+    for bench in _OURS:
+        d = decoding.for_benchmark(bench)
+        assert (d.temperature, d.prob_thd, d.area_thd) == (40.0, PROXYCLIP["prob_thd.bench"][0].get(bench, 0.0), 0.0)
+    assert (s.data.vocabulary_set or get_protocol("proxyclip").vocabulary_set) == "proxyclip"
+    from clip_dinoiser.models.backbone import PEERS_MEAN, PEERS_STD
+
+    mean, std = PROXYCLIP["mean_std"][0]
+    assert PEERS_MEAN == tuple(v / 255 for v in mean) and PEERS_STD == tuple(v / 255 for v in std)
+    m = composed("proxyclip", "clip_dinoiser").model  # ProxyCLIP under ours keeps its method
+    assert (m.name, m.proxy.beta, m.clip.input) == ("proxyclip", 1.2, "floor")
+
+
+def test_proxyclip_vocabulary_is_its_class_lists():
+    from clip_dinoiser.models.text import read_vocabulary_file
+
+    # VOC's class 0: 26 scene names; COCO-Object's: 17 (PC configs/cls_voc21.txt, cls_coco_object.txt)
+    for bench, (classes, names) in {"voc": (21, 46), "voc20": (20, 20), "coco_object": (81, 97),
+                                    "context": (60, 60), "ade20k": (150, 150)}.items():
+        vocab = read_vocabulary_file(BENCHMARKS[bench].vocabulary_in("proxyclip"))
+        assert (len(vocab), sum(len(v) for v in vocab)) == (classes, names)
+    coco = read_vocabulary_file(BENCHMARKS["coco_object"].vocabulary_in("proxyclip"))
+    assert coco[0][-3:] == ("floor", "hill", "rail") and coco[1] == ("person",)
+    assert not [p for p in PUBLISHED if p.model == "proxyclip"]  # none checked from a source
