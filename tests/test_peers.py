@@ -277,6 +277,14 @@ def test_pamr_is_its_papers_definition(steps, dilations, size):
     assert torch.equal(pamr(image, scores, 0, dilations), scores)
 
 
+def test_pamr_by_default_uses_naclips_dilations_8_and_16():
+    """NA naclip.py NACLIP(pamr_stride=(8, 16)) gives PAMR(pamr_steps, dilations=pamr_stride): our module's default."""
+    g = torch.Generator().manual_seed(5)
+    image = torch.rand(1, 3, 18, 20, generator=g)
+    scores = torch.randn(1, 2, 18, 20, generator=g)
+    assert torch.allclose(pamr(image, scores, 1), pamr_by_definition(image, scores, 1, (8, 16)), atol=1e-5)
+
+
 def test_pamr_is_linear_in_the_scores():
     g = torch.Generator().manual_seed(3)
     image = torch.rand(1, 3, 20, 24, generator=g)
