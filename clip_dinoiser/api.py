@@ -234,16 +234,17 @@ def load(name: str = "clip_dinoiser", weights: str | None = "released", device: 
     """Build a segmenter in one call.
 
     Args:
-        name: ``clip_dinoiser`` (the paper), ``maskclip``, ``dino_maskclip`` or ``target`` (a
-            MaskCLIP+ network of ``tools/train_target.py``).
+        name: ``clip_dinoiser`` (the paper), ``maskclip``, ``dino_maskclip``, ``target`` (a
+            MaskCLIP+ network of ``tools/train_target.py``), or a training-free peer: ``sclip``,
+            ``naclip``, ``clearclip``, ``proxyclip`` (with the method's own settings, ``config.METHODS``).
         weights: the model's own weights file: CLIP-DINOiser's heads (``released``: a local copy
             ``checkpoints/last.pt``, else the authors' file, downloaded once; a heads file; None:
             random), a target network's ``last.pt``; maskclip and dino_maskclip have none.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
         precision: auto (bf16 on a CPU with native bf16: AMX, AVX512-BF16; else fp32), fp32, bf16 or fp16.
         slide: test-time geometry (``SlideConfig``, or its keys over the protocol's).
-        protocol: the test protocol preset (``clip_dinoiser``, ``maskclip``: ``protocols.py``), its
-            ``slide`` and ``model`` values under yours.
+        protocol: the test protocol preset (``clip_dinoiser``, ``maskclip``, ``sclip``, ``naclip``,
+            ``clearclip``, ``proxyclip``: ``protocols.py``), its ``slide`` and ``model`` values under yours.
         **settings: any other ``model.*`` key (``gamma=0.3``, ``clip={"pretrained": "file.pt"}``).
     """
     from .engine.job.cli import resolve_device

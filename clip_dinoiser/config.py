@@ -39,7 +39,11 @@ from .values import (
 
 T = TypeVar("T")
 
-INPUTS = ("clip", "mmseg")  # model.clip.input (models/backbone.py: input_stats, prepare_input)
+INPUTS = ("clip", "mmseg", "floor", "centre")  # model.clip.input (models/backbone.py: input_stats, prepare_input)
+POS_RESIZES = ("size", "dino")  # model.clip.pos_resize (models/backbone.py: interpolate_pos_embed)
+ATTENTIONS = ("value", "vanilla", "csa", "qq", "kk", "naclip", "nonly")  # model.last_block.attention (last_block.py)
+ARCHS = ("vanilla", "reduced")  # model.last_block.arch
+SYNONYMS = ("mean", "max")  # model.maskclip.synonyms (models/text.py)
 
 
 @dataclass
@@ -49,8 +53,10 @@ class CLIPConfig:
     name: str = "ViT-B-16"  # open_clip architecture, or an open_clip model-config JSON file
     pretrained: str | None = "laion2b_s34b_b88k"  # pretrained tag, a local checkpoint file, or null (random)
     backbone: str = "open_clip"  # image tower: 'open_clip' or 'package.module.factory' (see README, Extending)
-    input: str = choice(INPUTS, default="clip")  # clip: pad, then the tower's mean/std; mmseg: ImageNet's, then pad
+    input: str = choice(INPUTS, default="clip")  # clip: pad, then the tower's mean/std; mmseg: ImageNet's, then pad;
+    # floor: CLIP's mean/std, cropped to the patch grid (SCLIP, NACLIP); centre: padded around after it (ClearCLIP)
     mmseg_vit: bool = False  # a ViT as MaskCLIP's mmseg port ran it: LayerNorm eps 1e-6, exact GELU (ResNets: no-op)
+    pos_resize: str = choice(POS_RESIZES, default="size")  # positional embedding: to the grid's size, or dino's factor
 
 
 @dataclass
@@ -61,6 +67,42 @@ class MaskCLIPConfig:
     pd_thresh: float = kind(FRACTION, default=0.0)  # prompt denoising (0 = off)
     temperature: float = kind(POSITIVE, default=100.0)  # softmax temperature on cosine similarities
     templates: str = "imagenet80"  # imagenet80 (80 CLIP templates), maskclip85 (MaskCLIP's: 80 + 5 scene) or none
+    synonyms: str = choice(SYNONYMS, default="mean")  # a class of several names: mean embedding, or max probability
+
+
+@dataclass
+class LastBlockConfig:
+    """CLIP's last residual block as the dense methods change it (``models/last_block.py``)."""
+
+    attention: str = choice(ATTENTIONS, default="value")  # value (MaskCLIP), csa (SCLIP), qq (ClearCLIP), naclip, ...
+    arch: str = choice(ARCHS, default="vanilla")  # vanilla: residual and FFN kept; reduced: the attention output only
+    gaussian_std: float = kind(POSITIVE, default=5.0)  # NACLIP's neighbourhood, in patches (naclip, nonly)
+
+
+@dataclass
+class PostConfig:
+    """After the windows are averaged and resized to the image (SCLIP, NACLIP, ClearCLIP's evaluators)."""
+
+    pamr_steps: int = kind(NON_NEGATIVE_INT, default=0)  # PAMR iterations on the image (0 = off; NACLIP: 10)
+    pamr_dilations: list[int] = kind(COUNT, default_factory=lambda: [8, 16])  # PAMR's neighbourhoods (pixels)
+    prob_thd: float = kind(FRACTION, default=0.0)  # a pixel whose top probability is below goes to class 0 (0 = off)
+    area_thd: float = kind(FRACTION, default=0.0)  # a class under this share of the other pixels is dropped (SCLIP)
+
+
+NON_NEGATIVE = Kind(low=0)
+
+
+@dataclass
+class ProxyConfig:
+    """ProxyCLIP's proxy (``models/proxyclip.py``): a vision foundation model whose patch features give the
+    attention of CLIP's last block (DINO ViT-B/8 in ProxyCLIP's code; ViT-B/16: ``vit_base_patch16_224``)."""
+
+    arch: str = "vit_base_patch8_224"  # timm architecture
+    pretrained: str | None = "vit_base_patch8_224.dino"  # timm name.tag, a local weights file, or null (random)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # timm overrides (tests build tiny models)
+    beta: float = kind(NON_NEGATIVE, default=1.2)  # the similarities' shift: minus beta times their mean
+    gamma: float = kind(POSITIVE, default=3.0)  # their scale after the shift (negatives masked)
+    pad_to: int = kind(COUNT, default=56)  # windows padded around to a multiple (their compute_padsize(.., 56))
 
 
 # The student's heads, named by the teachers that train them (``Teacher.head``):
@@ -94,9 +136,10 @@ def paper_teachers() -> dict[str, TeacherConfig]:
 
 @dataclass
 class ModelConfig:
-    """A segmenter: ``clip_dinoiser`` (the paper), ``maskclip`` or ``dino_maskclip``."""
+    """A segmenter: ``clip_dinoiser`` (the paper), ``maskclip``, ``dino_maskclip``, or a training-free
+    peer (``sclip``, ``naclip``, ``clearclip``: ``METHODS``)."""
 
-    name: str = "clip_dinoiser"  # clip_dinoiser, maskclip or dino_maskclip (the config group model=...)
+    name: str = "clip_dinoiser"  # clip_dinoiser, maskclip, dino_maskclip, sclip, naclip, clearclip, proxyclip
     clip: CLIPConfig = field(default_factory=CLIPConfig)
     text_cache: str | None = "auto"  # class-name embeddings on disk: auto, a folder, or null (off)
     checkpoint: str | None = "released"  # heads: 'released' (the authors' last.pt, downloaded once), a file, or null
@@ -109,7 +152,31 @@ class ModelConfig:
     bg_refine: bool | None = None  # true / false / null = when the vocabulary has 'background'
     pooling: str = "guided"  # 'guided' (paper Eq. 1) or 'package.module.function'
     maskclip: MaskCLIPConfig = field(default_factory=MaskCLIPConfig)
+    last_block: LastBlockConfig = field(default_factory=LastBlockConfig)  # CLIP's last block (SCLIP, NACLIP, ...)
+    post: PostConfig = field(default_factory=PostConfig)  # PAMR and thresholds at the image's size
+    per_benchmark: dict[str, Any] = field(default_factory=dict)  # a benchmark's own: {voc: {post: {prob_thd: 0.1}}}
     teachers: dict[str, Any] | None = None  # dino_maskclip: its teachers (null: the paper's)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)  # proxyclip: the proxy model and its attention
+    dinoiser: bool = False  # maskclip and the peers: CLIP-DINOiser's heads pool their features (model.checkpoint)
+
+
+# The training-free peers (model=sclip, naclip, clearclip): each method's settings over ModelConfig's, from its
+# authors' code (models/peers.py cites each; configs/model/<name>.yaml holds the same, a test checks it)
+METHODS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
+    "sclip": {"clip": {"pretrained": "openai", "pos_resize": "dino"}, "bg_refine": False,
+              "maskclip": {"temperature": 40.0, "synonyms": "max"}, "last_block": {"attention": "csa"}},
+    "naclip": {"clip": {"pretrained": "openai", "pos_resize": "dino"}, "bg_refine": False,
+               "maskclip": {"temperature": 40.0, "synonyms": "max"},
+               "last_block": {"attention": "naclip", "arch": "reduced", "gaussian_std": 5.0},
+               "post": {"pamr_steps": 10, "pamr_dilations": [8, 16]}},
+    "clearclip": {"clip": {"pretrained": "openai", "pos_resize": "dino"}, "bg_refine": False,
+                  "maskclip": {"temperature": 50.0, "synonyms": "max"},
+                  "last_block": {"attention": "qq", "arch": "reduced"}},
+    # ProxyCLIP: its last block is built per call from the proxy's features (models/proxyclip.py); the proxy's
+    # settings are ProxyConfig's defaults; CLIP's input is cropped to its patch grid after the padding to 56
+    "proxyclip": {"clip": {"pretrained": "openai", "pos_resize": "dino", "input": "floor"}, "bg_refine": False,
+                  "maskclip": {"temperature": 40.0, "synonyms": "max"}},
+})
 
 
 DROPOUT = Kind(low=0, high=1, high_open=True)
@@ -474,6 +541,6 @@ def plain(cfg: Any) -> Any:
 
 # The dataclasses by name (an OmegaConf error names its node's type).
 _SCHEMAS = MappingProxyType({c.__name__: c for c in (
-    CLIPConfig, MaskCLIPConfig, TeacherConfig, ModelConfig, SlideConfig, BenchmarkConfig, DataConfig, EvalConfig,
-    DemoConfig, AppConfig, TrainSettings, TrainEvalConfig, TrainConfig, TargetConfig, TargetTrainSettings,
-    TrainTargetConfig)})
+    CLIPConfig, MaskCLIPConfig, LastBlockConfig, PostConfig, TeacherConfig, ModelConfig, SlideConfig, BenchmarkConfig,
+    DataConfig, EvalConfig, DemoConfig, AppConfig, TrainSettings, TrainEvalConfig, TrainConfig, TargetConfig,
+    TargetTrainSettings, TrainTargetConfig)})

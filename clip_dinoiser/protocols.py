@@ -71,6 +71,54 @@ PROTOCOLS: Mapping[str, Protocol] = MappingProxyType({p.name: p for p in [
                                       "cityscapes": {"scale": (1024, 512)}}},
              model={"clip": {"input": "mmseg", "mmseg_vit": True}, "maskclip": {"templates": "maskclip85"}},
              vocabulary_set="maskclip"),
+    Protocol("sclip", "SCLIP's evaluation (Wang et al., ECCV 2024; wangf3014/SCLIP b56bd30 clip_segmentor.py, "
+             "configs/cfg_*.py): keep-ratio resize to (2048, 336) ((2048, 560) Cityscapes, (2048, 448) "
+             "COCO-Stuff), 224 x 224 windows with stride 112, the cosines averaged and resized, CLIP's mean/std "
+             "(SegDataPreProcessor, rounded) without padding, the 80 ImageNet templates, its class names "
+             "(configs/cls_*.txt) each name a query, logit scale 65 on VOC and 50 on Context / COCO-Object with "
+             "prob_thd 0.1 there, area_thd 0.1 on VOC",
+             slide={"scale": (2048, 336), "crop": (224, 224), "stride": (112, 112), "scores": "logits",
+                    "per_benchmark": {"cityscapes": {"scale": (2048, 560)}, "coco_stuff": {"scale": (2048, 448)}}},
+             model={"clip": {"input": "floor"},
+                    "per_benchmark": {"voc": {"maskclip": {"temperature": 65.0},
+                                              "post": {"prob_thd": 0.1, "area_thd": 0.1}},
+                                      "context": {"maskclip": {"temperature": 50.0}, "post": {"prob_thd": 0.1}},
+                                      "coco_object": {"maskclip": {"temperature": 50.0}, "post": {"prob_thd": 0.1}}}},
+             vocabulary_set="sclip"),
+    Protocol("naclip", "NACLIP's evaluation (Hajimiri et al., WACV 2025; sinahmr/NACLIP 0cac3a6 naclip.py, "
+             "configs/cfg_*.py): SCLIP's (resize to (2048, 336), (2048, 560) Cityscapes; 224 x 224 windows, stride "
+             "112; cosines averaged; CLIP's rounded mean/std without padding; SCLIP's class names) except the whole "
+             "image on VOC and VOC20 (slide_crop=0) and prob_thd 0.1 on VOC, Context, COCO-Object; PAMR is the "
+             "model's (model.post.pamr_steps)",
+             slide={"scale": (2048, 336), "crop": (224, 224), "stride": (112, 112), "scores": "logits",
+                    "per_benchmark": {"voc": {"mode": "whole"}, "voc20": {"mode": "whole"},
+                                      "cityscapes": {"scale": (2048, 560)}}},
+             model={"clip": {"input": "floor"},
+                    "per_benchmark": {b: {"post": {"prob_thd": 0.1}} for b in ("voc", "context", "coco_object")}},
+             vocabulary_set="sclip"),
+    Protocol("clearclip", "ClearCLIP's evaluation (Lan et al., ECCV 2024; mc-lan/ClearCLIP ad68a40 "
+             "clearclip_segmentor.py, configs/cfg_*.py): keep-ratio resize to (2048, 448), 448 x 448 windows with "
+             "stride 224 (224 x 224, stride 224 on Cityscapes), the cosines averaged and resized, CLIP's rounded "
+             "mean/std with centred zero padding, its class names each name a query, prob_thd 0.5 VOC, 0.15 Context, "
+             "0.4 COCO-Object",
+             slide={"scale": (2048, 448), "crop": (448, 448), "stride": (224, 224), "scores": "logits",
+                    "per_benchmark": {"cityscapes": {"crop": (224, 224), "stride": (224, 224)}}},
+             model={"clip": {"input": "centre"},
+                    "per_benchmark": {"voc": {"post": {"prob_thd": 0.5}}, "context": {"post": {"prob_thd": 0.15}},
+                                      "coco_object": {"post": {"prob_thd": 0.4}}}},
+             vocabulary_set="clearclip"),
+    Protocol("proxyclip", "ProxyCLIP's evaluation (Lan et al., ECCV 2024; mc-lan/ProxyCLIP e7b767f "
+             "proxyclip_segmentor.py, configs/cfg_*.py): keep-ratio resize to (2048, 336) ((2048, 448) Cityscapes "
+             "and ADE20k), 336 x 336 windows with stride 112 (224 x 224 on Cityscapes), each padded around to a "
+             "multiple of 56 (model.proxy.pad_to), the cosines averaged and resized, CLIP's rounded mean/std, its "
+             "class names each name a query, prob_thd 0.2 VOC, 0.15 Context, 0.25 COCO-Object",
+             slide={"scale": (2048, 336), "crop": (336, 336), "stride": (112, 112), "scores": "logits",
+                    "per_benchmark": {"cityscapes": {"scale": (2048, 448), "crop": (224, 224)},
+                                      "ade20k": {"scale": (2048, 448)}}},
+             model={"clip": {"input": "floor"},
+                    "per_benchmark": {"voc": {"post": {"prob_thd": 0.2}}, "context": {"post": {"prob_thd": 0.15}},
+                                      "coco_object": {"post": {"prob_thd": 0.25}}}},
+             vocabulary_set="proxyclip"),
 ]})
 DEFAULT = "clip_dinoiser"
 
@@ -199,15 +247,60 @@ PUBLISHED: tuple[Published, ...] = (
 )
 
 
+# The training-free peers' published tables: OpenAI's ViT-B/16 (their clip.load / open_clip 'openai'), each method's
+# default settings (config.METHODS), under its own protocol
+_SCLIP_README = "SCLIP, README.md 'Results' (wangf3014/SCLIP b56bd30; default setup, no PAMR)"
+_NACLIP_README = "NACLIP, README.md 'Results' (sinahmr/NACLIP 0cac3a6; reduced arch, naclip attention, std 5, PAMR on)"
+_CLEARCLIP_README = ("ClearCLIP, README.md's results table (assets/results.png: the paper's appendix Table 2, five "
+                     "benchmarks without a background class; mc-lan/ClearCLIP ad68a40)")
+_ORDER8 = ("voc", "context", "coco_object", "voc20", "context59", "coco_stuff", "cityscapes", "ade20k")
+PUBLISHED += (
+    *(Published(miou, "sclip", "sclip", "ViT-B-16", "openai", bench, method="SCLIP", source=_SCLIP_README)
+      for bench, miou in zip(_ORDER8, (59.63, 31.74, 33.52, 81.54, 34.46, 22.77, 32.34, 16.45))),
+    *(Published(miou, "naclip", "naclip", "ViT-B-16", "openai", bench, method="NACLIP", source=_NACLIP_README)
+      for bench, miou in zip(_ORDER8, (64.07, 34.99, 36.19, 83.03, 38.35, 25.69, 38.27, 19.05))),
+    *(Published(miou, "clearclip", "clearclip", "ViT-B-16", pretrained, bench, method="ClearCLIP",
+                source=_CLEARCLIP_README)
+      for pretrained, row in (("openai", (80.9, 35.9, 23.9, 30.0, 16.7)),
+                              ("laion2b_s34b_b88k", (81.4, 34.1, 23.1, 31.8, 18.9)))
+      for bench, miou in zip(("voc20", "context59", "coco_stuff", "cityscapes", "ade20k"), row)),
+)
+
+
+def runs_as_published(model: Mapping[str, Any]) -> bool:
+    """Whether ``model`` (a ``ModelConfig`` as a mapping) has its method's published settings: MaskCLIP
+    without key smoothing or prompt denoising; a training-free peer with its own last block, classifier
+    and post-processing (``config.METHODS``; its protocol's per-benchmark values aside)."""
+    from .config import METHODS, ModelConfig, parse, plain
+
+    name = model.get("name")
+    maskclip = model.get("maskclip") or {}
+    if name == "maskclip":
+        return not (maskclip.get("ks_thresh") or maskclip.get("pd_thresh"))
+    if name not in METHODS:
+        return True
+    ours = plain(parse(ModelConfig, {k: v for k, v in model.items() if k != "per_benchmark"}, "model"))
+    own = plain(parse(ModelConfig, METHODS[name], "model"))
+    keys = (("last_block",), ("post",), ("maskclip", "temperature"), ("maskclip", "synonyms"),
+            ("maskclip", "templates"), ("maskclip", "ks_thresh"), ("maskclip", "pd_thresh"), ("clip", "pos_resize"),
+            ("clip", "mmseg_vit"))
+
+    def get(node: Any, path: tuple[str, ...]) -> Any:
+        for p in path:
+            node = node[p]
+        return node
+
+    return all(get(ours, k) == get(own, k) for k in keys)
+
+
 def published_miou(protocol: str, model: Mapping[str, Any], benchmark: str,
                    corruption: tuple[str, int] | None = None, *, zero_shot: bool = False,
                    metric: str = "mIoU") -> Published | None:
     """The published ``metric`` of the method ``model`` (a ``ModelConfig`` as a mapping) on
-    ``benchmark`` under ``protocol``, where its settings are the published ones (MaskCLIP: no key
-    smoothing, no prompt denoising); None where nothing was published."""
+    ``benchmark`` under ``protocol``, where its settings are the published ones (``runs_as_published``);
+    None where nothing was published."""
     clip = model.get("clip") or {}
-    maskclip = model.get("maskclip") or {}
-    if model.get("name") == "maskclip" and (maskclip.get("ks_thresh") or maskclip.get("pd_thresh")):
+    if not runs_as_published(model):
         return None
     tower = str(clip.get("name") or "").removesuffix("-quickgelu")  # the same weights under open_clip's other name
     wanted = (protocol, model.get("name"), tower, clip.get("pretrained"), benchmark,

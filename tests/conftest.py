@@ -164,6 +164,24 @@ def tiny_teachers(tmp_path_factory) -> dict:
     return cfg
 
 
+TINY_PROXY = {"arch": "vit_base_patch8_224", "kwargs": {"depth": 2, "embed_dim": 32, "num_heads": 2, "img_size": 64}}
+
+
+@pytest.fixture(scope="session")
+def tiny_proxy(tmp_path_factory) -> dict:
+    """``model.proxy`` keys of a tiny random DINO-like ViT with patch 8 (ProxyCLIP's proxy), written to disk."""
+    import timm
+
+    torch.manual_seed(4)
+    vit = timm.create_model(TINY_PROXY["arch"], pretrained=False, num_classes=0, **TINY_PROXY["kwargs"])
+    with torch.no_grad():
+        for p in vit.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    path = str(tmp_path_factory.mktemp("proxy") / "proxy.pth")
+    torch.save(vit.state_dict(), path)
+    return {"arch": TINY_PROXY["arch"], "pretrained": path, "kwargs": dict(TINY_PROXY["kwargs"])}
+
+
 def write_images(folder: str, n: int, size=(80, 100), nested: bool = True) -> str:
     from PIL import Image
 

@@ -99,7 +99,8 @@ def test_summaries_of_mixed_runs_are_readable(tmp_path):
 
 
 @pytest.mark.parametrize(("tool", "keys"), [
-    ("demo.py", ["image=???  (required)", "model.gamma=0.2", "# correlation threshold", "model=clip_dinoiser|"]),
+    ("demo.py", ["image=???  (required)", "model.gamma=0.2", "# correlation threshold",
+                 "model=clearclip|clip_dinoiser|dino_maskclip|maskclip|naclip|proxyclip|sclip|target"]),
     ("eval.py", ["data.corruption=null", "data=ade20k|all|", "corruption=clean|", "slide.stride=[224,224]"]),
     ("train.py", ["train.corr_lr=5e-05", "# the correlation head (obj_proj)", "teachers.found.decoder=released"]),
     ("train_target.py", ["train.lr=0.01", "annotator=clip_dinoiser|dino_maskclip|maskclip|maskclip_kspd"]),

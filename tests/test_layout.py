@@ -87,8 +87,9 @@ def test_unknown_keys_and_wrong_types_fail_in_the_python_api_naming_the_key():
         build_model({"maskclip": {"ks_tresh": 0.5}})
     with pytest.raises(ConfigError, match=r"^model\.gamma: Value 'abc' of type 'str' could not be converted"):
         build_model({"gamma": "abc"})
-    with pytest.raises(ConfigError, match=r"^model\.name=clip: unknown \(choose from clip_dinoiser, dino_maskclip, "
-                                          r"maskclip, target, or give the import path"):
+    with pytest.raises(ConfigError, match=r"^model\.name=clip: unknown \(choose from clearclip, clip_dinoiser, "
+                                          r"dino_maskclip, maskclip, naclip, proxyclip, sclip, target, or give the "
+                                          r"import path"):
         build_model({"name": "clip"})
 
 

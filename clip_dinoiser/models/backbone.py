@@ -11,21 +11,25 @@ without writing into the pretrained parameters:
   (B x h*w x W), for MaskCLIP key smoothing.
 
 The value path follows MaskCLIP (Zhou et al., ECCV 2022, Sec. 3.2): in the last block the
-query/key attention is replaced by the identity on the value projection.
+query/key attention is replaced by the identity on the value projection. That block is a
+``LastBlock`` (``last_block.py``): SCLIP, NACLIP and ClearCLIP are other last blocks of the
+same backbone (``CLIPBackbone(last_block=...)``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import INPUTS
+from ..config import INPUTS, POS_RESIZES
 from ..download import hub_offline_if_unreachable
 from ..errors import UserError
 from ..files import check_local_file
@@ -33,6 +37,7 @@ from ..ops import pad_to_multiple
 from ..readers import read_json, read_weights
 from ..values import check_choice
 from ..weights import clip_weight, local_or_value
+from .last_block import VALUE_PATH, LastBlock, layer_scale, qkv
 
 log = logging.getLogger(__name__)
 
@@ -41,30 +46,79 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 # mmseg's img_norm_cfg (123.675, 116.28, 103.53) / (58.395, 57.12, 57.375) on 0..255, over 255: MaskCLIP's configs
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# CLIP's mean/std as SCLIP, NACLIP and ClearCLIP write them for mmseg's SegDataPreProcessor (0..255 scale, three
+# decimals: 122.771 is 255 x 0.48145466 rounded), over 255
+PEERS_MEAN = (122.771 / 255, 116.746 / 255, 104.094 / 255)
+PEERS_STD = (68.501 / 255, 66.632 / 255, 70.323 / 255)
 
 # model.clip.input: how [0, 1] RGB images enter the tower
 #   clip:  zero-padded (black) to the patch size, then the tower's own mean/std (CLIP-DINOiser's reference);
 #   mmseg: ImageNet mean/std (mmseg's data preprocessing, MaskCLIP's configs), then zero-padded in the
-#          normalised space (mmseg's PatchEmbed, padding='corner'), i.e. with the mean colour.
+#          normalised space (mmseg's PatchEmbed, padding='corner'), i.e. with the mean colour;
+#   floor: CLIP's mean/std as SCLIP / NACLIP write them (PEERS_*), never padded: the patch embedding (a
+#          convolution of stride 16) drops the last H mod 16 rows and W mod 16 columns, the grid is
+#          floor(H / 16) x floor(W / 16), and its scores are resized to the whole window (SCLIP, NACLIP);
+#   centre: the same mean/std, then zero-padded in the normalised space on all sides, the odd pixel right and
+#          bottom; the grid's scores are resized to the padded window and the window cut out of them
+#          (ClearCLIP's forward_slide, compute_padsize).
+PATCH_GRID = MappingProxyType({"clip": "ceil", "mmseg": "ceil", "floor": "floor", "centre": "ceil"})
 
 
 def input_stats(visual: nn.Module, mode: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) of ``model.clip.input``: the tower's own for ``clip``, ImageNet's for ``mmseg``."""
+    """(mean, std) of ``model.clip.input``: the tower's own for ``clip``, ImageNet's for ``mmseg``,
+    the peers' rounded CLIP constants for ``floor`` and ``centre``."""
     if mode == "mmseg":
         return IMAGENET_MEAN, IMAGENET_STD
     check_choice(mode, INPUTS, "model.clip.input")
+    if mode in ("floor", "centre"):
+        return PEERS_MEAN, PEERS_STD
     mean = getattr(visual, "image_mean", None) or OPENAI_MEAN
     std = getattr(visual, "image_std", None) or OPENAI_STD
     return tuple(mean), tuple(std)
 
 
 def prepare_input(images: Tensor, mean: Tensor, std: Tensor, patch_size: tuple[int, int], mode: str) -> Tensor:
-    """B x 3 x H x W RGB in [0, 1] -> the tower's input under ``model.clip.input`` = ``mode``
-    (padded right/bottom to a multiple of ``patch_size``)."""
+    """B x 3 x H x W RGB in [0, 1] -> the tower's input under ``model.clip.input`` = ``mode``: a
+    multiple of ``patch_size`` (padded right/bottom, cropped for ``floor``, padded around for ``centre``)."""
     if mode == "mmseg":
         return pad_to_multiple((images - mean.to(images.dtype)) / std.to(images.dtype), patch_size)
+    if mode in ("floor", "centre"):
+        x = (images - mean.to(images.dtype)) / std.to(images.dtype)
+        if mode == "centre":
+            return F.pad(x, centre_padding(x.shape[-2:], patch_size), value=0.0)
+        (ph, pw), (h, w) = patch_size, x.shape[-2:]
+        return x[..., : h - h % ph, : w - w % pw]
     x = pad_to_multiple(images, patch_size)
     return (x - mean.to(x.dtype)) / std.to(x.dtype)
+
+
+def centre_padding(size: Sequence[int], patch_size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(left, right, top, bottom) zero padding that centres an H x W image in the next multiple
+    of the patch size, the odd pixel right / bottom (ClearCLIP's ``compute_padsize``)."""
+    (h, w), (ph, pw) = size, patch_size
+    ch, cw = (ph - h % ph) % ph, (pw - w % pw) % pw
+    return cw // 2, cw - cw // 2, ch // 2, ch - ch // 2
+
+
+def grid_size(size: Sequence[int], patch_size: tuple[int, int], mode: str) -> tuple[int, int]:
+    """The patch grid of an H x W input under ``model.clip.input`` = ``mode`` (``PATCH_GRID``)."""
+    (h, w), (ph, pw) = size, patch_size
+    if PATCH_GRID.get(mode) == "floor":
+        return h // ph, w // pw
+    return -(-h // ph), -(-w // pw)
+
+
+def scores_to_pixels(scores: Tensor, size: Sequence[int], patch_size: tuple[int, int], mode: str) -> Tensor:
+    """B x C x h x w patch-grid scores of inputs of ``size`` (H, W) -> B x C x H x W, bilinear
+    (align_corners False): resized to the input (``clip``, ``mmseg``, ``floor``), or for ``centre``
+    resized to the padded input and the input's own pixels cut out (ClearCLIP's mask cutting)."""
+    size = (int(size[0]), int(size[1]))
+    if mode != "centre":
+        return F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
+    (ph, pw), (gh, gw) = patch_size, scores.shape[-2:]
+    left, _, top, _ = centre_padding(size, patch_size)
+    full = F.interpolate(scores, size=(gh * ph, gw * pw), mode="bilinear", align_corners=False)
+    return full[..., top : top + size[0], left : left + size[1]]
 
 
 @dataclass
@@ -87,7 +141,8 @@ class Backbone(Protocol):
     """What a segmenter needs from its image tower (``model.clip.backbone`` names the factory).
 
     Attributes:
-        patch_size: (h, w) pixels per patch; outputs are at the grid ceil(H / h) x ceil(W / w).
+        patch_size: (h, w) pixels per patch; outputs are at the grid ceil(H / h) x ceil(W / w)
+            (floor for ``model.clip.input=floor``: ``grid_size``).
         width: channels of ``inter`` (the heads' input).
         out_dim: channels of ``dense`` (CLIP's joint space, as the text embeddings).
     """
@@ -213,17 +268,29 @@ def open_clip_from_state_dict(name: str, path: str, key: str = "model.clip.pretr
     return model
 
 
-def interpolate_pos_embed(pos_embed: Tensor, grid: tuple[int, int], native: tuple[int, int]) -> Tensor:
+def interpolate_pos_embed(pos_embed: Tensor, grid: tuple[int, int], native: tuple[int, int],
+                          mode: str = "size") -> Tensor:
     """Resize a (1 + H*W) x C positional embedding to ``grid`` bicubically (align_corners=False).
 
-    The class-token entry is kept. At the native grid the embedding is returned unchanged.
+    ``mode`` (``model.clip.pos_resize``): ``size`` resizes to the grid (sampling at the ratio of
+    the sizes); ``dino`` resizes by the scale factor (g + 0.1) / native, as DINO's
+    ``interpolate_pos_encoding`` and SCLIP, NACLIP and ClearCLIP after it do: the grid's size is
+    the same, the sampling positions slightly different. The class-token entry is kept. At the
+    native grid the embedding is returned unchanged.
     """
     if tuple(grid) == tuple(native):
         return pos_embed
     cls_pos, patch_pos = pos_embed[:1], pos_embed[1:]
     c = patch_pos.shape[-1]
     patch_pos = patch_pos.reshape(1, native[0], native[1], c).permute(0, 3, 1, 2)
-    patch_pos = F.interpolate(patch_pos.float(), size=grid, mode="bicubic", align_corners=False)
+    if mode == "dino":
+        factor = ((grid[0] + 0.1) / native[0], (grid[1] + 0.1) / native[1])
+        patch_pos = F.interpolate(patch_pos.float(), scale_factor=factor, mode="bicubic", align_corners=False,
+                                  recompute_scale_factor=False)
+        assert tuple(patch_pos.shape[-2:]) == tuple(grid), (patch_pos.shape, grid)
+    else:
+        check_choice(mode, POS_RESIZES, "model.clip.pos_resize")
+        patch_pos = F.interpolate(patch_pos.float(), size=grid, mode="bicubic", align_corners=False)
     patch_pos = patch_pos.to(pos_embed.dtype).permute(0, 2, 3, 1).reshape(-1, c)
     return torch.cat([cls_pos, patch_pos], dim=0)
 
@@ -263,13 +330,6 @@ def sequence_first(transformer: nn.Module) -> bool:
         return not attn.batch_first
     flag = getattr(attn, "batch_first", getattr(transformer, "batch_first", False))
     return not flag
-
-
-def _qkv(block: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Query, key and value projections of ``ln_1(x)`` (before out_proj), each ... x W."""
-    attn = block.attn
-    qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
-    return qkv.chunk(3, dim=-1)
 
 
 def plain_block(block: nn.Module) -> bool:
@@ -317,8 +377,8 @@ def residual_block(block: nn.Module, x: Tensor, *, seq_first: bool = False, attn
     < 2.26's blocks).
     """
     if plain_block(block):
-        x = x + _ls(block, 1)(self_attention(block, x, attn_mask))
-        return x + _ls(block, 2)(block.mlp(block.ln_2(x)))
+        x = x + layer_scale(block, 1)(self_attention(block, x, attn_mask))
+        return x + layer_scale(block, 2)(block.mlp(block.ln_2(x)))
     y = x.transpose(0, 1) if seq_first else x
     y = block(y) if attn_mask is None else block(y, attn_mask=attn_mask)
     return y.transpose(0, 1) if seq_first else y
@@ -332,7 +392,10 @@ class CLIPBackbone(nn.Module):
         feats_idx: residual block whose ``ln_2`` output feeds the heads (negative counts from the
             end; -3 in the paper).
         mean, std: CLIP normalisation applied to [0, 1] RGB input.
-        input: ``model.clip.input`` (``INPUTS``): pad before (``clip``) or after (``mmseg``) normalising.
+        input: ``model.clip.input`` (``INPUTS``): pad before (``clip``) or after (``mmseg``) normalising,
+            crop to the patch grid (``floor``), pad around (``centre``).
+        last_block: the last residual block's computation (``last_block.py``; default MaskCLIP's value path).
+        pos_resize: ``model.clip.pos_resize`` (``size`` or ``dino``, see ``interpolate_pos_embed``).
     """
 
     def __init__(
@@ -343,9 +406,13 @@ class CLIPBackbone(nn.Module):
         mean: tuple[float, float, float] = OPENAI_MEAN,
         std: tuple[float, float, float] = OPENAI_STD,
         input: str = "clip",
+        last_block: LastBlock = VALUE_PATH,
+        pos_resize: str = "size",
     ) -> None:
         super().__init__()
         self.input = check_choice(input, INPUTS, "model.clip.input")
+        self.pos_resize = check_choice(pos_resize, POS_RESIZES, "model.clip.pos_resize")
+        self.last_block = last_block
         for attr in ("conv1", "class_embedding", "positional_embedding", "ln_pre", "transformer", "ln_post"):
             if not hasattr(visual, attr):
                 raise TypeError(f"CLIP image tower has no '{attr}': only open_clip ViTs are supported")
@@ -370,9 +437,11 @@ class CLIPBackbone(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     @classmethod
-    def from_open_clip(cls, model: nn.Module, *, feats_idx: int, input: str = "clip") -> CLIPBackbone:
+    def from_open_clip(cls, model: nn.Module, *, feats_idx: int, input: str = "clip",
+                       last_block: LastBlock = VALUE_PATH, pos_resize: str = "size") -> CLIPBackbone:
         mean, std = input_stats(model.visual, input)
-        return cls(model.visual, feats_idx=feats_idx, mean=mean, std=std, input=input)
+        return cls(model.visual, feats_idx=feats_idx, mean=mean, std=std, input=input, last_block=last_block,
+                   pos_resize=pos_resize)
 
     def train(self, mode: bool = True) -> CLIPBackbone:
         # The tower is frozen: it stays in eval mode whatever the parent module does.
@@ -398,16 +467,17 @@ class CLIPBackbone(nn.Module):
         The cache is keyed on the parameter's version, so changed weights are never served stale."""
         pos = self.visual.positional_embedding
         if torch.compiler.is_compiling():  # torch.compile / torch.export (ONNX): the resize is in the graph
-            return interpolate_pos_embed(pos, grid, self.native_grid)
-        key = (tuple(grid), pos.device, pos.dtype, pos._version, pos.data_ptr())
+            return interpolate_pos_embed(pos, grid, self.native_grid, self.pos_resize)
+        key = (tuple(grid), pos.device, pos.dtype, pos._version, pos.data_ptr(), self.pos_resize)
         if key not in self._pos_cache:
             if len(self._pos_cache) >= 16:
                 self._pos_cache.clear()
-            self._pos_cache[key] = interpolate_pos_embed(pos, grid, self.native_grid)
+            self._pos_cache[key] = interpolate_pos_embed(pos, grid, self.native_grid, self.pos_resize)
         return self._pos_cache[key]
 
     def forward(
-        self, images: Tensor, *, with_inter: bool = True, with_keys: bool = False, with_dense: bool = True
+        self, images: Tensor, *, with_inter: bool = True, with_keys: bool = False, with_dense: bool = True,
+        last_block: LastBlock | None = None,
     ) -> BackboneOutput:
         """Run the tower once.
 
@@ -418,6 +488,9 @@ class CLIPBackbone(nn.Module):
                 them: through the attention's output projection (``MaskClipHead`` on its ViT).
             with_dense: compute the MaskCLIP features (False: stop after block ``feats_idx``;
                 ``dense`` is then None).
+            last_block: this call's last block instead of the backbone's own (a method whose last
+                block reads something of these images besides CLIP's tokens, e.g. another model's
+                features, builds it per call).
         """
         v = self.visual
         x = prepare_input(images, self.mean, self.std, self.patch_size, self.input)
@@ -443,22 +516,19 @@ class CLIPBackbone(nn.Module):
             else:
                 x = residual_block(block, x, seq_first=seq_first)
         last = blocks[-1]
-        _, k, val = _qkv(last, x)
-        val = F.linear(val, last.attn.out_proj.weight, last.attn.out_proj.bias)
-        val = x + _ls(last, 1)(val)
-        val = val + _ls(last, 2)(last.mlp(last.ln_2(val)))
-
-        val = v.ln_post(val)
+        block = self.last_block if last_block is None else last_block
+        val = v.ln_post(block(last, x, (h, w)))  # batch-first: B x (1 + h*w) x W
         if v.proj is not None:
             # the 1x1 "conv" of MaskCLIP: a per-patch linear map, ``val @ proj``. As ``F.linear`` on the
             # transposed copy: a CPU without bf16 matrix units runs a bf16 product whose second factor
             # is row-major (``x @ proj``) about 8x slower than one whose factor is K-contiguous.
             val = F.linear(val, v.proj.t().contiguous())
-        dense = _patch_map(val, (h, w))
-        # MaskCLIP's ViT applies out_proj to the query, key and value parts alike (vit.py, return_qkv).
-        # The keys as one contiguous matrix: ``F.linear`` on the strided slice would run a batched product.
-        keys = (F.linear(k[:, 1:].contiguous(), last.attn.out_proj.weight, last.attn.out_proj.bias) if with_keys
-                else None)
+        dense = _patch_map(val, getattr(block, "out_grid", None) or (h, w))  # a block's own grid (ProxyCLIP's)
+        keys = None
+        if with_keys:  # MaskCLIP's ViT applies out_proj to the query, key and value parts alike (vit.py, return_qkv)
+            # the keys as one contiguous matrix: ``F.linear`` on the strided slice would run a batched product
+            k = qkv(last, x[:, 1:].contiguous())[1]
+            keys = F.linear(k, last.attn.out_proj.weight, last.attn.out_proj.bias)
         return BackboneOutput(dense=dense, inter=inter, keys=keys)
 
 
@@ -479,18 +549,9 @@ def _block_with_ln2(block: nn.Module, x: Tensor, seq_first: bool = False) -> tup
         else:  # open_clip CustomResidualAttentionBlock
             attn = block.ln_attn(block.attn(block.ln_1(y)))
         attn = attn.transpose(0, 1) if seq_first else attn
-    x = x + _ls(block, 1)(attn)
+    x = x + layer_scale(block, 1)(attn)
     normed = block.ln_2(x)
-    return x + _ls(block, 2)(block.mlp(normed)), normed
-
-
-_IDENTITY = nn.Identity()
-
-
-def _ls(block: nn.Module, i: int) -> nn.Module:
-    """The block's layer-scale ``ls_i`` (identity for CLIP ViT-B/16 and older open_clip)."""
-    ls = getattr(block, f"ls_{i}", None)
-    return _IDENTITY if ls is None else ls
+    return x + layer_scale(block, 2)(block.mlp(normed)), normed
 
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:

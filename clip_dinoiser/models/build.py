@@ -15,15 +15,25 @@ from typing import Any
 
 from torch import nn
 
-from ..config import Keys, ModelConfig, TargetConfig, paper_teachers, parse
+from ..config import METHODS, Keys, LastBlockConfig, ModelConfig, TargetConfig, paper_teachers, parse, plain
 from ..download import RELEASED_NAME, resolve_released
 from ..errors import ConfigError, UserError
 from ..plugins import locate
 from ..readers import read_weights
-from ..weights import FILE, Weight, check_weights, clip_weight, file_weight, released_weight
+from ..weights import (
+    FILE,
+    Weight,
+    check_weights,
+    clip_weight,
+    file_weight,
+    looks_like_file,
+    released_weight,
+    timm_weight,
+)
 from .backbone import Backbone, CLIPBackbone, as_mmseg_vit, is_resnet_config, load_open_clip, register_model_config
 from .clip_dinoiser import CLIPDINOiser
 from .heads import DINOiserHeads, load_heads
+from .last_block import AttentionBlock, describe
 from .maskclip import Decoding, MaskCLIP, Pooling
 from .pooling import guided_pooling
 from .resnet import CLIPResNetBackbone, is_resnet_tower
@@ -39,7 +49,11 @@ def open_clip_backbone(clip_model: nn.Module, cfg: ModelConfig) -> Backbone:
         return CLIPResNetBackbone.from_open_clip(clip_model, input=cfg.clip.input)
     if cfg.clip.mmseg_vit:
         as_mmseg_vit(clip_model.visual)
-    return CLIPBackbone.from_open_clip(clip_model, feats_idx=cfg.feats_idx, input=cfg.clip.input)
+    last_block = AttentionBlock(cfg.last_block.attention, cfg.last_block.arch, cfg.last_block.gaussian_std)
+    if last_block != AttentionBlock():
+        log.info("CLIP's last block: %s attention", describe(last_block))
+    return CLIPBackbone.from_open_clip(clip_model, feats_idx=cfg.feats_idx, input=cfg.clip.input,
+                                       last_block=last_block, pos_resize=cfg.clip.pos_resize)
 
 
 # model.clip.backbone: factory(open_clip model, ModelConfig) -> Backbone
@@ -84,24 +98,56 @@ def text_cache(name: str, pretrained: str | None, folder: str | None) -> TextEmb
 
 
 def build_maskclip(cfg: ModelConfig, keys: Keys = Keys()) -> MaskCLIP:
+    """MaskCLIP, or a peer that is MaskCLIP with another last block (SCLIP, NACLIP, ClearCLIP); with
+    ``model.dinoiser``, its features pooled by CLIP-DINOiser's heads (``build_clip_dinoiser``)."""
+    if cfg.dinoiser:
+        return build_clip_dinoiser(cfg, keys=keys)
     backbone, text = build_clip(cfg, keys)
     return MaskCLIP(backbone, text, Decoding.from_config(cfg))
 
 
 def build_clip_dinoiser(cfg: ModelConfig, training: bool = False, keys: Keys = Keys()) -> CLIPDINOiser:
     """CLIP-DINOiser with the heads of ``model.checkpoint``; ``training``: the heads are about to be
-    trained (random heads are expected, not warned about)."""
+    trained (random heads are expected, not warned about). The backbone's last block is ``model.last_block``'s:
+    MaskCLIP's value path by default, a peer's (``model=sclip model.dinoiser=true``) otherwise."""
     # "released": a local copy (checkpoints/last.pt), else the authors' last.pt downloaded once (before CLIP)
     checkpoint = resolve_released(cfg.checkpoint, "heads", cfg.checkpoint_url, key=keys("checkpoint"))
     pooling = locate(cfg.pooling, POOLINGS, keys("pooling"))
     backbone, text = build_clip(cfg, keys)
-    heads = DINOiserHeads(in_dim=backbone.width, proj_dim=cfg.proj_dim, kernel_size=cfg.kernel_size)
+    heads = build_heads(cfg, backbone.width, checkpoint, training, keys)
+    return CLIPDINOiser(backbone, text, heads, Decoding.from_config(cfg), pooling)
+
+
+def build_heads(cfg: ModelConfig, width: int, checkpoint: str | None, training: bool = False,
+                keys: Keys = Keys()) -> DINOiserHeads:
+    """CLIP-DINOiser's heads on a tower of ``width`` channels, with the weights of ``checkpoint`` (a file)."""
+    heads = DINOiserHeads(in_dim=width, proj_dim=cfg.proj_dim, kernel_size=cfg.kernel_size)
     if checkpoint:
         log.info("loading the CLIP-DINOiser heads %s", checkpoint)
         load_heads(heads, checkpoint)
     elif not training:
         log.warning("%s is not set: the CLIP-DINOiser heads are random", keys("checkpoint"))
-    return CLIPDINOiser(backbone, text, heads, Decoding.from_config(cfg), pooling)
+    return heads
+
+
+def build_proxyclip(cfg: ModelConfig, keys: Keys = Keys()) -> nn.Module:
+    """ProxyCLIP with the proxy of ``model.proxy`` (a timm ViT: DINO's by default); with ``model.dinoiser``,
+    its features pooled by CLIP-DINOiser's heads."""
+    from ..teachers import FrozenViT, load_timm_vit  # needs timm
+    from .proxyclip import ProxyCLIP
+
+    heads = pooling = None
+    if cfg.dinoiser:
+        checkpoint = resolve_released(cfg.checkpoint, "heads", cfg.checkpoint_url, key=keys("checkpoint"))
+        pooling = locate(cfg.pooling, POOLINGS, keys("pooling"))
+    p = cfg.proxy
+    log.info("loading ProxyCLIP's proxy %s (%s)", p.arch, p.pretrained or "random weights")
+    proxy = FrozenViT(load_timm_vit(p.arch, p.pretrained, keys("proxy.pretrained"), **dict(p.kwargs)))
+    backbone, text = build_clip(cfg, keys)
+    if cfg.dinoiser:
+        heads = build_heads(cfg, backbone.width, checkpoint, keys=keys)
+    return ProxyCLIP(backbone, text, proxy, Decoding.from_config(cfg), beta=p.beta, gamma=p.gamma, pad_to=p.pad_to,
+                     heads=heads, pooling=pooling)
 
 
 def build_dino_maskclip(cfg: ModelConfig, keys: Keys = Keys()) -> nn.Module:
@@ -151,6 +197,11 @@ MODEL_BUILDERS: Mapping[str, Callable[[ModelConfig], nn.Module]] = MappingProxyT
     "clip_dinoiser": build_clip_dinoiser,
     "dino_maskclip": build_dino_maskclip,
     "target": build_target_model,
+    # the training-free peers: MaskCLIP's segmenter with the method's last block and decoding (config.METHODS)
+    "sclip": build_maskclip,
+    "naclip": build_maskclip,
+    "clearclip": build_maskclip,
+    "proxyclip": build_proxyclip,
 })
 
 
@@ -159,7 +210,9 @@ def model_weights(cfg: ModelConfig, keys: Keys = Keys()) -> list[Weight]:
     user spells them): CLIP's, the heads (``clip_dinoiser``), the teachers' (``dino_maskclip``),
     the trained network (``target``)."""
     rows = [clip_weight(cfg.clip.name, cfg.clip.pretrained, keys("clip.pretrained"))]
-    if cfg.name == "clip_dinoiser":
+    if cfg.name == "proxyclip":
+        rows.append(timm_weight(cfg.proxy.pretrained, keys("proxy.pretrained"), "ProxyCLIP's proxy weights"))
+    if cfg.name == "clip_dinoiser" or (cfg.dinoiser and cfg.name in DINOISER_ON):
         rows.append(released_weight(cfg.checkpoint, "heads", keys("checkpoint"), "heads checkpoint",
                                     cfg.checkpoint_url))
     if cfg.name == "dino_maskclip":
@@ -187,7 +240,57 @@ def check_model_files(cfg: ModelConfig, keys: Keys | str = Keys()) -> None:
 VIT_ONLY = MappingProxyType({
     "clip_dinoiser": "its heads read the ViT block model.feats_idx",
     "dino_maskclip": "DINO's correlations are on a ViT's 16-pixel patch grid",
+    "sclip": "it changes the self-attention of the ViT's last block",
+    "naclip": "it changes the self-attention of the ViT's last block",
+    "clearclip": "it changes the self-attention of the ViT's last block",
+    "proxyclip": "its proxy's attention replaces the self-attention of the ViT's last block",
 })
+# model.dinoiser: the models whose dense features CLIP-DINOiser's heads may pool (clip_dinoiser always does)
+DINOISER_ON = ("maskclip", "sclip", "naclip", "clearclip", "proxyclip")
+# the CLIP weights the released heads were trained on (their block feats_idx): others need heads of their own
+RELEASED_HEADS_CLIP = ("ViT-B-16", "laion2b_s34b_b88k")
+TRAIN_HEADS = ("python tools/train.py model.clip.pretrained={pretrained} train.data=<image folder> "
+               "train.output=<run folder>")
+
+# model.per_benchmark: the keys a benchmark may change (those applied after the network passes: Decoding's)
+PER_BENCHMARK_KEYS = ("gamma", "delta", "bg_refine", "maskclip.ks_thresh", "maskclip.pd_thresh",
+                      "maskclip.temperature", "maskclip.synonyms", "post.pamr_steps", "post.pamr_dilations",
+                      "post.prob_thd", "post.area_thd")
+
+
+def with_method_defaults(cfg: Any) -> Any:
+    """``cfg`` (keys of a model config) over its method's own defaults (``config.METHODS``) where
+    ``model.name`` is a training-free peer; a ``ModelConfig`` is returned as it is."""
+    if isinstance(cfg, ModelConfig) or cfg is None:
+        return cfg
+    from ..protocols import merge
+
+    keys = plain(cfg)
+    name = keys.get("name", ModelConfig.name) if isinstance(keys, dict) else None
+    return merge(METHODS[name], keys) if name in METHODS else cfg
+
+
+def check_per_benchmark(cfg: ModelConfig, keys: Keys) -> None:
+    """Every ``model.per_benchmark`` entry sets only ``PER_BENCHMARK_KEYS``, each a valid value."""
+    from ..protocols import merge
+
+    for bench, over in cfg.per_benchmark.items():
+        where = f"{keys.prefix}.per_benchmark.{bench}"
+        if not isinstance(over, dict):
+            raise ConfigError(f"{where}: give the benchmark's keys, e.g. {{post: {{prob_thd: 0.1}}}}")
+        for key in _dotted(over):
+            if key not in PER_BENCHMARK_KEYS:
+                raise ConfigError(f"{where}.{key}: only settings applied after the network passes differ per "
+                                  f"benchmark ({', '.join(PER_BENCHMARK_KEYS)})")
+        base = {k: v for k, v in plain(cfg).items() if k != "per_benchmark"}
+        parse(ModelConfig, merge(base, over), where)
+
+
+def _dotted(node: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in node.items():
+        out += _dotted(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
+    return out
 
 
 def model_config(cfg: ModelConfig | Mapping[str, Any], prefix: Keys | str = "model") -> ModelConfig:
@@ -195,16 +298,50 @@ def model_config(cfg: ModelConfig | Mapping[str, Any], prefix: Keys | str = "mod
     naming it, as are the model name and the extension points (which are imported here), and a
     model on a tower it cannot use."""
     keys = Keys.of(prefix)
-    cfg = parse(ModelConfig, cfg, keys.prefix)
+    cfg = parse(ModelConfig, with_method_defaults(cfg), keys.prefix)
     locate(cfg.name, MODEL_BUILDERS, keys("name"))  # a built-in, or the import path of your own builder
     locate(cfg.clip.backbone, BACKBONES, keys("clip.backbone"))
     locate(cfg.pooling, POOLINGS, keys("pooling"))
-    if cfg.name in VIT_ONLY and cfg.clip.backbone == "open_clip":
+    if cfg.maskclip.synonyms == "max" and cfg.maskclip.pd_thresh > 0:
+        raise ConfigError(f"{keys('maskclip.synonyms')}=max: prompt denoising ({keys('maskclip.pd_thresh')}) drops "
+                          "classes, not names; use synonyms=mean with it")
+    check_per_benchmark(cfg, keys)
+    check_method(cfg, keys)
+    if cfg.clip.backbone == "open_clip" and (cfg.name in VIT_ONLY or cfg.last_block != LastBlockConfig()
+                                             or cfg.dinoiser):
         name = register_model_config(cfg.clip.name)
-        if is_resnet_config(name):
+        if is_resnet_config(name) and cfg.name in VIT_ONLY:
             raise ConfigError(f"{keys('clip.name')}={cfg.clip.name} is a ResNet tower: {keys('name')}={cfg.name} "
                               f"needs a ViT ({VIT_ONLY[cfg.name]}); {keys.prefix}=maskclip runs on ResNets")
+        if is_resnet_config(name) and cfg.dinoiser:
+            raise ConfigError(f"{keys('dinoiser')}=true: {keys('clip.name')}={cfg.clip.name} is a ResNet tower; "
+                              f"CLIP-DINOiser's heads need a ViT ({VIT_ONLY['clip_dinoiser']})")
+        if is_resnet_config(name):
+            changed = "attention" if cfg.last_block.attention != LastBlockConfig.attention else "arch"
+            raise ConfigError(f"{keys('last_block.' + changed)}={getattr(cfg.last_block, changed)}: "
+                              f"{keys('clip.name')}={cfg.clip.name} is a ResNet tower, whose attention pool has "
+                              "no last block to change (a ViT's)")
     return cfg
+
+
+def check_method(cfg: ModelConfig, keys: Keys) -> None:
+    """The settings a method cannot run with: ``model.dinoiser`` on a model that is not MaskCLIP or a peer, or
+    with the released heads on other CLIP weights than theirs; key smoothing on ProxyCLIP (its features are on
+    its proxy's grid, the keys on CLIP's)."""
+    if cfg.dinoiser and cfg.name not in DINOISER_ON and cfg.name != "clip_dinoiser":
+        raise ConfigError(f"{keys('dinoiser')}=true: {keys('name')}={cfg.name} has no dense CLIP features to pool "
+                          f"(choose from {', '.join(DINOISER_ON)})")
+    if cfg.dinoiser and cfg.name in DINOISER_ON and cfg.checkpoint == RELEASED_NAME:
+        pretrained = cfg.clip.pretrained or ""
+        if (cfg.clip.name.removesuffix("-quickgelu"), pretrained) != RELEASED_HEADS_CLIP and not looks_like_file(
+                pretrained):
+            raise ConfigError(f"{keys('checkpoint')}={RELEASED_NAME}: the released heads read block -3 of "
+                              f"{' / '.join(RELEASED_HEADS_CLIP)}, not of {cfg.clip.name} / {pretrained or 'random'}; "
+                              f"train heads on it ({TRAIN_HEADS.format(pretrained=pretrained or 'null')}) and give "
+                              f"{keys('checkpoint')}=<run folder>/last.pt")
+    if cfg.name == "proxyclip" and cfg.maskclip.ks_thresh > 0:
+        raise ConfigError(f"{keys('maskclip.ks_thresh')}={cfg.maskclip.ks_thresh}: ProxyCLIP's features are on its "
+                          "proxy's grid, the keys key smoothing reads on CLIP's (0 = off)")
 
 
 def check_model_config(cfg: ModelConfig | Mapping[str, Any], prefix: Keys | str = "model") -> ModelConfig:

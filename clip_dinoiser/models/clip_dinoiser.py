@@ -28,6 +28,8 @@ class CLIPDINOiser(MaskCLIP):
         super().__init__(backbone, text, decoding, pooling)
         self.heads = heads
 
+    has_objectness = True
+
     def features(self, images: Tensor, *, keys: bool = False) -> Features:
         out = self.backbone(images, with_inter=True, with_keys=keys)
         corrs, objectness = self.heads(out.inter)

@@ -27,6 +27,10 @@ class DINOMaskCLIP(MaskCLIP):
         self.dino = dino
         self.found = found
 
+    @property
+    def has_objectness(self) -> bool:
+        return self.found is not None
+
     def features(self, images: Tensor, *, keys: bool = False) -> Features:
         out = self.backbone(images, with_inter=False, with_keys=keys)
         dense = out.dense

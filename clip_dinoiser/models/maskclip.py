@@ -7,16 +7,21 @@ the teachers) and ``decode`` (pooling, classifier and refinements under a ``Deco
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..ops import full_precision
-from .backbone import Backbone
-from .refinement import background_refinement, key_smoothing, prompt_denoising
-from .text import Classes, TextClassifier
+from .backbone import Backbone, scores_to_pixels
+from .pamr import pamr
+from .refinement import area_threshold, background_refinement, key_smoothing, low_confidence_to_first, prompt_denoising
+from .text import Classes, TextClassifier, max_over_synonyms
 
 Pooling = Callable[[Tensor, Tensor, float], Tensor]  # (B x D x h x w, B x N x N, gamma) -> B x D x h x w
 
@@ -36,6 +41,15 @@ class Decoding:
             temperature-scaled scores, as MaskCLIP's head returns them for mmseg to resize: where
             key smoothing or the background refinement applies, they make probabilities, and
             those are returned, as in MaskCLIP).
+        synonyms: a class of several names: ``mean`` (one embedding, the names' mean) or ``max``
+            (each name a class of its own in the softmax; a class's probability is its best
+            name's: SCLIP, NACLIP, ClearCLIP). With ``max`` and ``logits``, ``decode`` returns the
+            Q names' scores and ``finish`` takes the softmax and the maximum.
+        pamr_steps, pamr_dilations: PAMR on the scores at the image's size (``pamr.py``; 0: off).
+        prob_thd: a pixel whose highest class probability is below goes to class 0 (0: off).
+        area_thd: a class (other than class 0) whose predicted pixels are fewer than this share
+            of all pixels not predicted as class 0 loses its probability (SCLIP on VOC; 0: off).
+        per_benchmark: a benchmark's own values of these fields (``for_benchmark``).
     """
 
     gamma: float
@@ -45,12 +59,45 @@ class Decoding:
     pd_thresh: float
     temperature: float
     scores: str = "probs"
+    synonyms: str = "mean"
+    pamr_steps: int = 0
+    pamr_dilations: tuple[int, ...] = (8, 16)
+    prob_thd: float = 0.0
+    area_thd: float = 0.0
+    per_benchmark: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
 
     @classmethod
     def from_config(cls, cfg) -> Decoding:
-        """From a ``ModelConfig``."""
-        m = cfg.maskclip
-        return cls(cfg.gamma, cfg.delta, cfg.bg_refine, m.ks_thresh, m.pd_thresh, m.temperature)
+        """From a ``ModelConfig``, with ``model.per_benchmark``'s values as each benchmark's own."""
+        from ..config import ModelConfig, parse, plain
+        from ..protocols import merge
+
+        own = cls.fields_of(cfg)
+        per_benchmark = {}
+        base = {k: v for k, v in plain(cfg).items() if k != "per_benchmark"}
+        for name, over in (cfg.per_benchmark or {}).items():
+            fields = cls.fields_of(parse(ModelConfig, merge(base, over), f"model.per_benchmark.{name}"))
+            per_benchmark[name] = MappingProxyType({k: v for k, v in fields.items() if own[k] != v})
+        return cls(**own, per_benchmark=MappingProxyType(per_benchmark))
+
+    @staticmethod
+    def fields_of(cfg) -> dict[str, Any]:
+        """The Decoding fields set by a ``ModelConfig`` (``per_benchmark`` aside)."""
+        m, post = cfg.maskclip, cfg.post
+        return {"gamma": cfg.gamma, "delta": cfg.delta, "bg_refine": cfg.bg_refine, "ks_thresh": m.ks_thresh,
+                "pd_thresh": m.pd_thresh, "temperature": m.temperature, "synonyms": m.synonyms,
+                "pamr_steps": int(post.pamr_steps), "pamr_dilations": tuple(int(d) for d in post.pamr_dilations),
+                "prob_thd": post.prob_thd, "area_thd": post.area_thd}
+
+    def for_benchmark(self, name: str) -> Decoding:
+        """These settings on benchmark ``name``: its ``per_benchmark`` values over the others."""
+        return replace(self, **self.per_benchmark.get(name, {}))
+
+    @property
+    def post_processes(self) -> bool:
+        """Whether ``finish`` has work at the image's size (PAMR, thresholds, the max rule on logits)."""
+        return (self.pamr_steps > 0 or self.prob_thd > 0 or self.area_thd > 0
+                or (self.synonyms == "max" and self.scores == "logits"))
 
 
 @dataclass
@@ -100,6 +147,8 @@ class MaskCLIP(nn.Module):
         self.decoding = decoding
         self.pooling = pooling
 
+    has_objectness = False  # whether ``features`` gives objectness (the background refinement's input)
+
     @property
     def class_names(self) -> list[str]:
         return self.text.class_names
@@ -130,12 +179,20 @@ class MaskCLIP(nn.Module):
         dense = feats.dense.float()
         if feats.corrs is not None:
             dense = self.pooling(dense, feats.corrs.float(), d.gamma)
-        logits = self.text(dense, d.temperature, classes)
-        probs = logits.softmax(dim=1)
+        logits = self.text(dense, d.temperature, classes, d.synonyms)
+        refine = feats.objectness is not None and refines_background(d.bg_refine, classes)
+        if d.synonyms == "max":  # the names' softmax, then each class its best name's (SCLIP's postprocess_result)
+            if d.pd_thresh > 0:
+                raise ConfigError("model.maskclip.synonyms=max: prompt denoising (model.maskclip.pd_thresh) "
+                                  "drops classes, not names: use synonyms=mean with it")
+            if d.scores == "logits" and d.ks_thresh <= 0 and not refine:
+                return logits.float()  # Q names' scores: ``finish`` reduces them after the windows
+            probs = max_over_synonyms(logits.softmax(dim=1), classes.name_queries()[1], len(classes.vocabulary))
+        else:
+            probs = logits.softmax(dim=1)
         if d.pd_thresh > 0:
             logits = prompt_denoising(logits, probs, d.pd_thresh)
             probs = logits.softmax(dim=1)
-        refine = feats.objectness is not None and refines_background(d.bg_refine, classes)
         if d.scores == "logits" and d.ks_thresh <= 0 and not refine:
             return logits.float()
         if d.ks_thresh > 0:
@@ -149,3 +206,64 @@ class MaskCLIP(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         """B x 3 x H x W RGB in [0, 1] -> B x K x h x w class probabilities at the patch grid."""
         return self.decode(self.features(images, keys=self.decoding.ks_thresh > 0))
+
+    def decoding_for(self, benchmark: str) -> Decoding:
+        """``decoding`` with benchmark ``benchmark``'s own values (``model.per_benchmark``)."""
+        return self.decoding.for_benchmark(benchmark)
+
+    def to_pixels(self, scores: Tensor, size: tuple[int, int]) -> Tensor:
+        """B x C x h x w scores of inputs of ``size`` (H, W) -> B x C x H x W, as the backbone's
+        input mode maps its patch grid onto the input (``backbone.scores_to_pixels``)."""
+        mode = getattr(self.backbone, "input", "clip")
+        return scores_to_pixels(scores, size, tuple(getattr(self.backbone, "patch_size", (1, 1))), mode)
+
+    def finish(self, scores: Tensor, image: Tensor, decoding: Decoding | None = None,
+               classes: Classes | None = None) -> Tensor:
+        """The window-averaged C x H x W scores of an image, resized to its size, -> K x H x W class
+        probabilities (``decoding.post_processes``; otherwise ``scores`` unchanged): PAMR on the
+        image's normalised pixels (``image``: 3 x h x w at the test scale, uint8 or [0, 1],
+        resized to H x W bilinearly), the names' softmax and maximum (``synonyms=max`` with
+        ``logits``), the softmax (other ``logits``), the area and probability thresholds."""
+        d, classes = decoding or self.decoding, classes or self.text.current
+        if not d.post_processes:
+            return scores
+        k = len(classes.vocabulary)
+        if d.pamr_steps > 0:
+            scores = pamr(self.pamr_image(image, tuple(scores.shape[-2:])), scores[None], d.pamr_steps,
+                          d.pamr_dilations)[0]
+        if self.returns_logits(d, classes):
+            probs = scores.softmax(dim=0)
+            if d.synonyms == "max":
+                probs = max_over_synonyms(probs[None], classes.name_queries()[1], k)[0]
+        else:
+            probs = scores
+        if d.area_thd > 0:
+            probs = area_threshold(probs, d.area_thd)
+        if d.prob_thd > 0:
+            probs = low_confidence_to_first(probs, d.prob_thd)
+        return probs
+
+    def returns_logits(self, decoding: Decoding, classes: Classes) -> bool:
+        """Whether ``decode`` under ``decoding`` returns scores before the softmax (``logits``, with
+        no key smoothing and no background refinement making probabilities)."""
+        d = decoding
+        refine = self.has_objectness and refines_background(d.bg_refine, classes)
+        return d.scores == "logits" and d.ks_thresh <= 0 and not refine
+
+    def score_channels(self, decoding: Decoding, classes: Classes) -> int:
+        """Channels ``decode`` returns: Q names for ``synonyms=max`` logits, K classes otherwise."""
+        if decoding.synonyms == "max" and self.returns_logits(decoding, classes):
+            return len(classes.name_queries()[1])
+        return len(classes.vocabulary)
+
+    def pamr_image(self, image: Tensor, size: tuple[int, int]) -> Tensor:
+        """The 1 x 3 x H x W image PAMR reads: normalised as the backbone's input (mean/std), then
+        resized bilinearly to ``size`` (SCLIP / NACLIP: the preprocessed input resized to the
+        original image)."""
+        x = image.float()[None]
+        if image.dtype == torch.uint8:
+            x = x / 255.0
+        mean, std = getattr(self.backbone, "mean", None), getattr(self.backbone, "std", None)
+        if mean is not None and std is not None:
+            x = (x - mean.to(x)) / std.to(x)
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)

@@ -59,3 +59,32 @@ def background_refinement(probs: Tensor, objectness_logits: Tensor, bg_index: in
     out = probs.clone()
     out[:, bg_index] = out[:, bg_index].masked_fill(uncertain & ~foreground, 1.0)
     return out
+
+
+def low_confidence_to_first(probs: Tensor, thresh: float) -> Tensor:
+    """A pixel whose highest probability is below ``thresh`` becomes class 0 (probability 1 there,
+    0 elsewhere): the background of SCLIP / NACLIP / ClearCLIP's ``prob_thd``, whose class 0 is the
+    background (or its synonyms).
+
+    Args:
+        probs: K x H x W (or B x K x H x W) class probabilities.
+    """
+    dim = probs.dim() - 3
+    low = probs.amax(dim=dim, keepdim=True) < thresh
+    first = torch.zeros_like(probs)
+    first.narrow(dim, 0, 1).fill_(1.0)
+    return torch.where(low, first, probs)
+
+
+def area_threshold(probs: Tensor, thresh: float) -> Tensor:
+    """Drop the small classes (SCLIP's ``area_thd``): a class other than class 0 whose predicted
+    area (argmax pixels) is at most ``thresh`` times the pixels predicted as any class but 0 gets
+    probability 0 everywhere.
+
+    Args:
+        probs: K x H x W class probabilities of one image.
+    """
+    k = probs.shape[0]
+    area = torch.bincount(probs.argmax(dim=0).flatten(), minlength=k)[1:].to(probs.dtype)
+    keep = (area > thresh * area.sum()).to(probs.dtype)
+    return torch.cat([probs[:1], probs[1:] * keep[:, None, None]])

@@ -21,7 +21,8 @@ from ..vocabulary import Vocabulary, parse_vocabulary, read_vocabulary_file
 from .backbone import residual_block, sequence_first
 from .text_cache import TextEmbeddingCache
 
-__all__ = ["Classes", "TextClassifier", "Vocabulary", "parse_vocabulary", "read_vocabulary_file", "text_tower"]
+__all__ = ["Classes", "TextClassifier", "Vocabulary", "max_over_synonyms", "name_queries", "parse_vocabulary",
+           "read_vocabulary_file", "text_tower"]
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,24 @@ def combine_synonyms(vocabulary: Vocabulary, name_embeddings: dict[str, Tensor])
     return F.normalize(torch.stack(per_class), dim=-1)
 
 
+def name_queries(vocabulary: Vocabulary, name_embeddings: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """Every name of every class as a query of its own (``model.maskclip.synonyms=max``): (Q x D
+    normalised template means, in the vocabulary's order, a name listed in two classes twice;
+    Q class indices). SCLIP / NACLIP / ClearCLIP's ``get_cls_idx`` and query features."""
+    names = [s for synonyms in vocabulary for s in synonyms]
+    index = [i for i, synonyms in enumerate(vocabulary) for _ in synonyms]
+    queries = F.normalize(torch.stack([name_embeddings[n] for n in names]), dim=-1)
+    return queries, torch.tensor(index, dtype=torch.long)
+
+
+def max_over_synonyms(probs: Tensor, query_class: Tensor, num_classes: int) -> Tensor:
+    """A class's probability is the largest of its names' (SCLIP's ``postprocess_result``, the
+    names' softmax taken over all names): B x Q x ... -> B x K x ... ."""
+    index = query_class.to(probs.device).view(1, -1, *([1] * (probs.dim() - 2))).expand_as(probs)
+    out = probs.new_zeros(probs.shape[0], num_classes, *probs.shape[2:])
+    return out.scatter_reduce(1, index, probs, reduce="amax", include_self=True)
+
+
 def build_text_classifier(
     encode_text: Callable[[Tensor], Tensor],
     tokenizer: Callable[[list[str]], Tensor],
@@ -172,9 +191,11 @@ class TextClassifier(nn.Module):
         self.templates = list(templates)
         self.cache_size = cache_size
         self.disk_cache = disk_cache
-        self._cache: OrderedDict[Vocabulary, Tensor] = OrderedDict()
+        self._cache: OrderedDict[Vocabulary, tuple[Tensor, Tensor, Tensor]] = OrderedDict()
         self.vocabulary: Vocabulary = ()
         self.register_buffer("embeddings", torch.empty(0), persistent=False)
+        self.register_buffer("queries", torch.empty(0), persistent=False)
+        self.register_buffer("query_class", torch.empty(0, dtype=torch.long), persistent=False)
 
     def train(self, mode: bool = True) -> TextClassifier:
         return super().train(False)
@@ -198,23 +219,26 @@ class TextClassifier(nn.Module):
         without changing the current vocabulary."""
         vocab = names if _is_vocabulary(names) else parse_vocabulary(names)
         if vocab not in self._cache:
-            self._cache[vocab] = combine_synonyms(vocab, self._name_embeddings(vocab))
+            found = self._name_embeddings(vocab)
+            self._cache[vocab] = (combine_synonyms(vocab, found), *name_queries(vocab, found))
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
         self._cache.move_to_end(vocab)
-        return Classes(vocab, self._cache[vocab].to(self.embeddings.device))
+        device = self.embeddings.device
+        embeddings, queries, query_class = self._cache[vocab]
+        return Classes(vocab, embeddings.to(device), queries.to(device), query_class.to(device))
 
     def set_vocabulary(self, names: Sequence[str] | Vocabulary) -> None:
         """Make ``names`` the current vocabulary (see ``classes``)."""
         classes = self.classes(names)
         self.vocabulary = classes.vocabulary
-        self.embeddings = classes.embeddings
+        self.embeddings, self.queries, self.query_class = classes.embeddings, classes.queries, classes.query_class
 
     @property
     def current(self) -> Classes:
         if not self.vocabulary:
             raise RuntimeError("no vocabulary set: call set_vocabulary(class_names) first")
-        return Classes(self.vocabulary, self.embeddings)
+        return Classes(self.vocabulary, self.embeddings, self.queries, self.query_class)
 
     def _name_embeddings(self, vocab: Vocabulary) -> dict[str, Tensor]:
         """Template means of every synonym in ``vocab`` (CPU), from the disk cache where present."""
@@ -235,10 +259,13 @@ class TextClassifier(nn.Module):
         log.debug("text embeddings: %d from the disk cache, %d encoded", len(names) - len(missing), len(missing))
         return found
 
-    def forward(self, feats: Tensor, temperature: float, classes: Classes | None = None) -> Tensor:
+    def forward(self, feats: Tensor, temperature: float, classes: Classes | None = None,
+                synonyms: str = "mean") -> Tensor:
         """Cosine logits times ``temperature``: B x D x h x w -> B x K x h x w (fp32), against
-        ``classes`` (default: the current vocabulary)."""
-        embeddings = (classes or self.current).embeddings
+        ``classes`` (default: the current vocabulary); with ``synonyms="max"`` against every name,
+        B x Q x h x w (``Classes.name_queries``)."""
+        classes = classes or self.current
+        embeddings = classes.name_queries()[0] if synonyms == "max" else classes.embeddings
         with full_precision(feats):  # cosines times a temperature of 100: fp32 under autocast too
             feats = F.normalize(feats.float(), dim=1)
             return temperature * torch.einsum("bdhw,kd->bkhw", feats, embeddings.to(feats.device).float())
@@ -246,10 +273,20 @@ class TextClassifier(nn.Module):
 
 @dataclass(frozen=True, eq=False)
 class Classes:
-    """A vocabulary and its K x D class embeddings (L2-normalised)."""
+    """A vocabulary and its K x D class embeddings (L2-normalised); for the max rule over
+    synonyms, the Q x D embeddings of every name and the class of each (``name_queries``)."""
 
     vocabulary: Vocabulary
     embeddings: Tensor
+    queries: Tensor | None = None
+    query_class: Tensor | None = None
+    background: int | None = None  # the background class's index where no name says 'background' (a benchmark's 0)
+
+    def name_queries(self) -> tuple[Tensor, Tensor]:
+        """(Q x D name embeddings, Q class indices); one per class where none were encoded."""
+        if self.queries is None or self.query_class is None or not len(self.queries):
+            return self.embeddings, torch.arange(len(self.vocabulary), device=self.embeddings.device)
+        return self.queries, self.query_class
 
     @property
     def names(self) -> list[str]:
@@ -257,11 +294,11 @@ class Classes:
 
     @property
     def bg_index(self) -> int | None:
-        """Index of the class named ``background`` (any synonym), or None."""
+        """Index of the class named ``background`` (any synonym), else ``background``, else None."""
         for i, synonyms in enumerate(self.vocabulary):
             if any(s.lower() == "background" for s in synonyms):
                 return i
-        return None
+        return self.background
 
 
 def _is_vocabulary(names) -> bool:

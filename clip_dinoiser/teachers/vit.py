@@ -136,6 +136,16 @@ class FrozenViT(nn.Module):
         return v.norm_pre(v.patch_drop(v.pos_drop(x)))
 
     @torch.no_grad()
+    def features(self, images: Tensor) -> Tensor:
+        """The last block's output through the final norm, B x C x h x w on the patch grid (prefix tokens
+        dropped): DINO's ``get_intermediate_layers(x, n=1)[0]``, the features ProxyCLIP's proxy gives."""
+        x = self.tokens(images)
+        for block in self.vit.blocks:
+            x = block(x)
+        x = self.vit.norm(x)[:, self.num_prefix :]
+        return x.transpose(1, 2).reshape(x.shape[0], -1, *self.grid(images))
+
+    @torch.no_grad()
     def last_qkv(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(q, k, v) of the last block's attention, each B x N x C (prefix tokens dropped)."""
         x = self.tokens(images)

@@ -46,7 +46,7 @@ TARGETS = {
     "clip_dinoiser/models/clip_dinoiser.py": ["CLIPDINOiser.features"],
     "clip_dinoiser/models/text.py": ["imagenet_templates", "TEMPLATE_SETS", "encode_text_to_eot", "encode_names",
                                      "combine_synonyms", "TextClassifier.forward", "Classes.bg_index"],
-    "clip_dinoiser/models/backbone.py": ["OPENAI_MEAN", "OPENAI_STD", "interpolate_pos_embed", "_qkv",
+    "clip_dinoiser/models/backbone.py": ["OPENAI_MEAN", "OPENAI_STD", "interpolate_pos_embed",
                                          "plain_block", "self_attention", "residual_block",
                                          "CLIPBackbone.__init__", "CLIPBackbone._patchify",
                                          "CLIPBackbone.forward", "_patch_map", "_block_with_ln2", "IMAGENET_MEAN",
@@ -81,7 +81,13 @@ TARGETS = {
     "clip_dinoiser/teachers/dino.py": ["DINOTeacher.correlations", "DINOTeacher.target", "DINOTeacher.loss"],
     "clip_dinoiser/teachers/found.py": ["REFERENCE_PAD", "FOUNDTeacher.probabilities", "FOUNDTeacher.target"],
     "clip_dinoiser/teachers/vit.py": ["IMAGENET_MEAN", "IMAGENET_STD", "dino_pos_embed", "FrozenViT.grid",
-                                      "FrozenViT.tokens", "FrozenViT.last_qkv"],
+                                      "FrozenViT.tokens", "FrozenViT.last_qkv", "FrozenViT.features"],
+    # the training-free peers (issue #33): suite "peers"
+    "clip_dinoiser/models/last_block.py": ["layer_scale", "qkv", "neighbourhood", "AttentionBlock.__call__",
+                                           "AttentionBlock.weights"],
+    "clip_dinoiser/models/pamr.py": ["NEIGHBOURS", "_shifted", "pamr_affinities", "pamr"],
+    "clip_dinoiser/models/proxyclip.py": ["proxy_attention", "ProxyAttention", "ProxyCLIP.padded",
+                                          "ProxyCLIP.proxy_input", "ProxyCLIP.features", "ProxyCLIP.to_pixels"],
     "clip_dinoiser/engine/training/train.py": ["HEAD_LR", "make_optimizer", "Distiller.losses", "Distiller.step",
                                                "Distiller.dataset", "Distiller.targets"],
     "clip_dinoiser/engine/training/loop.py": ["_step"],
@@ -130,6 +136,11 @@ MASKCLIP_TESTS = {
     "results.py": ["tests/test_zero_shot.py", "-m", "not faults", "-k", "seen_unseen or results_files"],  # one is slow
     "summary.py": ["tests/test_maskclip_towers.py", "tests/test_zero_shot.py", "-k", "robustness or summary"],
 }
+# Suite "peers" (issue #33): SCLIP, NACLIP, ClearCLIP, ProxyCLIP and the pooling on them, no subprocess
+_PEERS = ["tests/test_peers.py", "-k", "not eval_tool and not comparison and not load_gives"]
+_PROXY = ["tests/test_proxyclip.py", "-k", "not bad and not offline and not resnet and not dinoiser_on"]
+PEERS_TESTS = {"last_block.py": _PEERS, "pamr.py": ["tests/test_peers.py", "-k", "pamr or finish"],
+               "proxyclip.py": _PROXY, "vit.py": _PROXY}
 # The nine mutants of issue #21 that survived the tests before tests/test_paper.py and
 # test_first_principles.py, written as (file, text on one line, its replacement): always run.
 ISSUE_21 = [
@@ -169,6 +180,8 @@ def suite_tests(suite: str, path: str) -> list[str] | None:
         return NEW_TESTS
     if suite == "maskclip":
         return MASKCLIP_TESTS.get(os.path.basename(path))
+    if suite == "peers":
+        return PEERS_TESTS.get(os.path.basename(path))
     return old_tests(path)
 
 
@@ -497,7 +510,7 @@ def main(argv: list[str] | None = None) -> None:
         q.add_argument("--seed", type=int, default=0)
     r.add_argument("--copy", required=True, help="the copy of the repository to mutate in")
     r.add_argument("--make-copy", action="store_true", help="make --copy first")
-    r.add_argument("--suite", choices=("old", "new", "maskclip"), default="old",
+    r.add_argument("--suite", choices=("old", "new", "maskclip", "peers"), default="old",
                    help="old: the targeted tests per file; new: tests/test_paper.py and "
                    "tests/test_first_principles.py; maskclip: the MaskCLIP / MaskCLIP+ tests on the files of issue "
                    "#28 (MASKCLIP_TESTS)")

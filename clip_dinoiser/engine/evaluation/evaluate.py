@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from ...config import EvalConfig, SlideConfig
-from ...data.benchmarks import Benchmark, build_dataset, eval_pipeline
+from ...data.benchmarks import BENCHMARKS, Benchmark, build_dataset, eval_pipeline
 from ...errors import UserError
 from ...models.maskclip import Decoding
 from ...models.text import Classes, read_vocabulary_file
@@ -284,10 +284,20 @@ class Decoded(nn.Module):
         super().__init__()
         self.model, self.settings = model, list(settings)
         self.keys = any(s.decoding.ks_thresh > 0 for s in self.settings)
+        if hasattr(model, "to_pixels"):
+            self.to_pixels = model.to_pixels
+        if hasattr(model, "finish") and any(s.decoding.post_processes for s in self.settings):
+            self.finish = self._finish
 
     def forward(self, images: Tensor) -> Tensor:
         feats = self.model.features(images, keys=self.keys)
         return torch.cat([self.model.decode(feats, s.decoding, s.classes) for s in self.settings], dim=1)
+
+    def _finish(self, scores: Tensor, image: Tensor) -> Tensor:
+        """Each setting's slice of an image's C x H x W scores through the model's ``finish``."""
+        sizes = [self.model.score_channels(s.decoding, s.classes) for s in self.settings]
+        parts = scores.split(sizes, dim=0)
+        return torch.cat([self.model.finish(p, image, s.decoding, s.classes) for p, s in zip(parts, self.settings)])
 
 
 class Evaluator:
@@ -360,7 +370,13 @@ class Evaluator:
             raise UserError(f"data.vocabulary={file} names {len(vocab)} classes; {bench.name} has {bench.num_classes}")
         refine = bench.bg_refine if bg_refine is None else bg_refine
         decoding = {"scores": self.slide.for_benchmark(bench.name).scores, **decoding}
-        return Setting(replace(model.decoding, bg_refine=refine, **decoding), model.text.classes(vocab))
+        own = model.decoding_for(bench.name) if hasattr(model, "decoding_for") else model.decoding
+        classes = model.text.classes(vocab)
+        if refine and classes.bg_index is None and bench.bg_refine and bench.name in BENCHMARKS:
+            # class names that do not say 'background' (SCLIP's: 'sky, wall, tree, ...' for VOC's class 0): the
+            # benchmark's own background, label 0, is the class refined
+            classes = replace(classes, background=0)
+        return Setting(replace(own, bg_refine=refine, **decoding), classes)
 
     def evaluate(self, model: nn.Module, bench: Benchmark, root: str, *, vocabulary: str | None = None,
                  bg_refine: bool | None = None) -> BenchmarkResult:

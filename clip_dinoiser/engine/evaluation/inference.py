@@ -91,6 +91,10 @@ class SlidingWindows:
         self.model = model
         self.cfg = cfg
         self.precision = precision
+        # the model's own mapping of its patch-grid scores onto a window (models/backbone.py: scores_to_pixels) and
+        # its post-processing at the image's size (MaskCLIP.finish: PAMR, thresholds), where it has them
+        self._to_pixels = getattr(model, "to_pixels", None)
+        self._post = getattr(model, "finish", None)
         self.windows = 0  # windows run through the model so far
         self._queues: dict[tuple[int, int], list[tuple[_Image, tuple[int, int, int, int]]]] = {}
         self._counts: dict[tuple[int, int, str], Tensor] = {}  # window counts per image size
@@ -146,7 +150,10 @@ class SlidingWindows:
         done = []
         for p, (job, (y1, y2, x1, x2)) in zip(probs, items):
             # One window at a time: a batch of K x 448 x 448 maps would take gigabytes for 150 classes.
-            p = F.interpolate(p[None].float(), size=(y2 - y1, x2 - x1), mode="bilinear", align_corners=False)[0]
+            if self._to_pixels is None:
+                p = F.interpolate(p[None].float(), size=(y2 - y1, x2 - x1), mode="bilinear", align_corners=False)[0]
+            else:
+                p = self._to_pixels(p[None].float(), (y2 - y1, x2 - x1))[0]
             if job.canvas is None:
                 job.canvas = p.new_zeros((p.shape[0], *job.image.shape[-2:]))
             job.canvas[:, y1:y2, x1:x2] += p
@@ -166,6 +173,8 @@ class SlidingWindows:
             probs = job.canvas / self._counts[key]
         if job.out_size != (h, w):
             probs = F.interpolate(probs[None], size=job.out_size, mode="bilinear", align_corners=False)[0]
+        if self._post is not None:
+            probs = self._post(probs, job.image)
         return probs
 
 
@@ -262,7 +271,9 @@ def image_probabilities(model: nn.Module, images: Sequence[np.ndarray], cfg: Sli
     """``image_outputs`` as K x H x W probabilities: with ``slide.scores=logits``, the softmax of
     the resized scores (what mmseg's inference returns, MaskCLIP's protocol)."""
     outputs = image_outputs(model, images, cfg, precision)
-    return [out.softmax(dim=0) for out in outputs] if cfg.scores == "logits" else outputs
+    decoding = getattr(model, "decoding", None)
+    finished = decoding is not None and replace(decoding, scores=cfg.scores).post_processes  # probabilities already
+    return [out.softmax(dim=0) for out in outputs] if cfg.scores == "logits" and not finished else outputs
 
 
 @contextlib.contextmanager
@@ -286,6 +297,8 @@ class _Panels(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        if hasattr(model, "to_pixels"):
+            self.to_pixels = model.to_pixels
 
     def forward(self, images: Tensor) -> Tensor:
         return self.model.forward_panels(images)

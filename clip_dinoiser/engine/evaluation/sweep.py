@@ -20,7 +20,8 @@ from ...errors import ConfigError
 SWEEPABLE = MappingProxyType({
     "model.gamma": "gamma", "model.delta": "delta", "model.bg_refine": "bg_refine",
     "model.maskclip.ks_thresh": "ks_thresh", "model.maskclip.pd_thresh": "pd_thresh",
-    "model.maskclip.temperature": "temperature", "data.vocabulary": None,
+    "model.maskclip.temperature": "temperature", "model.post.prob_thd": "prob_thd",
+    "model.post.area_thd": "area_thd", "model.post.pamr_steps": "pamr_steps", "data.vocabulary": None,
 })
 
 
@@ -32,7 +33,9 @@ def _check(key: str, value: Any) -> Any:
         return value
     if key == "data.vocabulary":
         return None if value is None else str(value)
-    return float(field_kind(ModelConfig, key.removeprefix("model.")).check(value, f"sweep {key}"))
+    kind = field_kind(ModelConfig, key.removeprefix("model."))
+    checked = kind.check(value, f"sweep {key}")
+    return int(checked) if kind.integer else float(checked)
 
 
 def sweep_points(sweep: Mapping[str, Sequence[Any]] | None) -> list[dict[str, Any]]:

@@ -121,10 +121,32 @@ def varying_keys(runs: Sequence[Run]) -> list[str]:
 ZERO_SHOT_METRICS = MappingProxyType({"mIoU_seen": "seen", "mIoU_unseen": "unseen", "hIoU": "hIoU"})  # results.json
 
 
+METHOD_KEY = "model.name"
+
+
+def method_columns(runs: Sequence[Run], swept: list[str]) -> list[str]:
+    """``swept`` for a table of several methods (runs that differ in ``model.name``): ``model.name``
+    first, and without the other ``model.*`` settings that only follow the method (one value per
+    method among the runs: SCLIP's attention, NACLIP's PAMR, ...), so each method is one row."""
+    if METHOD_KEY not in swept:
+        return swept
+    by_method: dict[Any, list[Run]] = {}
+    for r in runs:
+        by_method.setdefault(r.settings.get(METHOD_KEY), []).append(r)
+
+    def follows_method(key: str) -> bool:
+        return all(len({json.dumps(r.settings.get(key), sort_keys=True) for r in group}) == 1
+                   for group in by_method.values())
+
+    rest = [k for k in swept if k != METHOD_KEY and not (k.startswith("model.") and follows_method(k))]
+    return [METHOD_KEY, *rest]
+
+
 def summary_rows(runs: Sequence[Run], names: dict[str, str]) -> tuple[list[str], list[str], list[dict[str, Any]]]:
     """(varying keys, benchmarks, rows) of runs of one kind: a row per run with its settings, the
-    mIoU of each benchmark and their average, and a last row with the paper's numbers."""
-    swept = varying_keys(runs)
+    mIoU of each benchmark and their average, and a last row with the paper's numbers (with several
+    methods, ``method_columns``: a row of published numbers per method that has them)."""
+    swept = method_columns(runs, varying_keys(runs))
     benchmarks = list(dict.fromkeys(b for r in runs for b, v in r.results.items() if isinstance(v, dict)))
     rows = []
     for run in runs:
@@ -135,14 +157,28 @@ def summary_rows(runs: Sequence[Run], names: dict[str, str]) -> tuple[list[str],
                         if key in run.results.get(b, {})})
         rows.append(row)
     if benchmarks:
-        paper = {"run": "paper", **{k: None for k in swept}}
-        paper.update({b: next((r.results[b].get("paper_mIoU") for r in runs if b in r.results), None)
-                      for b in benchmarks})
-        rows.append(paper)
+        rows += paper_rows(runs, swept, benchmarks)
     for row in rows:
         values = [row[b] for b in benchmarks]
         row["average"] = _mean(values)
     return swept, benchmarks, rows
+
+
+def paper_rows(runs: Sequence[Run], swept: list[str], benchmarks: list[str]) -> list[dict[str, Any]]:
+    """The published numbers beside the runs: one ``paper`` row, or with several methods a
+    ``paper: <method>`` row for each method whose runs carry any."""
+    def published(group: Sequence[Run]) -> dict[str, Any]:
+        return {b: next((r.results[b].get("paper_mIoU") for r in group if b in r.results), None) for b in benchmarks}
+
+    if METHOD_KEY in swept:
+        rows = []
+        for method in dict.fromkeys(r.settings.get(METHOD_KEY) for r in runs):
+            numbers = published([r for r in runs if r.settings.get(METHOD_KEY) == method])
+            if any(v is not None for v in numbers.values()):
+                rows.append({"run": f"paper: {method}", **{k: None for k in swept}, METHOD_KEY: method, **numbers})
+        if rows:
+            return rows
+    return [{"run": "paper", **{k: None for k in swept}, **published(runs)}]
 
 
 def text(value: Any, score: bool = False) -> str:
