@@ -215,8 +215,8 @@ def test_exported_segmenter_gives_pytorchs_labels(tmp_path, tiny_clip_file, monk
     from PIL import Image
 
     from clip_dinoiser import load
-    from clip_dinoiser.engine.evaluation.inference import resize_keep_ratio, segment, to_tensor
     from clip_dinoiser.engine.evaluation.export import WindowSegmenter
+    from clip_dinoiser.engine.evaluation.inference import resize_keep_ratio, segment, to_tensor
     from tests.conftest import write_heads
 
     spec = importlib.util.spec_from_file_location("tool_export", os.path.join(ROOT, "tools", "export.py"))
