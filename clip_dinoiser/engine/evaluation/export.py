@@ -7,7 +7,7 @@ refinement) resized bilinearly to the window, as ``SlidingWindows`` does before 
 windows. The class names are in the file's metadata (``classes``, a JSON list).
 
 ``pip install onnx onnxscript`` to export, ``pip install onnxruntime`` to run (the ``export``
-extra). On the 2-core AVX2 development machine ONNX Runtime ran a window 1.2-1.5x faster than
+extra). On the 2-core AVX2 development machine ONNX Runtime ran a window 1.1-1.5x faster than
 PyTorch's eager fp32 (BENCHMARKS.md, ``tools/benchmark.py cpu``).
 """
 
