@@ -403,6 +403,8 @@ def test_results_files_and_table_of_a_zero_shot_evaluation(tmp_path):
         "unseen         25.0          -          -",
         "hIoU           35.3          -          -"]
     assert summary_table([ctx]).splitlines() == ["          Context59", "mIoU           20.0", "paper             -"]
+    ctx_paper = (replace(ctx[0], paper_miou=40.0), ctx[1])  # the paper's average where every benchmark has one
+    assert summary_table([voc, ctx_paper]).splitlines()[2] == "paper          87.8       40.0       63.9"
 
     (tmp_path / "ev").mkdir()
     run = RunFolder(str(tmp_path / "ev"), ["results.json", "results.csv", "config.yaml"], key="output")
