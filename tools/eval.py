@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from clip_dinoiser.config import EvalConfig, SlideConfig, parse, register_configs
 from clip_dinoiser.engine.evaluation.sweep import decoding_fields, point_name, sweep_points
-from clip_dinoiser.engine.job.cli import launch, multirun_dirs, resolve_device, user_errors_as_one_line
+from clip_dinoiser.engine.job.cli import launch, main_process, multirun_dirs, resolve_device, user_errors_as_one_line
 from clip_dinoiser.engine.job.runs import RESULT_FILES, RunFolder, claim_all, release_all
 from clip_dinoiser.engine.reporting.summary import SUMMARY_FILES, write_summary
 from clip_dinoiser.values import check_precision
@@ -189,5 +189,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    main_process()
     register_configs()
     launch(main, schema=EvalConfig, groups={"model": "clip_dinoiser", "data": "voc", "corruption": "clean"})

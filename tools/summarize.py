@@ -17,7 +17,7 @@ import argparse
 import os
 import sys
 
-from clip_dinoiser.engine.job.cli import user_errors_as_one_line
+from clip_dinoiser.engine.job.cli import main_process, user_errors_as_one_line
 from clip_dinoiser.engine.reporting.summary import write_summary
 
 
@@ -45,4 +45,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    main_process()
     sys.exit(main())

@@ -19,7 +19,7 @@ import hydra
 from omegaconf import DictConfig
 
 from clip_dinoiser.config import TargetTrainSettings, TrainTargetConfig, register_configs
-from clip_dinoiser.engine.job.cli import launch, user_errors_as_one_line
+from clip_dinoiser.engine.job.cli import launch, main_process, user_errors_as_one_line
 from clip_dinoiser.engine.job.resume import resume_free
 from clip_dinoiser.engine.training.runner import TrainingTool, run_training_tool
 
@@ -44,5 +44,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    main_process()
     register_configs()
     launch(main, schema=TrainTargetConfig, groups={"annotator": "clip_dinoiser"})

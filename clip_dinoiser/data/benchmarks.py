@@ -63,15 +63,16 @@ class Benchmark:
     def vocabulary_file(self) -> str:
         return self.vocabulary_in(DEFAULT_VOCABULARY_SET)
 
-    def vocabulary_in(self, vocabulary_set: str | None) -> str:
+    def vocabulary_in(self, vocabulary_set: str | None, key: str = "data.vocabulary_set") -> str:
         """The class-name file of ``vocabulary_set`` (``data.vocabulary_set``: ``clip_dinoiser``,
-        ``vocab/<name>.txt``; another set, ``vocab/<set>/<name>.txt``, or ours where it has none)."""
+        ``vocab/<name>.txt``; another set, ``vocab/<set>/<name>.txt``, or ours where it has none);
+        ``key``: its key, for messages."""
         if self.vocabulary is not None:
             return self.vocabulary
         vocab = resources.files("clip_dinoiser.data") / "vocab"
         if vocabulary_set and vocabulary_set != DEFAULT_VOCABULARY_SET:
             if not (vocab / vocabulary_set).is_dir():
-                raise ConfigError(f"data.vocabulary_set={vocabulary_set}: unknown (choose from "
+                raise ConfigError(f"{key}={vocabulary_set}: unknown (choose from "
                                   f"{', '.join(vocabulary_sets())})")
             if (vocab / vocabulary_set / f"{self.name}.txt").is_file():
                 return str(vocab / vocabulary_set / f"{self.name}.txt")

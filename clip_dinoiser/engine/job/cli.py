@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 from ...config import check_switches, config_error
 from ...errors import UserError
-from .signals import Interrupted, handled, resume_command, stop_at_once
+from .signals import Interrupted, announce, exit_on_signal, handled, resume_command, stop_at_once
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +60,10 @@ def user_errors_as_one_line(fn: Callable[..., Any]) -> Callable[..., Any]:
         except (*USER_ERRORS, OmegaConfBaseException) as e:
             if isinstance(e, OmegaConfBaseException):
                 e = config_error(e)
-            print(f"error: {one_line(e)}", file=sys.stderr)
+            announce(f"error: {one_line(e)}")
             sys.exit(2)
         except Interrupted as e:
-            print(interrupted_message(handled(e)), file=sys.stderr)
+            announce(interrupted_message(handled(e)))
             sys.exit(e.exit_code)
 
     return wrapper
@@ -80,6 +80,12 @@ def interrupted_message(e: Interrupted) -> str:
         return (f"interrupted ({e.name}) before an iteration could be saved; {resume_command(e.run_dir)} "
                 "continues from its newest checkpoint, if any")
     return f"interrupted ({e.name}): iteration {e.iteration} saved; continue with {resume_command(e.run_dir)}"
+
+
+def main_process() -> None:
+    """What every tool's ``__main__`` does first: signals outside a run end the process in one line
+    (``signals.exit_on_signal``), from now until it exits."""
+    exit_on_signal()
 
 
 def launch(main: Callable[[], Any], *, schema: type | None = None, groups: dict[str, str] | None = None) -> None:

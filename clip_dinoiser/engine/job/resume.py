@@ -51,7 +51,7 @@ def resume_config(cfg: DictConfig, overrides: list[str], free: Sequence[str]) ->
         key = override.key_or_group
         new, old = _plain(OmegaConf.select(cfg, key)), _plain(OmegaConf.select(saved, key))
         if key in free:
-            if new != old:
+            if new != old and key != "train.resume":
                 OmegaConf.update(saved, key, new, force_add=True)
                 changes.append(f"{key}: {old} -> {new}")
         elif new != old:

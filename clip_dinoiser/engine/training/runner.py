@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ...config import TrainEvalConfig, parse
+from ...files import append_atomic
 from ...values import check_precision
 from ..job.resume import resume_config
 from ..job.runs import RunFolder
@@ -30,9 +33,9 @@ class TrainingTool:
         resume_free: the keys a resumed run may be given anew.
         engine: the task's module, imported once the cheap checks passed. It provides
             ``check_run_inputs(config, *, folder)`` (every input, before any folder or model;
-            ``folder``: the run folder too), ``start_run(config) -> RunFolder`` (claimed, a new
-            run's ``config.yaml`` written) and ``train(config, device, run=None, *, checked=False) -> last.pt
-            | None`` (``checked``: ``check_run_inputs`` has run).
+            ``folder``: the run folder too), ``start_run(config, run) -> RunFolder`` (``run``
+            claimed, a new run's ``config.yaml`` written) and ``train(config, device, run=None, *,
+            checked=False) -> last.pt | None`` (``checked``: ``check_run_inputs`` has run).
         evaluated: the model config that scores the run's ``last.pt``.
     """
 
@@ -71,12 +74,15 @@ def run_training_tool(cfg: DictConfig, tool: TrainingTool) -> str | None:
         checked_benchmarks(evaluation.data, evaluation.slide)
     if not main_rank:
         return engine.train(config, device, checked=True)
-    folder = engine.start_run(config)
-    handler = _log_to(folder.record("train.log"))
+    from .loop import latest_checkpoint, run_folder
+
+    folder, handler = run_folder(config), None  # made here: a signal during start_run still releases it
     failed = True
     try:
-        if resuming:
-            log.info("resume of %s%s", folder.path, f" with {'; '.join(changes)}" if changes else "")
+        engine.start_run(config, folder)
+        handler = _log_to(folder.record("train.log"))
+        if resuming:  # "resuming ... from iteration N" comes once the inputs and the checkpoint are checked
+            log.info("train.resume=%s%s", folder.path, f", given anew: {'; '.join(changes)}" if changes else "")
         try:
             last = engine.train(config, device, run=folder, checked=True)
         except Interrupted as e:  # what the terminal is told (stderr), written in train.log too
@@ -92,11 +98,10 @@ def run_training_tool(cfg: DictConfig, tool: TrainingTool) -> str | None:
         failed = False
         return last
     finally:
-        logging.getLogger().removeHandler(handler)
-        handler.close()
-        from .loop import latest_checkpoint
-
-        # a new run that failed before its first checkpoint leaves nothing behind
+        if handler is not None:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+        # a new run that failed (or was stopped) before its first checkpoint leaves nothing behind
         folder.release(failed=failed, discard=failed and not resuming and latest_checkpoint(folder.path) is None)
 
 
@@ -109,7 +114,27 @@ def _evaluate(model_cfg: dict[str, Any], evaluation: TrainEvalConfig, device, fo
 
 def _log_to(path: str) -> logging.Handler:
     """The run's ``train.log`` (appended on resume) receives every log line of the run."""
-    handler = logging.FileHandler(path)
+    handler = RunLog(path)
     handler.setFormatter(logging.Formatter("[%(asctime)s %(name)s] %(message)s"))
     logging.getLogger().addHandler(handler)
     return handler
+
+
+class RunLog(logging.Handler):
+    """``train.log``: each line appended whole through the one writer (``files.append_atomic``). A
+    full disk stops the file, with one warning on the terminal (which keeps every line), instead of
+    logging's "--- Logging error ---" and a traceback per line."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path, self.failed = path, False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.failed:
+            return
+        try:
+            append_atomic(self.path, (self.format(record) + "\n").encode("utf-8"))
+        except OSError as e:
+            self.failed = True
+            print(f"warning: {e}; {os.path.basename(self.path)} stops here, the terminal keeps every line",
+                  file=sys.stderr)

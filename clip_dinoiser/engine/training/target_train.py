@@ -41,6 +41,7 @@ from ...data.seg_train import (
     augment_for,
     get_train_split,
     label_files,
+    split_files,
     training_split,
 )
 from ...data.train_images import ResumableBatchSampler
@@ -54,6 +55,7 @@ from ...vocabulary import Vocabulary, read_vocabulary_file
 from ...weights import Weight, check_weights
 from ..evaluation.inference import autocast
 from ..job import distributed as dist
+from ..job.inputs import Input, file_input, files_input
 from ..job.resume import check_resume_folder
 from ..job.runs import RunFolder
 from .loop import (
@@ -61,12 +63,33 @@ from .loop import (
     in_run_folder,
     run_folder,
     run_task,
-    start_run,  # noqa: F401 (the training tool claims the run folder with it)
 )
+from .loop import start_run as start_training
 
 log = logging.getLogger(__name__)
 
 IGNORE = 255
+
+
+def vocabulary_path(tcfg: TargetTrainSettings) -> str:
+    """The class-name file of ``train.vocabulary``, else of the benchmark's ``train.vocabulary_set``."""
+    from ...data.benchmarks import BENCHMARKS
+
+    if tcfg.vocabulary or tcfg.benchmark == FOLDER:
+        return tcfg.vocabulary
+    return BENCHMARKS[tcfg.benchmark].vocabulary_in(tcfg.vocabulary_set, "train.vocabulary_set")
+
+
+def run_inputs(tcfg: TargetTrainSettings, root: str, files: list[str], labels: list[str] | None) -> dict[str, Input]:
+    """What a MaskCLIP+ run reads, by the key that names it: the class-name file, the split files,
+    the images (and, zero-shot, their label files)."""
+    inputs = {"train.vocabulary": file_input(vocabulary_path(tcfg))}
+    for f in split_files(tcfg.benchmark, root):
+        inputs[f"train.data split {os.path.relpath(f, root)}"] = file_input(f)
+    inputs["train.data"] = files_input(files)
+    if labels:
+        inputs["train.unseen labels"] = files_input(labels)
+    return inputs
 
 
 def split_and_vocabulary(tcfg: TargetTrainSettings) -> tuple[str, list[str], Vocabulary]:
@@ -85,8 +108,7 @@ def split_and_vocabulary(tcfg: TargetTrainSettings) -> tuple[str, list[str], Voc
             raise ConfigError(f"train.benchmark={tcfg.benchmark}: unknown (choose from {', '.join(BENCHMARKS)}, "
                               f"or {FOLDER})")
         root = tcfg.data or os.path.join(DATA_ROOT, get_train_split(tcfg.benchmark).root)
-    vocab_file = tcfg.vocabulary or BENCHMARKS[tcfg.benchmark].vocabulary_in(tcfg.vocabulary_set)
-    vocabulary = read_vocabulary_file(vocab_file, "train.vocabulary" if tcfg.vocabulary else None)
+    vocabulary = read_vocabulary_file(vocabulary_path(tcfg), "train.vocabulary" if tcfg.vocabulary else None)
     if len(vocabulary) >= UNSEEN:
         raise ConfigError(f"{len(vocabulary)} classes: at most {UNSEEN - 1} (labels {UNSEEN} and {IGNORE} are "
                           "'unseen' and 'ignored')")
@@ -167,6 +189,11 @@ def check_run_inputs(cfg: Mapping[str, Any], *, folder: bool = True) -> None:
     check_weights(run_weights(cfg))  # every weights file; the missing ones in one message
 
 
+def start_run(cfg: Mapping[str, Any], run: RunFolder | None = None) -> RunFolder:
+    """The run folder claimed (``loop.start_run``), its ``config.yaml`` recording the settings."""
+    return start_training(cfg, None, run)
+
+
 ANNOTATOR = Keys("annotator")  # the annotator's keys: annotator.clip.pretrained, annotator.checkpoint, ...
 
 
@@ -215,8 +242,9 @@ class TargetTraining:
     def __init__(self, target: nn.Module, annotator: nn.Module, settings: Mapping[str, Any], files: list[str],
                  names: list[str], *, precision: str = "fp32", record: Mapping[str, Any] | None = None,
                  unseen: tuple[int, ...] | None = None, labels: list[str] | None = None,
-                 seen: SeenLabels | None = None) -> None:
+                 seen: SeenLabels | None = None, inputs: Mapping[str, Input] | None = None) -> None:
         self.module, self.annotator = target, annotator.eval().requires_grad_(False)
+        self._inputs = dict(inputs or {"train.data": files_input(files)})
         self.settings, self.files, self.names, self.precision = dict(settings), files, names, precision
         self.record = dict(record or {})
         self.unseen, self.label_files, self.seen = unseen, labels, seen  # zero-shot (annotator: the unseen classes)
@@ -281,6 +309,9 @@ class TargetTraining:
         save_atomic(self.final_state(), path)
         return f"the target network in {path} (evaluate: python tools/eval.py model=target model.checkpoint={path})"
 
+    def inputs(self) -> dict[str, Input]:
+        return self._inputs
+
     def final_state(self) -> dict[str, Any]:
         """``last.pt``: the network's weights and everything needed to rebuild it (``model=target``)."""
         return {"model_state_dict": {k: v.detach().cpu() for k, v in self.module.state_dict().items()},
@@ -338,7 +369,7 @@ def build_task(cfg: Mapping[str, Any], device: torch.device, world: int) -> Targ
         record["unseen"] = {"benchmark": tcfg.benchmark, "indices": list(unseen), "names": [names[i] for i in unseen]}
     return TargetTraining(target.to(device), annotator, plain(tcfg), files, names,
                           precision=cfg.get("precision", "fp32"), record=record, unseen=unseen, labels=labels,
-                          seen=seen)
+                          seen=seen, inputs=run_inputs(tcfg, root, files, labels))
 
 
 def train(cfg: Mapping[str, Any], device: torch.device, run: RunFolder | None = None, *,
