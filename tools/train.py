@@ -27,7 +27,8 @@ RESUME_FREE = resume_free("train.epochs")
 
 
 HEADS = TrainingTool(TrainSettings, RESUME_FREE, "clip_dinoiser.engine.training.train",
-                     lambda config, last: {**config["model"], "name": "clip_dinoiser", "checkpoint": last})
+                     lambda config, last: {**config["model"], "name": "clip_dinoiser", "checkpoint": last},
+                     TrainConfig)
 
 
 @user_errors_as_one_line

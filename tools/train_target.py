@@ -29,7 +29,8 @@ RESUME_FREE = resume_free("train.iterations")
 TARGET = TrainingTool(TargetTrainSettings, RESUME_FREE, "clip_dinoiser.engine.training.target_train",
                       lambda config, last: {"name": "target", "checkpoint": last,
                                             "clip": config["annotator"].get("clip", {}),
-                                            "text_cache": config["annotator"].get("text_cache", "auto")})
+                                            "text_cache": config["annotator"].get("text_cache", "auto")},
+                      TrainTargetConfig)
 
 
 @user_errors_as_one_line

@@ -17,7 +17,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from ...config import TrainEvalConfig, parse
 from ...files import append_atomic
-from ...values import check_precision
 from ..job.resume import resume_config
 from ..job.runs import RunFolder
 
@@ -37,12 +36,15 @@ class TrainingTool:
             claimed, a new run's ``config.yaml`` written) and ``train(config, device, run=None, *,
             checked=False) -> last.pt | None`` (``checked``: ``check_run_inputs`` has run).
         evaluated: the model config that scores the run's ``last.pt``.
+        schema: the tool's whole config (``TrainConfig``, ``TrainTargetConfig``): every key of a
+            command is checked against it under its full name before anything runs.
     """
 
     settings: type
     resume_free: Sequence[str]
     engine: str
     evaluated: Callable[[Mapping[str, Any], str], dict[str, Any]]
+    schema: type
 
 
 def run_training_tool(cfg: DictConfig, tool: TrainingTool) -> str | None:
@@ -61,17 +63,16 @@ def run_training_tool(cfg: DictConfig, tool: TrainingTool) -> str | None:
     multirun = multirun_dirs()
     if multirun and not resuming:
         config["train"]["output"] = multirun[0]  # no collisions between jobs
-    parse(tool.settings, config["train"], "train")  # keys, types and numbers first: cheap
+    parse(tool.schema, config, "")  # every key, type, number and name, under its full name, first: cheap
     evaluation = parse(TrainEvalConfig, config.get("eval"), "eval")
-    check_precision(config.get("precision", "fp32"))
     device = resolve_device(config["device"])
     main_rank = dist.launched_rank() == 0
     engine = importlib.import_module(tool.engine)
     engine.check_run_inputs(config, folder=main_rank)  # before any folder is made or model loaded
-    if evaluation.enabled:  # its datasets exist, before the training
-        from ...data.benchmarks import checked_benchmarks
+    from ...data.benchmarks import checked_benchmarks
 
-        checked_benchmarks(evaluation.data, evaluation.slide)
+    # the end-of-run evaluation's settings now, not after the training; its datasets when it will run
+    checked_benchmarks(evaluation.data, evaluation.slide, "eval.data", datasets=evaluation.enabled)
     if not main_rank:
         return engine.train(config, device, checked=True)
     from .loop import latest_checkpoint, run_folder
