@@ -58,7 +58,8 @@ def run_training_tool(cfg: DictConfig, tool: TrainingTool) -> str | None:
     from ..job.signals import Interrupted
 
     resuming = bool(cfg.train.resume)
-    config, changes = (resume_config(cfg, list(HydraConfig.get().overrides.task), tool.resume_free) if resuming
+    overrides = list(HydraConfig.get().overrides.task)
+    config, changes = (resume_config(cfg, overrides, tool.resume_free, tool.schema) if resuming
                        else (OmegaConf.to_container(cfg, resolve=True), []))
     multirun = multirun_dirs()
     if multirun and not resuming:
