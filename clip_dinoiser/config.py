@@ -113,6 +113,7 @@ class ModelConfig:
     pooling: str = "guided"  # 'guided' (paper Eq. 1) or 'package.module.function'
     maskclip: MaskCLIPConfig = field(default_factory=MaskCLIPConfig)
     teachers: dict[str, Any] | None = None  # dino_maskclip: its teachers (null: the paper's)
+    other_clip: bool = False  # model=target: classify with model.clip though its last.pt records another CLIP
 
 
 DROPOUT = Kind(low=0, high=1, high_open=True)

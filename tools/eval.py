@@ -42,6 +42,12 @@ def check_settings(cfg: DictConfig) -> tuple[list, SlideConfig, list[dict], list
     device, precision and the sweep. Returns the benchmarks, the window geometry, the sweep's
     points and the run folders to write (one per point, and the sweep's own)."""
     settings = parse(EvalConfig, cfg, "")  # unknown keys, types, numbers out of range
+    if settings.model.name == "target":  # its CLIP: the one its last.pt records (another: model.other_clip)
+        from clip_dinoiser.models.build import recorded_clip
+
+        settings.model = recorded_clip(settings.model)
+        for key in ("name", "pretrained"):  # recorded as run in config.yaml, and in the summaries
+            OmegaConf.update(cfg, f"model.clip.{key}", getattr(settings.model.clip, key))
     check_precision(settings.precision)
     if settings.data.corruption is not None:
         from clip_dinoiser.data.corruptions import check_corruption

@@ -44,7 +44,7 @@ from ...data.seg_train import (
     split_files,
     training_split,
 )
-from ...data.train_images import ResumableBatchSampler
+from ...data.train_images import ResumableBatchSampler, check_images
 from ...errors import ConfigError
 from ...files import save_atomic
 from ...models import build_model, model_config
@@ -187,6 +187,7 @@ def check_run_inputs(cfg: Mapping[str, Any], *, folder: bool = True) -> None:
     if unseen_classes(tcfg, len(vocabulary)) is not None:
         label_files(tcfg.benchmark, root, files)
     check_weights(run_weights(cfg))  # every weights file; the missing ones in one message
+    check_images(files)  # every image's header, as the heads' training does: not when the loader reaches it
 
 
 def start_run(cfg: Mapping[str, Any], run: RunFolder | None = None) -> RunFolder:
@@ -242,7 +243,8 @@ class TargetTraining:
     def __init__(self, target: nn.Module, annotator: nn.Module, settings: Mapping[str, Any], files: list[str],
                  names: list[str], *, precision: str = "fp32", record: Mapping[str, Any] | None = None,
                  unseen: tuple[int, ...] | None = None, labels: list[str] | None = None,
-                 seen: SeenLabels | None = None, inputs: Mapping[str, Input] | None = None) -> None:
+                 seen: SeenLabels | None = None, inputs: Mapping[str, Input] | None = None,
+                 templates: str = "imagenet80") -> None:
         self.module, self.annotator = target, annotator.eval().requires_grad_(False)
         self._inputs = dict(inputs or {"train.data": files_input(files)})
         self.settings, self.files, self.names, self.precision = dict(settings), files, names, precision
@@ -250,6 +252,7 @@ class TargetTraining:
         self.unseen, self.label_files, self.seen = unseen, labels, seen  # zero-shot (annotator: the unseen classes)
         self.iteration = 0
         self.augment = augmentation(parse(TargetTrainSettings, self.settings, "train"))
+        self.templates = templates  # the annotator's prompt templates (the classifier's text)
 
     def make_optimizer(self) -> tuple[torch.optim.Optimizer, Any]:
         s = self.settings
@@ -307,7 +310,7 @@ class TargetTraining:
 
     def save_final(self, path: str) -> str:
         save_atomic(self.final_state(), path)
-        return f"the target network in {path} (evaluate: python tools/eval.py model=target model.checkpoint={path})"
+        return f"the target network in {path} (evaluate: {eval_command(self.settings, self.templates, path)})"
 
     def inputs(self) -> dict[str, Input]:
         return self._inputs
@@ -316,6 +319,31 @@ class TargetTraining:
         """``last.pt``: the network's weights and everything needed to rebuild it (``model=target``)."""
         return {"model_state_dict": {k: v.detach().cpu() for k, v in self.module.state_dict().items()},
                 **self.record, "vocabulary": list(self.names)}
+
+
+def eval_command(settings: Mapping[str, Any], templates: str, path: str) -> str:
+    """The command that scores the trained network on its benchmark's validation split, as it was
+    trained: the benchmark and its folder, its class names (file or set) and prompt templates; the
+    CLIP is the one ``last.pt`` records. For ``train.benchmark=folder`` (no labels) the benchmark
+    is left to give."""
+    import shlex
+
+    from ...config import MaskCLIPConfig
+
+    args = ["python tools/eval.py", "model=target", f"model.checkpoint={shlex.quote(path)}"]
+    if settings["benchmark"] == FOLDER:
+        args.append("data=<a benchmark with labels>")
+    else:
+        args.append(f"data={settings['benchmark']}")
+        if settings.get("data"):
+            args.append(f"data.root={shlex.quote(str(settings['data']))}")
+        if settings.get("vocabulary_set"):
+            args.append(f"data.vocabulary_set={settings['vocabulary_set']}")
+    if settings.get("vocabulary"):
+        args.append(f"data.vocabulary={shlex.quote(str(settings['vocabulary']))}")
+    if templates != MaskCLIPConfig.templates:
+        args.append(f"model.maskclip.templates={templates}")
+    return " ".join(args)
 
 
 def segmentation_loss(logits: Tensor, labels: Tensor) -> Tensor:
@@ -344,6 +372,15 @@ def label_statistics(labels: Tensor, names: list[str], source: str) -> dict[str,
     return stats
 
 
+def recorded_clip_of(annotator: Mapping[str, Any]) -> dict[str, Any]:
+    """What ``last.pt`` records of the annotator's CLIP (the text embeddings the target's classifier
+    is made of; ``model=target`` classifies with it by default): name and weights, a local file
+    by its absolute path (the evaluation may run elsewhere)."""
+    clip = annotator.get("clip") or {}
+    return {k: os.path.abspath(v) if isinstance(v, str) and os.path.isfile(v) else v
+            for k, v in ((k, clip.get(k)) for k in ("name", "pretrained"))}
+
+
 def build_task(cfg: Mapping[str, Any], device: torch.device, world: int) -> TargetTraining:
     """The annotator (frozen, the vocabulary set), the target (its classifier = the vocabulary's
     text embeddings of the annotator's CLIP) and the training images of ``cfg``."""
@@ -360,8 +397,7 @@ def build_task(cfg: Mapping[str, Any], device: torch.device, world: int) -> Targ
     if world > 1 and device.type == "cuda" and not target_cfg.norm_eval:
         target = convert_sync_batchnorm(target)  # MaskCLIP+'s SyncBN
     names = [synonyms[0] for synonyms in vocabulary]
-    record = {"target": plain(target_cfg),
-              "clip": {k: (cfg["annotator"].get("clip") or {}).get(k) for k in ("name", "pretrained")}}
+    record = {"target": plain(target_cfg), "clip": recorded_clip_of(cfg["annotator"])}
     labels = seen = None
     if unseen is not None:
         annotator.set_vocabulary([vocabulary[i] for i in unseen])  # it labels the unseen pixels among these
@@ -369,7 +405,8 @@ def build_task(cfg: Mapping[str, Any], device: torch.device, world: int) -> Targ
         record["unseen"] = {"benchmark": tcfg.benchmark, "indices": list(unseen), "names": [names[i] for i in unseen]}
     return TargetTraining(target.to(device), annotator, plain(tcfg), files, names,
                           precision=cfg.get("precision", "fp32"), record=record, unseen=unseen, labels=labels,
-                          seen=seen, inputs=run_inputs(tcfg, root, files, labels))
+                          seen=seen, inputs=run_inputs(tcfg, root, files, labels),
+                          templates=(cfg["annotator"].get("maskclip") or {}).get("templates", "imagenet80"))
 
 
 def train(cfg: Mapping[str, Any], device: torch.device, run: RunFolder | None = None, *,
