@@ -416,13 +416,13 @@ def test_openais_tags_load_with_the_activation_they_were_trained_with(tiny_clip_
     """OpenAI's weights were trained with QuickGELU; open_clip >= 2.26 builds ``RN50`` /
     ``ViT-B-16`` with exact GELU and only warns. The tag's own pretrained config says which
     (open_clip's ``quick_gelu`` flag), also when the weights come from a local copy."""
-    from clip_dinoiser.models.backbone import _open_clip_from_state_dict, trained_with_quick_gelu
+    from clip_dinoiser.models.backbone import open_clip_from_state_dict, trained_with_quick_gelu
 
     assert trained_with_quick_gelu("RN50", "openai") and trained_with_quick_gelu("ViT-B-16", "openai")
     assert trained_with_quick_gelu("RN50x16", "openai")
     assert not trained_with_quick_gelu("ViT-B-16", "laion2b_s34b_b88k") and not trained_with_quick_gelu("RN50", None)
-    model = _open_clip_from_state_dict(tiny_clip_file[0], tiny_clip_file[1], quick_gelu=True)
+    model = open_clip_from_state_dict(tiny_clip_file[0], tiny_clip_file[1], quick_gelu=True)
     acts = [type(b.mlp.gelu).__name__ for b in [*model.visual.transformer.resblocks, *model.transformer.resblocks]]
     assert acts and set(acts) == {"QuickGELU"}
-    plain = _open_clip_from_state_dict(tiny_clip_file[0], tiny_clip_file[1])
+    plain = open_clip_from_state_dict(tiny_clip_file[0], tiny_clip_file[1])
     assert {type(b.mlp.gelu).__name__ for b in plain.visual.transformer.resblocks} == {"GELU"}

@@ -144,7 +144,7 @@ def load_open_clip(name: str, pretrained: str | None, key: str = "model.clip.pre
     quick_gelu = trained_with_quick_gelu(name, pretrained)  # before the tag becomes its local copy's path
     pretrained = local_or_value(clip_weight(name, pretrained, key))
     if pretrained and os.path.isfile(pretrained):
-        model = _open_clip_from_state_dict(name, pretrained, key, quick_gelu)
+        model = open_clip_from_state_dict(name, pretrained, key, quick_gelu)
         if model is not None:
             return model.eval()
         try:  # a wrapped or converted checkpoint: open_clip's own loader
@@ -180,7 +180,7 @@ def trained_with_quick_gelu(name: str, pretrained: str | None) -> bool:
     return bool((get_pretrained_cfg(name, pretrained) or {}).get("quick_gelu", False))
 
 
-def _open_clip_from_state_dict(name: str, path: str, key: str = "model.clip.pretrained",
+def open_clip_from_state_dict(name: str, path: str, key: str = "model.clip.pretrained",
                                quick_gelu: bool = False) -> nn.Module | None:
     """The open_clip model ``name`` with the tensors of a plain state-dict file, built without
     a random initialisation (on the meta device; the weights are assigned, not copied).
