@@ -77,6 +77,8 @@ def check_output_dir(path: str, key: str) -> None:
     if not os.path.isdir(probe):
         raise NotADirectoryError(f"{key}={path}: {probe} exists and is not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
+        if os.statvfs(probe).f_flag & os.ST_RDONLY:
+            raise PermissionError(f"{key}={path}: folder {probe} is on a read-only file system (write elsewhere)")
         raise PermissionError(f"{key}={path}: folder {probe} is not writable")
 
 

@@ -22,6 +22,7 @@ from clip_dinoiser.config import EvalConfig, SlideConfig, parse, register_config
 from clip_dinoiser.engine.evaluation.sweep import decoding_fields, point_name, sweep_points
 from clip_dinoiser.engine.job.cli import launch, main_process, multirun_dirs, resolve_device, user_errors_as_one_line
 from clip_dinoiser.engine.job.runs import RESULT_FILES, RunFolder, claim_all, release_all
+from clip_dinoiser.engine.job.signals import deferred
 from clip_dinoiser.engine.reporting.summary import SUMMARY_FILES, write_summary
 from clip_dinoiser.values import check_precision
 
@@ -137,9 +138,10 @@ def run(cfg: DictConfig) -> list[list[BenchmarkResult]]:
                     log.info("sweep so far:\n%s", write_summary([sweep_dir], sweep_dir))
         failed = False
     finally:
-        evaluator.close()
-        if main_rank:
-            release_all(folders, failed)
+        with deferred(deliver=not failed):  # a second Ctrl-C waits: the folders are released, not half left
+            evaluator.close()
+            if main_rank:
+                release_all(folders, failed)
     return [[r for _, r in results] for results in per_point]
 
 

@@ -138,14 +138,17 @@ def deferred(deliver: bool = True) -> Iterator[None]:
                 signal.raise_signal(signum)
 
 
-_announced = False  # a line about the end of the process was printed (``announce``)
+class LastLine:
+    """Whether the process's last line (an error, an interruption) was printed (``announce``): a
+    signal after it ends the process without another (the process's, as signals are)."""
+
+    printed: ClassVar[bool] = False
 
 
 def announce(line: str) -> None:
-    """Print the process's last line (an error, an interruption) on stderr; a signal after it
-    ends the process without another line (``exit_on_signal``)."""
-    global _announced
-    _announced = True
+    """Print the process's last line on stderr; a signal after it ends the process without
+    another line (``exit_on_signal``)."""
+    LastLine.printed = True
     print(line, file=sys.stderr, flush=True)
 
 
@@ -159,7 +162,7 @@ def exit_on_signal() -> None:
 
 
 def _exit_now(signum: int, frame) -> None:
-    if not _announced:
+    if not LastLine.printed:
         with contextlib.suppress(OSError, ValueError):
             sys.stderr.write(f"interrupted ({signal.Signals(signum).name}): stopped\n")
     for stream in (sys.stdout, sys.stderr):

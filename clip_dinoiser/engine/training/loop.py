@@ -177,14 +177,7 @@ def run_loop(task: Task, sampler: ResumableBatchSampler, tcfg: Mapping[str, Any]
 
     def save(iteration: int) -> None:
         if rank == 0 and run is not None:
-            try:
-                _save_checkpoint(run, iteration, task.module, optimizer, scheduler, keep)
-            except WriteError as e:  # a full disk: the run stops; what it saved before stays
-                kept = (f"iteration {saved} is the newest checkpoint kept: free space, then "
-                        f"{resume_command(run.path)} continues from it" if saved else "no checkpoint was saved")
-                err = WriteError(f"{e}; {kept}")
-                err.errno = e.errno
-                raise err from None
+            _save_checkpoint(run, iteration, task.module, optimizer, scheduler, keep, saved)
 
     curves = Curves(run if rank == 0 else None, start)
     bar = tqdm(total=sampler.total, initial=start, desc="train", unit="it", disable=rank != 0, dynamic_ncols=True)
@@ -221,12 +214,17 @@ def run_loop(task: Task, sampler: ResumableBatchSampler, tcfg: Mapping[str, Any]
         raise handled(e) from None
     finally:
         bar.close()
-        try:
-            curves.close()
-        except OSError:
-            if finished:  # else the error under way is the one to tell
-                raise
+        _close(curves, finished)
     return done
+
+
+def _close(curves: Curves, finished: bool) -> None:
+    """The curves' last lines written; after a failure, an error of theirs gives way to the one under way."""
+    try:
+        curves.close()
+    except OSError:
+        if finished:
+            raise
 
 
 def _check_finite(loss: Tensor, done: int, saved: int, device: torch.device, world: int) -> None:
@@ -310,10 +308,20 @@ def _loader(dataset: Dataset, sampler: ResumableBatchSampler, tcfg: Mapping[str,
                       worker_init_fn=ignore_signals)
 
 
-def _save_checkpoint(run: RunFolder, iteration: int, module: nn.Module, optimizer, scheduler, keep: int) -> None:
+def _save_checkpoint(run: RunFolder, iteration: int, module: nn.Module, optimizer, scheduler, keep: int,
+                     saved: int) -> None:
+    """Checkpoint ``iteration``, then keep the newest ``keep``. A full disk (quota, read-only file
+    system) stops the run in one line naming the file and the checkpoint kept (``saved``)."""
     path = run.file(os.path.join(CHECKPOINTS, f"iter_{iteration:07d}.pt"))
-    save_atomic({"iteration": iteration, "model_state_dict": module.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict()}, path)
+    try:
+        save_atomic({"iteration": iteration, "model_state_dict": module.state_dict(),
+                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, path)
+    except WriteError as e:  # what was saved before stays
+        kept = (f"iteration {saved} is the newest checkpoint kept: free space, then {resume_command(run.path)} "
+                "continues from it" if saved else "no checkpoint was saved")
+        err = WriteError(f"{e}; {kept}")
+        err.errno = e.errno
+        raise err from None
     for old in checkpoints(run.path)[:-keep]:
         os.remove(old)
 

@@ -55,7 +55,7 @@ def run_training_tool(cfg: DictConfig, tool: TrainingTool) -> str | None:
 
     from ..job import distributed as dist
     from ..job.cli import interrupted_message, multirun_dirs, resolve_device
-    from ..job.signals import Interrupted
+    from ..job.signals import Interrupted, deferred
 
     resuming = bool(cfg.train.resume)
     overrides = list(HydraConfig.get().overrides.task)
@@ -100,11 +100,12 @@ def run_training_tool(cfg: DictConfig, tool: TrainingTool) -> str | None:
         failed = False
         return last
     finally:
-        if handler is not None:
-            logging.getLogger().removeHandler(handler)
-            handler.close()
-        # a new run that failed (or was stopped) before its first checkpoint leaves nothing behind
-        folder.release(failed=failed, discard=failed and not resuming and latest_checkpoint(folder.path) is None)
+        with deferred(deliver=not failed):  # a second Ctrl-C waits: no half-removed run blocks the next one
+            if handler is not None:
+                logging.getLogger().removeHandler(handler)
+                handler.close()
+            # a new run that failed (or was stopped) before its first checkpoint leaves nothing behind
+            folder.release(failed=failed, discard=failed and not resuming and latest_checkpoint(folder.path) is None)
 
 
 def _evaluate(model_cfg: dict[str, Any], evaluation: TrainEvalConfig, device, folder: RunFolder) -> None:
