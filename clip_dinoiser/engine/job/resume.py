@@ -109,9 +109,10 @@ def resume_config(cfg: DictConfig, overrides: list[str], free: Sequence[str],
         key = override.key_or_group
         new, old = _plain(OmegaConf.select(cfg, key)), _plain(OmegaConf.select(saved, key))
         if key in free:
-            if new != old and key != "train.resume":
+            if new != old:
                 OmegaConf.update(saved, key, new, force_add=True)
-                changes.append(f"{key}: {old} -> {new}")
+                if key != "train.resume":  # the resume itself is no change of the run
+                    changes.append(f"{key}: {old} -> {new}")
         elif new != old:
             refused.append(f"{key} ({old} -> {new})")
     if refused:
