@@ -312,6 +312,7 @@ def test_published_numbers_only_under_their_own_protocol():
     assert reference_for(BENCHMARKS["voc20"], zs, "maskclip", zero_shot=True).paper_miou == 87.8
 
 
+@pytest.mark.slow
 def test_eval_tool_under_protocol_maskclip_scores_whole_images(tmp_path, tiny_rn_file):
     """The preset through the command line: whole images, MaskCLIP's names, the scores resized;
     the same mIoU as the evaluator called with those settings directly."""

@@ -184,6 +184,7 @@ def test_an_unseen_label_value_never_reaches_the_loss(tmp_path, tiny_clip_file, 
                               "names": ["potted plant", "sheep", "sofa", "train", "tv monitor"]}
 
 
+@pytest.mark.slow
 def test_seen_unseen_and_hiou_equal_numpy_on_saved_predictions(tmp_path, tiny_clip_file):
     from clip_dinoiser.engine.training import target_train
 
