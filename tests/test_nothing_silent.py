@@ -511,7 +511,8 @@ def eval_run(folder: str, *, model: str = "maskclip", bench: dict | None = None,
 def test_the_robustness_table_against_hand_computed_numbers():
     """``summary.robustness_table``, pinned by numbers worked out by hand. Planted bugs caught: the
     clean score averaged in with the severities (mean 40.0, not 30.0); a run averaged over only
-    the benchmarks it has (the context-less run's score 60.0, not "-"); a later run written over
+    the benchmarks it has (the context-less run's score 60.0, not "-"; a run whose Context score
+    is null scored by its VOC score alone); a later run written over
     an earlier one's cell (VOC and Context runs of one model in one row)."""
     from clip_dinoiser.engine.reporting.summary import robustness_table, summary_rows
 
@@ -520,10 +521,13 @@ def test_the_robustness_table_against_hand_computed_numbers():
              for s in range(1, 6)]  # voc 20..60, context 0..40: per run the mean of the two, 10..50
     runs += [eval_run("r/snow1", corruption="snow", severity=1, bench={"voc": 60.0})]  # no context: no score
     runs += [eval_run("r/fog1_again", corruption="fog", severity=1, bench={"voc": 99.0, "context": 99.0})]
+    runs += [eval_run("r/rain1", corruption="rain", severity=1, bench={"voc": 40.0, "context": None})]  # no score
     table = robustness_table(runs)
     fog = next(r for r in table.rows if r["corruption"] == "fog" and r["benchmark"] == "voc+context")
     assert [fog[f"severity {s}"] for s in range(1, 6)] == [10.0, 20.0, 30.0, 40.0, 50.0]
     assert fog["mean"] == 30.0 and fog["clean"] == 80.0
+    rain = next(r for r in table.rows if r["corruption"] == "rain" and r["benchmark"] == "voc+context")
+    assert rain["severity 1"] is None  # a benchmark without a score: no score, not voc's alone
     snow = next(r for r in table.rows if r["corruption"] == "snow")
     assert snow["benchmark"] == "voc" and snow["severity 1"] == 60.0 and snow["mean"] is None
     assert any(c.startswith("fog1_again: ") and c.endswith(", as fog1") for c in table.clashes)  # never written over
