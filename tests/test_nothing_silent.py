@@ -496,6 +496,81 @@ def test_signals_wait_for_a_claim_or_a_clean_up_to_finish():
     assert order[-1] == "dropped"
 
 
+def test_a_signal_replaced_by_the_error_of_the_code_it_landed_in_is_still_the_interruption(capsys):
+    """``signals.interruption`` in the tools' wrapper: a signal lands in any code; a library's
+    ``finally`` failing on the half-done state it left (OmegaConf during a merge: "error:
+    train.ratio_range: 'NoneType' object has no attribute '_invalidate_flags_cache'", exit 2) is
+    the interruption all the same. Planted bug caught: only an ``Interrupted`` itself recognised."""
+    from clip_dinoiser.engine.job.cli import user_errors_as_one_line
+    from clip_dinoiser.engine.job.signals import Interrupted
+
+    class Half:  # a library's node, half made when the signal came
+        child = None
+
+    @user_errors_as_one_line
+    def merge():
+        try:
+            try:
+                raise Interrupted(signal.SIGINT)  # what the handler raises where the signal lands
+            finally:
+                Half.child.invalidate()  # the library's clean-up: AttributeError on None
+        except AttributeError as e:
+            raise ConfigError(f"train.ratio_range: {e}") from None  # the library's own error about it
+
+    with pytest.raises(SystemExit) as stopped:
+        merge()
+    assert stopped.value.code == 130
+    assert capsys.readouterr().err == "interrupted (SIGINT): stopped, no results written\n"
+
+    @user_errors_as_one_line
+    def plain():
+        raise ConfigError("train.ratio_range=[2,1]: the low end is above the high end")
+
+    with pytest.raises(SystemExit) as stopped:
+        plain()
+    assert stopped.value.code == 2  # an error with no signal behind it stays the error
+
+
+EXITING = """
+import os, sys
+from clip_dinoiser.engine.job.signals import announce, exit_on_signal
+
+
+class TornDown:
+    def __del__(self, write=os.write, read=os.read):  # runs while the interpreter tears __main__ down
+        write(1, b"tearing down\\n")
+        read(0, 1)  # until the test has sent its signal
+
+
+exit_on_signal()
+torn_down = TornDown()
+announce("interrupted (SIGINT): stopped, no results written")
+sys.exit(130)
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_the_interpreter_exits_keeps_the_exit_code(tmp_path, signum):
+    """``signals.exit_on_signal`` owns the signals until the process has exited: CPython resets its
+    handlers to the default before tearing the modules down (slow with torch loaded), so without
+    the handover to "ignored" a second Ctrl-C just after the one-line message killed the process
+    by the signal (exit -2 in Python, not 130). Planted bug caught: ``exit_on_signal`` without it."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "exiting.py"
+    script.write_text(EXITING)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    assert proc.stdout.readline() == b"tearing down\n"
+    proc.send_signal(signum)
+    out, err = proc.communicate(b"x", timeout=60)  # the byte lets the teardown go on
+    assert proc.returncode == 130, err.decode()[-2000:]
+    assert err.decode() == "interrupted (SIGINT): stopped, no results written\n"
+
+
 # ---------------------------------------------------------------- 7. summaries
 
 

@@ -12,11 +12,13 @@ Who handles a signal, from the start of a tool to its exit (one owner at every m
 * outside a run, from the tool's start to the process's exit (``exit_on_signal``, installed by
   the tools' ``launch``): the process ends at once with 128 + the signal and at most one line,
   never a ``KeyboardInterrupt`` traceback from whatever code (tqdm's finalizers, the interpreter's
-  exit) the signal lands in.
+  exit) the signal lands in; once the interpreter's exit has begun, a signal is ignored (the
+  process is ending with its own exit code).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -102,6 +104,24 @@ class StopRequest:
         sys.unraisablehook = self._hook
 
 
+def interruption(e: BaseException) -> Interrupted | None:
+    """The ``Interrupted`` behind ``e``: ``e`` itself, or one that ``e`` replaced (in its chain of
+    causes and contexts), else None. A signal lands in any code: where a library's clean-up (a
+    ``finally``) fails on the half-done state the signal left behind (OmegaConf: "'NoneType' object
+    has no attribute '_invalidate_flags_cache'"), its error replaces the ``Interrupted`` and would
+    be reported as an error naming a key or a file that is not at fault."""
+    todo, seen = [e], set()
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        if isinstance(e, Interrupted):
+            return e
+        seen.add(id(e))
+        todo += [e.__cause__, e.__context__]
+    return None
+
+
 def raise_if_stopped() -> None:
     """Raise ``Interrupted`` for a signal whose exception was swallowed where it landed."""
     if StopRequest.pending is not None:
@@ -156,9 +176,15 @@ def exit_on_signal() -> None:
     """From now until the process exits, SIGINT and SIGTERM outside a run end it at once: exit code
     128 + the signal, one line (none if ``announce`` printed the last one already), no traceback
     and no finalizer run (tqdm's, the interpreter's). A run installs its own handlers over these
-    and puts these back when it ends. For the tools' main process only (``cli.launch``)."""
+    and puts these back when it ends. For the tools' main process only (``cli.launch``).
+
+    From the ``atexit`` callbacks of Python's exit on, they are ignored: the process is ending with
+    its own exit code already. The interpreter then resets every handler of Python's to the
+    default before it tears its modules down (slow with torch loaded), so a signal there (a second
+    Ctrl-C after the one-line message) would kill the process by the signal, not exit 128 + it."""
     for s in SIGNALS:
         signal.signal(s, _exit_now)
+    atexit.register(ignore_signals)
 
 
 def _exit_now(signum: int, frame) -> None:
