@@ -45,6 +45,15 @@ MASKCLIP = MappingProxyType({
     "batch": (16, "MC README: 4 GPUs x samples_per_gpu=4"),
     "ratio_range": ((0.5, 2.0), _DS + "*.py train_pipeline Resize ratio_range=(0.5, 2.0)"),
     "cat_max_ratio": (0.75, _DS + "*.py train_pipeline RandomCrop cat_max_ratio=0.75"),
+    "flip": (0.5, _DS + "*.py train_pipeline RandomFlip prob=0.5"),
+    "photometric": ({"brightness_delta": 32, "contrast_range": (0.5, 1.5), "saturation_range": (0.5, 1.5),
+                     "hue_delta": 18}, _DS + "*.py train_pipeline dict(type='PhotoMetricDistortion'): mmseg 0.20's "
+                                          "defaults (mmseg/datasets/pipelines/transforms.py)"),
+    "img_norm": (((123.675, 116.28, 103.53), (58.395, 57.12, 57.375)),
+                 _DS + "*.py img_norm_cfg mean, std on 0..255 RGB (to_rgb=True), for the target's input too"),
+    "target": ({"output_stride": 8, "dropout": 0.0, "norm_eval": False, "dilations": (6, 12, 18, 24)},
+               "MC configs/_base_/models/maskclip_plus_r50.py: ResNetV1c strides (1, 2, 1, 1) dilations (1, 1, 2, 4) "
+               "(d8), norm_eval=False, dropout_ratio=0, ASPPHeadV2 dilations=(6, 12, 18, 24)"),
     "splits": ({"voc": ((2048, 512), (512, 512), 2000), "context": ((520, 520), (480, 480), 4000),
                 "coco_stuff": ((2048, 512), (512, 512), 8000), "cityscapes": ((2048, 1024), (512, 1024), 4000),
                 "ade20k": ((2048, 512), (512, 512), 8000)},
@@ -141,7 +150,38 @@ def test_the_pipeline_resizes_within_maskclips_ratio_and_crops_with_its_category
         assert tuple(resize.ratio_range) == mc("ratio_range") and resize.resize.keep_ratio
         assert tuple(resize.scale) == mc("splits")["voc"][0] and tuple(crop.crop_size) == mc("splits")["voc"][1]
         assert crop.cat_max_ratio == ratio
+        flip = next(s for s in steps if type(s).__name__ == "RandomFlip")
+        assert flip.prob == mc("flip") and flip.direction == "horizontal"
+        pmd = next(s for s in steps if type(s).__name__ == "PhotoMetricDistortion")
+        assert {"brightness_delta": pmd.brightness_delta, "contrast_range": (pmd.contrast_lower, pmd.contrast_upper),
+                "saturation_range": (pmd.saturation_lower, pmd.saturation_upper),
+                "hue_delta": pmd.hue_delta} == mc("photometric")
     assert SegAugment().ratio_range == mc("ratio_range")
+
+
+def test_the_target_is_maskclip_pluses_network_on_its_normalised_input():
+    """The default target (MaskCLIP+'s ``maskclip_plus_r50.py``): d8, no dropout, BatchNorm trained,
+    ASPPHeadV2's dilations; its input normalised with MaskCLIP+'s img_norm_cfg: the head's input
+    equals the backbone run on (255 x image - mean) / std with those literals."""
+    from clip_dinoiser.models.target import build_target
+
+    from .test_target import TINY, perturb_norms
+
+    cfg = parse(TargetConfig, compose_tool("train_target").target, "target")
+    expected = mc("target")
+    assert (cfg.output_stride, cfg.dropout, cfg.norm_eval, cfg.dilations) == (
+        expected["output_stride"], expected["dropout"], expected["norm_eval"], None)
+    torch.manual_seed(0)
+    model = build_target(TargetConfig(**{**cfg.__dict__, "pretrained": None, "kwargs": dict(TINY)}), 16).eval()
+    perturb_norms(model)
+    assert model.backbone.feature_info.reduction()[-1] == expected["output_stride"]
+    assert model.head.dilations == expected["dilations"] and isinstance(model.dropout, torch.nn.Identity)
+    images = torch.rand(2, 3, 40, 56)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in mc("img_norm"))
+    with torch.no_grad():
+        feats = model.backbone((images * 255 - mean) / std)
+        torch.testing.assert_close(model.embed(images), model.head([feats[i] for i in model.levels]),
+                                   rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["voc20", "voc", "context", "coco_stuff"])
@@ -161,6 +201,22 @@ def test_zero_shot_presets_are_maskclip_pluses_configs(name):
     assert (annotator["clip"]["input"], annotator["maskclip"]["templates"], t.vocabulary_set) == (
         "mmseg", "maskclip85", "maskclip")
     assert annotator["maskclip"]["ks_thresh"] == annotator["maskclip"]["pd_thresh"] == 0.0
+    assert annotator["bg_refine"] is False  # MaskCLIP has no background refinement (CLIP-DINOiser's)
+
+
+def test_context59s_unseen_classes_are_contexts_without_the_background():
+    """MaskCLIP's zero-shot Context split is given on the 60 classes (background at 0); on context59
+    (no background) the same classes are one index lower, and the class-name files agree."""
+    from clip_dinoiser.data.benchmarks import BENCHMARKS
+    from clip_dinoiser.vocabulary import read_vocabulary_file
+
+    context = mc("zs.context")["unseen"]
+    assert MASKCLIP_UNSEEN["context59"] == tuple(i - 1 for i in context)
+    names = {name: read_vocabulary_file(BENCHMARKS[name].vocabulary_in("maskclip"))
+             for name in ("context", "context59")}
+    assert names["context"][0][0] == "background" and names["context"][1:] == names["context59"]
+    assert [names["context"][i][0] for i in context] == [names["context59"][i][0] for i in MASKCLIP_UNSEEN["context59"]]
+    assert [names["context"][i][0] for i in context][:4] == ["cow", "motorbike", "sofa", "cat"]  # the configs' comment
 
 
 def test_published_numbers_are_maskclips():

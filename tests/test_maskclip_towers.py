@@ -65,10 +65,13 @@ def softmax_probs(dense: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
     return (100 * cos).softmax(dim=1)
 
 
-@pytest.mark.parametrize("size", [(64, 64), (96, 160), (75, 131)])
+# (127, 255): odd sides whose last row and column reach the last stage (each halving keeps them), so
+# any padding of the input would show; at 75 the stages' floor divisions drop the last row anyway
+@pytest.mark.parametrize("size", [(64, 64), (96, 160), (75, 131), (127, 255)])
 @pytest.mark.parametrize("input_mode", ["clip", "mmseg"])
 def test_resnet_dense_probabilities_from_open_clips_own_modules(tiny_rn_file, size, input_mode):
     model = maskclip(tiny_rn_file, clip={"input": input_mode})
+    assert not any(p.requires_grad for p in model.backbone.parameters())  # frozen
     clip_model = open_clip.create_model(tiny_rn_file[0].rsplit("/", 1)[-1][:-5], pretrained=tiny_rn_file[1]).eval()
     torch.manual_seed(1)
     images = torch.rand(2, 3, *size)
@@ -82,6 +85,8 @@ def test_resnet_dense_probabilities_from_open_clips_own_modules(tiny_rn_file, si
     torch.testing.assert_close(feats.dense, dense, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(feats.keys, keys, rtol=1e-5, atol=1e-5)
     assert feats.dense.shape[-2:] == dense.shape[-2:]  # the grid the convolutions give, no padding
+    if size[0] % 32 == 0 and size[1] % 32 == 0:  # the output stride the backbone reports: open_clip's
+        assert model.backbone.patch_size == (size[0] // dense.shape[-2], size[1] // dense.shape[-1])
     text = model.text.current.embeddings
     torch.testing.assert_close(model.decode(feats), softmax_probs(dense, text), rtol=1e-5, atol=1e-6)
 
@@ -131,6 +136,49 @@ def test_resnet_key_smoothing_and_prompt_denoising_as_maskclips_code(tiny_rn_fil
         out = p.transpose(1, 2).reshape(n, c, h, w)
     torch.testing.assert_close(model.decode(model.features(images, keys=True)), out, rtol=1e-4, atol=1e-5)
     assert model.decode(model.features(images, keys=True)).shape == (2, len(NAMES), h, w)
+
+
+def test_prompt_denoising_and_key_smoothing_decide_per_class_and_per_patch_as_maskclips_code():
+    """MaskCLIP's ``refine_output`` at its edges. PD: a class is dropped iff its maximum over the
+    image is strictly below ``pd_thresh`` (``max_cls_conf < pd_thresh``: a class exactly at it
+    stays) and gets a cosine of -100, i.e. -100 x 100 in scores at MaskCLIP's temperature 100. KS:
+    a patch is replaced iff its own maximum over the classes is strictly below ``ks_thresh``
+    (``output.max(dim=-1, keepdim=True)[0] < ks_thresh`` on the B x N x K map); the others keep
+    their probabilities."""
+    from clip_dinoiser.models.refinement import key_smoothing, prompt_denoising
+
+    torch.manual_seed(0)
+    logits = torch.randn(1, 3, 2, 2) * 10
+    probs = torch.full((1, 3, 2, 2), 0.125)
+    probs[0, 0, 1, 1], probs[0, 1, 0, 1], probs[0, 2, 1, 0] = 0.5, 0.25, 0.75  # each class's maximum
+    out = prompt_denoising(logits, probs, 0.5)
+    assert torch.equal(out[:, [0, 2]], logits[:, [0, 2]])  # class 0 at exactly 0.5 stays
+    assert torch.equal(out[:, 1], torch.full((1, 2, 2), -100.0 * 100.0))
+
+    probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.5, 0.5], [0.3, 0.7]]).T.reshape(1, 2, 2, 2)  # 4 patches
+    keys = torch.randn(1, 4, 6)
+    p = probs.flatten(2).transpose(1, 2)  # B x N x K
+    k = keys / keys.norm(dim=1, keepdim=True)  # F.normalize(k, p=2): dimension 1
+    smoothed = (k @ k.transpose(1, 2)) @ p
+    replaced = torch.tensor([False, False, True, False])  # maxima 0.9, 0.6 (= thresh), 0.5, 0.7
+    expected = torch.where(replaced[None, :, None], smoothed, p).transpose(1, 2).reshape(1, 2, 2, 2)
+    torch.testing.assert_close(key_smoothing(probs, keys, 0.6), expected)
+
+
+def test_background_refinement_resizes_a_coarser_objectness_map_bilinearly():
+    """The refinements' third rule (CLIP-DINOiser's) on an objectness map of another grid: resized
+    bilinearly (align_corners=False) to the probabilities' grid, then the rule per pixel."""
+    from clip_dinoiser.models.refinement import background_refinement
+
+    torch.manual_seed(0)
+    probs = torch.rand(2, 3, 4, 6).softmax(1)
+    probs[0, :, 0, 0] = torch.tensor([0.995, 0.003, 0.002])  # one confident pixel
+    logits = torch.randn(2, 1, 2, 3) * 3
+    up = F.interpolate(logits, size=(4, 6), mode="bilinear", align_corners=False)
+    rule = (torch.sigmoid(up[:, 0]) <= 0.5) & (probs.max(1).values < 0.99)
+    expected = probs.clone()
+    expected[:, 1][rule] = 1.0
+    assert torch.equal(background_refinement(probs, logits, 1, 0.99), expected)
 
 
 def test_vit_keys_go_through_the_attention_output_projection(tiny_clip_file):
@@ -256,7 +304,7 @@ def test_whole_mode_runs_each_image_at_once_and_slide_logits_average_scores(tiny
 # --------------------------------------------------------------------------- protocol presets
 
 
-def test_protocol_maskclip_reads_maskclips_class_names_and_templates(tiny_rn_file):
+def test_protocol_maskclip_reads_maskclips_class_names_and_templates(tiny_rn_file, tmp_path):
     from clip_dinoiser.data.benchmarks import BENCHMARKS
     from clip_dinoiser.engine.evaluation.evaluate import Evaluator
     from clip_dinoiser.models.text import maskclip_templates
@@ -267,6 +315,9 @@ def test_protocol_maskclip_reads_maskclips_class_names_and_templates(tiny_rn_fil
     assert [s[0] for s in voc20] == [
         "airplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "dining table", "dog",
         "horse", "motorbike", "person", "potted plant", "sheep", "sofa", "train", "tv monitor"]
+    # no set (data.vocabulary_set null) and ours: our class names
+    assert BENCHMARKS["voc20"].vocabulary_in(None) == BENCHMARKS["voc20"].vocabulary_in("clip_dinoiser")
+    assert read_vocabulary_file(BENCHMARKS["voc20"].vocabulary_in(None))[0][0] == "aeroplane"
     # coco_object has no MaskCLIP names: ours; an unknown set is one line naming the key
     assert BENCHMARKS["coco_object"].vocabulary_in("maskclip") == BENCHMARKS["coco_object"].vocabulary_file
     with pytest.raises(ConfigError, match="data.vocabulary_set=bogus: unknown"):
@@ -277,6 +328,10 @@ def test_protocol_maskclip_reads_maskclips_class_names_and_templates(tiny_rn_fil
     setting = Evaluator(slide=SlideConfig(scores="logits"), vocabulary_set="maskclip").setting(
         model, BENCHMARKS["voc20"])
     assert setting.classes.names[0] == "airplane" and setting.decoding.scores == "logits"
+    own = tmp_path / "names.txt"  # data.vocabulary: a file of the user's, over any set
+    own.write_text("".join(f"thing{i}\n" for i in range(20)))
+    setting = Evaluator(vocabulary_set="maskclip").setting(model, BENCHMARKS["voc20"], vocabulary=str(own))
+    assert setting.classes.names == [f"thing{i}" for i in range(20)]
 
 
 def test_load_applies_a_protocol_under_the_callers_own_settings(tiny_rn_file):
@@ -310,6 +365,10 @@ def test_published_numbers_only_under_their_own_protocol():
     assert reference_for(BENCHMARKS["context59"], target, "maskclip").paper_miou == 31.1
     zs = {"name": "target", "clip": {"name": "RN50", "pretrained": "openai"}}
     assert reference_for(BENCHMARKS["voc20"], zs, "maskclip", zero_shot=True).paper_miou == 87.8
+    from clip_dinoiser.config import CLIPConfig, ModelConfig
+
+    as_tools_pass_it = ModelConfig(name="maskclip", clip=CLIPConfig(name="RN50", pretrained="openai"))
+    assert reference_for(BENCHMARKS["voc20"], as_tools_pass_it, "maskclip").paper_miou == 41.5
 
 
 @pytest.mark.slow
@@ -384,6 +443,27 @@ def test_robustness_table_keeps_towers_and_benchmarks_apart(tmp_path):
     with open(tmp_path / "rob.png", "wb") as f:
         plot_robustness(table, f)
     assert Image.open(tmp_path / "rob.png").size[0] > 600
+
+
+def test_robustness_rows_keep_other_settings_apart_and_a_tower_column_only_for_several_towers():
+    """Runs that differ in another setting (here key smoothing) are rows of their own, each with its
+    own clean reference; with one tower there is no tower column."""
+    from clip_dinoiser.engine.reporting.summary import Run, robustness_table
+
+    runs = []
+    for ks, base in ((0.0, 10.0), (0.5, 20.0)):
+        for corruption, severity, drop in ((None, 1, 0.0), ("spatter", 2, 1.0), ("spatter", 4, 3.0)):
+            settings = {"model.name": "maskclip", "model.clip.name": "RN50", "data.name": "voc20",
+                        "data.corruption": corruption, "data.severity": severity, "model.maskclip.ks_thresh": ks}
+            runs.append(Run(f"run{len(runs)}", "eval", settings, {"voc20": {"mIoU": base - drop, "paper_mIoU": None}}))
+    table = robustness_table(runs)
+    assert "tower" not in table.columns and "model.maskclip.ks_thresh" in table.columns
+    rows = {row["model.maskclip.ks_thresh"]: row for row in table.rows}
+    assert len(table.rows) == 2
+    for ks, base in ((0.0, 10.0), (0.5, 20.0)):
+        row = rows[ks]
+        assert (row["clean"], row["severity 2"], row["severity 4"]) == (base, base - 1.0, base - 3.0)
+        assert row["mean"] is None  # severities 1, 3 and 5 not run
 
 
 def test_mmseg_vit_runs_the_tower_as_maskclips_port(tiny_clip_file, tiny_rn_file):

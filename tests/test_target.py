@@ -87,6 +87,53 @@ def test_classifier_is_the_normalised_text_embeddings_without_temperature():
     assert not any(p is model.class_embeddings for p in model.parameters())
 
 
+def test_learned_background_embedding_classifies_the_background_row_as_maskclip_pluses_cls_bg():
+    """MaskCLIP+'s ``cls_seg`` with ``cls_bg``: the background's scores are the features against the
+    normalised learned ``bg_embeddings`` (``bg_embeddings / bg_embeddings.norm(dim=-1)``), every
+    other class's against its normalised text embedding; here in the row of the class named
+    background (MaskCLIP+ prepends it: its vocabularies have no background name)."""
+    model = tiny_target(cls_bg=True).eval()
+    perturb_norms(model)
+    emb = torch.randn(4, WIDTH)
+    model.set_classes(emb, bg_index=2)
+    images = torch.rand(2, 3, 32, 32)
+    feats = model.embed(images)
+    weights = emb / emb.norm(dim=1, keepdim=True)
+    bg = model.bg_embedding.detach()
+    weights[2] = (bg / bg.norm(dim=-1, keepdim=True))[0]
+    torch.testing.assert_close(model(images), torch.einsum("bdhw,kd->bkhw", feats, weights))
+    with pytest.raises(ConfigError, match="background"):
+        model.set_classes(emb)
+
+
+def test_dropout_before_the_classifier_is_mmsegs_dropout2d():
+    """``target.dropout`` p: mmseg's ``BaseDecodeHead`` ``nn.Dropout2d(dropout_ratio)`` on the features
+    before ``cls_seg`` (MaskCLIP+: 0, none); in eval mode the identity."""
+    model = tiny_target(dropout=0.5)
+    emb = torch.randn(3, WIDTH)
+    model.set_classes(emb)
+    feats = torch.randn(2, WIDTH, 4, 4)
+    torch.manual_seed(7)
+    out = model.classify(feats)
+    torch.manual_seed(7)
+    dropped = F.dropout2d(feats, 0.5, training=True)
+    torch.testing.assert_close(out, torch.einsum("bdhw,kd->bkhw", dropped, F.normalize(emb, dim=1)))
+    assert (dropped == 0).all(dim=(2, 3)).any()  # whole channels dropped
+    model.eval()
+    torch.testing.assert_close(model.classify(feats), torch.einsum("bdhw,kd->bkhw", feats, F.normalize(emb, dim=1)))
+
+
+def test_one_class_vocabulary_is_a_classifier_and_no_class_is_refused():
+    model = tiny_target().eval()
+    model.set_classes(torch.randn(1, WIDTH))
+    assert model(torch.rand(1, 3, 32, 32)).shape == (1, 1, 4, 4)
+    assert model.classify(torch.randn(1, WIDTH, 2, 2), torch.randn(1, WIDTH)).shape == (1, 1, 2, 2)
+    with pytest.raises(ValueError, match="K x D"):
+        model.set_classes(torch.randn(0, WIDTH))
+    with pytest.raises(RuntimeError, match="no classes"):
+        model.classify(torch.randn(1, WIDTH, 2, 2), torch.randn(0, WIDTH))
+
+
 def test_new_vocabulary_changes_classes_not_trained_parameters():
     model = tiny_target().eval()
     model.set_classes(torch.randn(3, WIDTH))
@@ -198,6 +245,11 @@ def test_target_model_serves_the_evaluator_interface(tiny_clip_file):
     torch.testing.assert_close(probs, logits.softmax(dim=1))
     model.set_vocabulary(["cat", "dog"])
     assert model(images).shape == (2, 2, 4, 4) and model.class_names == ["cat", "dog"]
+    from dataclasses import replace
+
+    for refinement in ({"ks_thresh": 0.5}, {"pd_thresh": 0.5}):  # MaskCLIP's refinements act on CLIP's features
+        with pytest.raises(ConfigError, match="not to a target network"):
+            model.decode(model.features(images), replace(model.decoding, **refinement))
 
 
 # ----------------------------------------------------------------------------- training splits

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -262,7 +263,9 @@ def test_self_training_beyond_the_run_is_refused_before_any_model(tmp_path, tiny
     with pytest.raises(ConfigError, match=r"train\.self_train_from=4 is beyond the run's 3 iterations"):
         check_run_inputs(cfg)
     os.remove(os.path.join(root, "SegmentationClass", "2008_000001.png"))
-    with pytest.raises(FileNotFoundError, match=r"voc20: 1 of 2 training images have no label"):
+    expected = os.path.join(root, "SegmentationClassAug", "2008_000001.png")  # the first label folder's path
+    with pytest.raises(FileNotFoundError, match=r"voc20: 1 of 2 training images have no label in "
+                       rf"SegmentationClassAug or SegmentationClass .*, e\.g\. {re.escape(expected)}$"):
         check_run_inputs({**cfg, "train": {**cfg["train"], "self_train_from": 2}})
 
 
@@ -281,3 +284,175 @@ def test_a_training_image_that_is_no_image_is_refused_before_any_model(tmp_path,
     cfg = zero_shot_cfg(tmp_path, tiny_clip_file, root, "run", iterations=3, self_train_from=2)
     with pytest.raises(UserError, match=f"{bad}.*a training image: remove it, or replace it"):
         check_run_inputs(cfg)
+
+
+# --------------------------------------------------------------------------- what a step logs
+
+
+def test_label_statistics_of_a_step_equal_numpy():
+    """The curves' pseudo-label statistics: the ignored fraction of all pixels, each class's share of
+    the labelled ones, and 1 when the target labelled itself."""
+    from clip_dinoiser.engine.training.target_train import label_statistics
+
+    labels = torch.tensor(np.random.default_rng(3).choice([0, 1, 1, 3, IGNORE], (2, 5, 7)))
+    names = ["sky", "cat", "dog", "road"]
+    a = labels.numpy()
+    labelled = a[a != IGNORE]
+    for source, flag in (("annotator", 0.0), ("self", 1.0)):
+        stats = label_statistics(labels, names, source)
+        assert stats["pseudo/ignored"].item() == pytest.approx((a == IGNORE).mean())
+        assert stats["pseudo/self_trained"].item() == flag
+        for i, name in enumerate(names):
+            assert stats[f"classes/{name}"].item() == pytest.approx((labelled == i).mean()), name
+    assert stats["classes/dog"].item() == 0.0
+
+
+# --------------------------------------------------------------------------- data and classes of a run
+
+
+def test_the_runs_images_and_classes_default_root_folder_and_class_limit(tmp_path, monkeypatch):
+    """``train.data`` null: the benchmark's mmseg folder under data/; ``train.benchmark=folder``: any
+    image folder with a class-name file, both needed; at most 253 classes (254 and 255 are the
+    unseen and ignored labels)."""
+    from clip_dinoiser.config import TargetTrainSettings, parse
+    from clip_dinoiser.data import benchmarks
+    from clip_dinoiser.engine.training.target_train import split_and_vocabulary
+
+    def settings(**values):
+        return parse(TargetTrainSettings, {"output": "o", **values}, "train")
+
+    monkeypatch.setattr(benchmarks, "DATA_ROOT", str(tmp_path / "data"))
+    voc = tmp_path / "data" / "VOCdevkit" / "VOC2012"
+    write_voc(str(voc), raw_labels(2))
+    root, files, vocabulary = split_and_vocabulary(settings(benchmark="voc20"))
+    assert root == str(voc) and len(files) == 2 and len(vocabulary) == 20
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(random_image(8, 8)).save(folder / "a.png")
+    for n, ok in ((253, True), (254, False)):
+        (tmp_path / f"{n}.txt").write_text("".join(f"class{i}\n" for i in range(n)))
+        cfg = settings(benchmark="folder", data=str(folder), vocabulary=str(tmp_path / f"{n}.txt"))
+        if ok:
+            assert split_and_vocabulary(cfg)[0] == str(folder) and len(split_and_vocabulary(cfg)[2]) == n
+        else:
+            with pytest.raises(ConfigError, match="254 classes: at most 253"):
+                split_and_vocabulary(cfg)
+    for missing in ({"data": str(folder)}, {"vocabulary": str(tmp_path / "253.txt")}):
+        with pytest.raises(ConfigError, match="train.benchmark=folder needs"):
+            split_and_vocabulary(settings(benchmark="folder", **missing))
+
+
+# --------------------------------------------------------------------------- the numbers an evaluation reports
+
+
+def test_zero_shot_metrics_of_a_result_equal_numpy():
+    """mIoU over the seen classes and over the unseen ones (mmseg's nanmean: a class with no pixel
+    and no prediction has no IoU), and their harmonic mean (ZS3Net's hIoU; 0 where both are 0,
+    none where either has no class with an IoU); throughput; none of these without unseen classes."""
+    from clip_dinoiser.engine.evaluation.evaluate import BenchmarkResult
+
+    nan = float("nan")
+    iou = {"a": 60.0, "b": 20.0, "c": nan, "d": 30.0, "e": 5.0}
+    r = BenchmarkResult("voc20", 1.0, iou, 10, 4.0, 3, unseen=("b", "d"))
+    seen, unseen = np.nanmean([60.0, nan, 5.0]), np.mean([20.0, 30.0])
+    assert r.miou_seen == pytest.approx(seen) and r.miou_unseen == pytest.approx(unseen)
+    assert r.hiou == pytest.approx(2 * seen * unseen / (seen + unseen))
+    assert r.images_per_s == pytest.approx(2.5)
+    assert BenchmarkResult("x", 1.0, {"a": 40.0, "b": 40.0}, 1, 1.0, 1, unseen=("b",)).hiou == pytest.approx(40.0)
+    assert BenchmarkResult("x", 1.0, {"a": 0.0, "b": 0.0}, 1, 1.0, 1, unseen=("b",)).hiou == 0.0
+    for iou in ({"a": nan, "b": 30.0}, {"a": 30.0, "b": nan}):  # no seen / no unseen class with an IoU
+        assert BenchmarkResult("x", 1.0, iou, 1, 1.0, 1, unseen=("b",)).hiou is None
+    plain = BenchmarkResult("x", 1.0, iou, 1, 1.0, 1)
+    assert (plain.miou_seen, plain.miou_unseen, plain.hiou) == (None, None, None)
+
+
+def test_a_zero_shot_models_unseen_classes_among_the_scored_names():
+    """By index on the benchmark the model was trained on (whatever the names there), by name
+    (any case) elsewhere; none when a recorded name is missing or the model is not zero-shot."""
+    from dataclasses import replace
+
+    from clip_dinoiser.data.benchmarks import BENCHMARKS
+    from clip_dinoiser.engine.evaluation.evaluate import unseen_of
+
+    model = nn.Module()
+    model.unseen = {"benchmark": "voc20", "indices": [15, 16, 17, 18, 19],
+                    "names": ["potted plant", "sheep", "sofa", "train", "tv monitor"]}
+    ours = [f"class{i}" for i in range(20)]  # the names the benchmark is scored with
+    voc20 = BENCHMARKS["voc20"]
+    assert unseen_of(model, voc20, ours) == tuple(ours[15:])
+    other = replace(voc20, name="voc20_copy")  # another 20-class benchmark: by name
+    names = [*ours[:3], "Sheep", "sofa", "tv monitor", "train", "potted plant", *ours[8:]]
+    assert unseen_of(model, other, names) == ("Sheep", "sofa", "tv monitor", "train", "potted plant")
+    assert unseen_of(model, other, ours) == ()
+    model.unseen = None
+    assert unseen_of(model, voc20, ours) == ()
+
+
+def test_results_files_and_table_of_a_zero_shot_evaluation(tmp_path):
+    """results.json, results.csv and the printed table of two benchmarks (one scored by a zero-shot
+    model), against values written out by hand: the averages, the seen / unseen / hIoU rows."""
+    from dataclasses import replace
+
+    from clip_dinoiser.data.benchmarks import BENCHMARKS
+    from clip_dinoiser.engine.evaluation.evaluate import BenchmarkResult
+    from clip_dinoiser.engine.evaluation.results import summary_table, write_results
+    from clip_dinoiser.engine.job.runs import RunFolder
+
+    nan = float("nan")
+    voc = (replace(BENCHMARKS["voc20"], paper_miou=87.8),
+           BenchmarkResult("voc20", 40.0, {"a": 60.0, "b": 20.0, "c": nan, "d": 30.0}, 4, 2.0, 8, unseen=("b", "d")))
+    ctx = (replace(BENCHMARKS["context59"], paper_miou=None),
+           BenchmarkResult("context59", 20.0, {"a": 20.0}, 2, 4.0, 2))
+    hiou = 2 * 60.0 * 25.0 / 85.0
+    assert summary_table([voc]).splitlines() == [
+        "          VOC20",
+        "mIoU       40.0",
+        "paper      87.8",
+        "seen       60.0",
+        "unseen     25.0",
+        "hIoU       35.3"]
+    assert summary_table([voc, ctx]).splitlines() == [
+        "              VOC20  Context59        Avg",
+        "mIoU           40.0       20.0       30.0",
+        "paper          87.8          -          -",
+        "seen           60.0          -          -",
+        "unseen         25.0          -          -",
+        "hIoU           35.3          -          -"]
+    assert summary_table([ctx]).splitlines() == ["          Context59", "mIoU           20.0", "paper             -"]
+
+    (tmp_path / "ev").mkdir()
+    run = RunFolder(str(tmp_path / "ev"), ["results.json", "results.csv", "config.yaml"], key="output")
+    write_results([voc, ctx], {"model": {"name": "target"}}, run)
+    assert "name: target" in (tmp_path / "ev" / "config.yaml").read_text()
+    result = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert result["average_mIoU"] == 30.0
+    assert result["voc20"] == {"mIoU": 40.0, "paper_mIoU": 87.8, "images": 4, "windows": 8, "seconds": 2.0,
+                               "images_per_s": 2.0, "mIoU_seen": 60.0, "mIoU_unseen": 25.0,
+                               "hIoU": pytest.approx(hiou), "unseen_classes": ["b", "d"],
+                               "class_IoU": {"a": 60.0, "b": 20.0, "c": None, "d": 30.0}}
+    assert result["context59"] == {"mIoU": 20.0, "paper_mIoU": None, "images": 2, "windows": 2, "seconds": 4.0,
+                                   "images_per_s": 0.5, "class_IoU": {"a": 20.0}}
+    assert (tmp_path / "ev" / "results.csv").read_text().splitlines() == [
+        "benchmark,mIoU,paper_mIoU,images,images_per_s,mIoU_seen,mIoU_unseen,hIoU",
+        "voc20,40.00,87.8,4,2.00,60.00,25.00,35.29",
+        "context59,20.00,,2,0.50,,,"]
+    (tmp_path / "one").mkdir()
+    one = RunFolder(str(tmp_path / "one"), ["results.json", "results.csv", "config.yaml"], key="output")
+    write_results([ctx], None, one)
+    assert not (tmp_path / "one" / "config.yaml").exists()
+    assert "average_mIoU" not in json.loads((tmp_path / "one" / "results.json").read_text())
+
+
+def test_summary_of_zero_shot_runs_adds_their_three_columns():
+    """``tools/summary.py``: a zero-shot evaluation's results.json keys become columns of their own
+    beside the benchmark's mIoU, each run's own numbers."""
+    from clip_dinoiser.engine.reporting.summary import Run, tables
+
+    runs = [Run(f"runs/{name}", "eval", {"model.checkpoint": name},
+                {"voc20": {"mIoU": miou, "paper_mIoU": 87.8, "mIoU_seen": seen, "mIoU_unseen": unseen, "hIoU": h}})
+            for name, miou, seen, unseen, h in (("a", 50.0, 60.0, 30.0, 40.0), ("b", 55.0, 58.0, 40.0, 47.3))]
+    (table,) = tables(runs)
+    assert table.columns == ["run", "model.checkpoint", "voc20", "average", "voc20 seen", "voc20 unseen", "voc20 hIoU"]
+    assert [[row.get(c) for c in table.columns[2:]] for row in table.rows] == [
+        [50.0, 50.0, 60.0, 30.0, 40.0], [55.0, 55.0, 58.0, 40.0, 47.3], [87.8, 87.8, None, None, None]]
