@@ -258,6 +258,10 @@ def load(name: str = "clip_dinoiser", weights: str | None = "released", device: 
     cfg = merge(preset.model, {"name": name, **settings})
     if name in OWN_WEIGHTS:
         cfg["checkpoint"] = weights
+    if name == "target":  # its CLIP: the one its last.pt records, unless clip= names one (and other_clip=True)
+        from .models.build import RECORDED
+
+        cfg["clip"] = {"name": RECORDED, "pretrained": RECORDED, **(cfg.get("clip") or {})}
     if not isinstance(slide, SlideConfig):
         slide = merge(preset.slide, slide or {})
     model = build_model(cfg, API_KEYS).to(resolve_device(device))

@@ -30,6 +30,7 @@ from .values import (
     ODD_SIZE,
     PORT,
     POSITIVE,
+    PRECISION_NAMES,
     SEVERITY,
     Kind,
     choice,
@@ -44,6 +45,8 @@ POS_RESIZES = ("size", "dino")  # model.clip.pos_resize (models/backbone.py: int
 ATTENTIONS = ("value", "vanilla", "csa", "qq", "kk", "naclip", "nonly")  # model.last_block.attention (last_block.py)
 ARCHS = ("vanilla", "reduced")  # model.last_block.arch
 SYNONYMS = ("mean", "max")  # model.maskclip.synonyms (models/text.py)
+CORRUPTIONS = "clip_dinoiser.data.corruptions:CORRUPTIONS"  # data.corruption (imported when a value is checked)
+VOCABULARY_SETS = "clip_dinoiser.data.benchmarks:vocabulary_sets"  # data.vocabulary_set
 
 
 @dataclass
@@ -158,6 +161,7 @@ class ModelConfig:
     teachers: dict[str, Any] | None = None  # dino_maskclip: its teachers (null: the paper's)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)  # proxyclip: the proxy model and its attention
     dinoiser: bool = False  # maskclip and the peers: CLIP-DINOiser's heads pool their features (model.checkpoint)
+    other_clip: bool = False  # model=target: classify with model.clip though its last.pt records another CLIP
 
 
 # The training-free peers (model=sclip, naclip, clearclip): each method's settings over ModelConfig's, from its
@@ -252,10 +256,10 @@ class DataConfig:
     root: str | None = None  # its folder (null: data/<the benchmark's mmseg folder>; data/ for 'all')
     names: list[str] | None = None  # data=all: the benchmarks (null: the paper's eight)
     vocabulary: str | None = None  # class-name file (null: the benchmark's own names)
-    vocabulary_set: str | None = None  # whose class names: clip_dinoiser, maskclip; null: the protocol's
+    vocabulary_set: str | None = choice(VOCABULARY_SETS, default=None)  # clip_dinoiser, maskclip; null: the protocol's
     bg_refine: bool | None = None  # null: the paper's choice per benchmark
     benchmark: dict[str, Any] = field(default_factory=dict)  # your own benchmark: BenchmarkConfig's keys ({}: none)
-    corruption: str | None = None  # robustness: an ImageNet-C corruption applied before the resize (null: clean)
+    corruption: str | None = choice(CORRUPTIONS, what="corruption", default=None)  # ImageNet-C, before the resize
     severity: int = kind(SEVERITY, default=1)  # its severity, 1..5
 
 
@@ -265,7 +269,7 @@ class EvalConfig:
     protocol: str = "clip_dinoiser"  # the test protocol preset (configs: protocol=maskclip; protocols.py)
     data: DataConfig = MISSING
     device: str = "auto"  # auto / cpu / cuda (torchrun: one GPU per rank)
-    precision: str = "auto"  # auto (bf16 on a CPU with native bf16, else fp32) / fp32 / bf16 / fp16 (autocast)
+    precision: str = choice(PRECISION_NAMES, what="precision", default="auto")  # auto: bf16 on native-bf16 CPUs
     loader_batch: int = kind(COUNT, default=8)  # images per loader item (consecutive images share model calls)
     num_workers: int | None = kind(NON_NEGATIVE_INT, default=None)  # loader processes per rank (null: CPU cores, <= 8)
     limit: int | None = kind(COUNT, default=None)  # evaluate only the first N images of each benchmark
@@ -287,7 +291,7 @@ class DemoConfig:
     prompts_file: str | None = None  # or a UTF-8 text file, one class per line
     output: str = "outputs/demo"  # folder for <name>_mask.png, <name>_labels.png, <name>_figure.png
     device: str = "auto"  # auto / cpu / cuda
-    precision: str = "auto"  # auto (bf16 on a CPU with native bf16, else fp32) / fp32 / bf16 / fp16 (autocast)
+    precision: str = choice(PRECISION_NAMES, what="precision", default="auto")  # auto: bf16 on native-bf16 CPUs
     alpha: float = kind(FRACTION, default=0.5)  # overlay opacity
     figure: bool = True  # also write <name>_figure.png: input | MaskCLIP | CLIP-DINOiser | objectness
     query: list[int] | None = kind(NON_NEGATIVE_INT, length=2, default=None)  # [x, y]: correlations of this pixel
@@ -304,7 +308,7 @@ class AppConfig:
     port: int = kind(PORT, default=7860)
     examples: list[str] = field(default_factory=list)  # image files offered as examples on the page
     device: str = "auto"  # auto / cpu / cuda
-    precision: str = "auto"  # auto (bf16 on a CPU with native bf16, else fp32) / fp32 / bf16 / fp16 (autocast)
+    precision: str = choice(PRECISION_NAMES, what="precision", default="auto")  # auto: bf16 on native-bf16 CPUs
     alpha: float = kind(FRACTION, default=0.5)  # overlay opacity
     slide: SlideConfig = field(default_factory=SlideConfig)
 
@@ -340,7 +344,7 @@ class TrainEvalConfig:
     enabled: bool = False  # score last.pt at the end of the run (results.json in the run folder)
     data: DataConfig = field(default_factory=DataConfig)
     slide: SlideConfig = field(default_factory=SlideConfig)
-    precision: str = "auto"  # auto (bf16 on a CPU with native bf16, else fp32) / fp32 / bf16 / fp16 (autocast)
+    precision: str = choice(PRECISION_NAMES, what="precision", default="auto")  # auto: bf16 on native-bf16 CPUs
     num_workers: int | None = kind(NON_NEGATIVE_INT, default=None)  # loader processes (null: CPU cores, <= 4)
     limit: int | None = kind(COUNT, default=None)  # evaluate only the first N images of each benchmark
 
@@ -353,7 +357,7 @@ class TrainConfig:
     eval: TrainEvalConfig = field(default_factory=TrainEvalConfig)  # off by default
     device: str = "auto"  # auto / cpu / cuda (torchrun: one GPU per rank)
     overwrite: bool = False  # a new run may replace the checkpoints and heads of an earlier run in train.output
-    precision: str = "fp32"  # fp32 (the paper) / bf16 / auto (bf16 on a CPU with native bf16)
+    precision: str = choice(PRECISION_NAMES, what="precision", default="fp32")  # fp32 (the paper) / bf16 / auto
 
 
 @dataclass
@@ -364,7 +368,7 @@ class TargetTrainSettings:
     benchmark: str = "context59"  # whose training split and classes: voc20, context59, coco_stuff, ade20k, ...
     data: str | None = None  # its folder (null: data/<the benchmark's mmseg folder>); an image folder for 'folder'
     vocabulary: str | None = None  # class-name file (null: the benchmark's; needed for benchmark=folder)
-    vocabulary_set: str | None = None  # whose class names: clip_dinoiser (null) or maskclip
+    vocabulary_set: str | None = choice(VOCABULARY_SETS, default=None)  # class names: clip_dinoiser (null), maskclip
     unseen: Any = None  # zero-shot: the unseen class indices ([15,...]) or 'maskclip' (its split); null: none
     output: str = "outputs/train_target/${now:%Y-%m-%d_%H-%M-%S}"  # run folder
     resume: str | None = None  # a run folder: continue from its newest checkpoint
@@ -396,7 +400,7 @@ class TrainTargetConfig:
     train: TargetTrainSettings = field(default_factory=TargetTrainSettings)
     eval: TrainEvalConfig = field(default_factory=TrainEvalConfig)  # off by default
     device: str = "auto"  # auto / cpu / cuda (torchrun: one GPU per rank)
-    precision: str = "fp32"  # fp32 / bf16 / fp16 / auto (autocast of the annotator and the target)
+    precision: str = choice(PRECISION_NAMES, what="precision", default="fp32")  # autocast of annotator, target
     overwrite: bool = False  # a new run may replace an earlier run's files in train.output
 
 

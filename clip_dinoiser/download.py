@@ -17,7 +17,6 @@ import http.client
 import logging
 import os
 import socket
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ from types import MappingProxyType
 from tqdm import tqdm
 
 from .errors import UserError
-from .files import default_cache_dir, local_copy
+from .files import WriteError, atomic_file, default_cache_dir, local_copy, weights_folder
 
 log = logging.getLogger(__name__)
 
@@ -77,30 +76,33 @@ def fetch(url: str, git_blob: str, dest: str, *, progress: bool = True, timeout:
     """
     if os.path.isfile(dest) and git_blob_id(dest) == git_blob:
         return dest
-    os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(dest)), suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+        with atomic_file(dest, suffix=".part") as out, urllib.request.urlopen(url, timeout=timeout) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
+            size = 0
             with tqdm(total=total, unit="B", unit_scale=True, desc=os.path.basename(dest), disable=not progress) as bar:
                 for chunk in iter(lambda: response.read(1 << 16), b""):
                     out.write(chunk)
+                    size += len(chunk)
                     bar.update(len(chunk))
-        if total is not None and os.path.getsize(tmp) != total:
-            raise UserError(f"cannot download {url}: the connection ended after {os.path.getsize(tmp)} of "
-                             f"{total} bytes (file not kept)")
-        got = git_blob_id(tmp)
-        if got != git_blob:
-            raise UserError(f"checksum mismatch for {url}: git blob {got}, expected {git_blob} (file not kept)")
-        os.replace(tmp, dest)
+            if total is not None and size != total:
+                raise UserError(f"cannot download {url}: the connection ended after {size} of {total} bytes (file "
+                                "not kept)")
+            out.flush()
+            got = git_blob_id(out.path)
+            if got != git_blob:
+                raise UserError(f"checksum mismatch for {url}: git blob {got}, expected {git_blob} (file not kept)")
+    except WriteError as e:  # a read-only, full or foreign cache folder
+        err = WriteError(f"{e}; the download cache is {os.path.dirname(os.path.abspath(dest))}: set XDG_CACHE_HOME "
+                         f"to a writable folder, or put the file in the weights folder "
+                         f"({weights_folder()}, tools/weights.py --copy)")
+        err.errno = e.errno
+        raise err from None
     except (TimeoutError, urllib.error.URLError, http.client.HTTPException, ConnectionError) as e:
         reason = getattr(e, "reason", e)
         hint = f"{key}=<its path>" if key else "its path"
         raise UserError(f"cannot download {url}{f' ({key}=released)' if key else ''}: {reason} (offline? download it "
                         f"by hand and give {hint})") from e
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     log.info("downloaded %s to %s", url, dest)
     return dest
 

@@ -121,8 +121,9 @@ def read_label(path: str, what: str = "annotation") -> np.ndarray:
     return labels
 
 
-def read_weights(path: str, what: str, key: str | None = None) -> Any:
-    """A weights file (``torch.save`` with tensors only, or ``.safetensors``), on the CPU."""
+def read_weights(path: str, what: str, key: str | None = None, *, lazy: bool = False) -> Any:
+    """A weights file (``torch.save`` with tensors only, or ``.safetensors``), on the CPU.
+    ``lazy``: the tensors are mapped, not read (a look at what a large file records)."""
     import torch
 
     where = f" ({key})" if key else ""
@@ -132,6 +133,11 @@ def read_weights(path: str, what: str, key: str | None = None) -> Any:
             from safetensors.torch import load_file
 
             return load_file(path, device="cpu")
+        if lazy:
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # not a zip archive (torch.save's legacy format): read it
+                pass
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling, truncated archives, foreign formats: the file is the problem
         raise UserError(f"cannot read {what} {path}{where}: {_reason(e)}") from None

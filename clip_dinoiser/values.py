@@ -1,10 +1,13 @@
-"""One validator per kind of number in a config: finite, of the right type, in its range.
+"""One validator per kind of number in a config: finite, of the right type, in its range; and one
+for a value from a closed set (``choice``).
 
-Every numeric field of the dataclasses in ``config.py`` names its kind (``field(metadata=...)``);
-``validate`` checks a whole config tree against them, so a NaN, an infinity or a value out of
-range fails once, at the boundary, with the key in the message::
+Every numeric field of the dataclasses in ``config.py`` names its kind (``field(metadata=...)``),
+every field with a closed set of values its options; ``validate`` checks a whole config tree
+against them, so a NaN, an infinity, a value out of range or an unknown name fails once, at the
+boundary, under its full key (``eval.data.corruption`` in a training command)::
 
     ConfigError: model.gamma=nan: must be a finite number in [0, 1]
+    ConfigError: eval.data.corruption=bogus: unknown (choose from gaussian_noise, ...)
 """
 
 from __future__ import annotations
@@ -82,15 +85,33 @@ def kind(k: Kind, *, length: int | None = None, **field_kwargs) -> Any:
     return dataclasses.field(metadata={"kind": k, "length": length}, **field_kwargs)
 
 
-def choice(options: Sequence[str], **field_kwargs) -> Any:
-    """A dataclass field whose value is one of ``options`` (None passes where the type allows it)."""
-    return dataclasses.field(metadata={"choices": tuple(options)}, **field_kwargs)
+def choice(options: Sequence[str] | str, *, what: str = "", **field_kwargs) -> Any:
+    """A dataclass field whose value is one of ``options`` (None passes where the type allows it).
+    ``options`` may be ``"package.module:NAME"``: a collection (or a function returning one) that
+    is imported only when a value is checked (the corruptions' table needs OpenCV). ``what``: the
+    kind of value, for messages (``unknown corruption``)."""
+    return dataclasses.field(metadata={"choices": options if isinstance(options, str) else tuple(options),
+                                       "what": what}, **field_kwargs)
 
 
-def check_choice(value: Any, options: Sequence[str], key: str) -> Any:
+def options_of(options: Sequence[str] | str) -> tuple[str, ...]:
+    """The options of a ``choice``, its ``"package.module:NAME"`` imported."""
+    if not isinstance(options, str):
+        return tuple(options)
+    import importlib
+
+    module, _, name = options.partition(":")
+    found = getattr(importlib.import_module(module), name)
+    return tuple(found() if callable(found) else found)
+
+
+def check_choice(value: Any, options: Sequence[str] | str, key: str, what: str = "") -> Any:
     """``value`` if it is one of ``options`` (or None), else a one-line ``ConfigError`` naming ``key``."""
-    if value is not None and value not in options:
-        raise ConfigError(f"{key}={value}: unknown (choose from {', '.join(options)})")
+    if value is None:
+        return value
+    names = options_of(options)
+    if value not in names:
+        raise ConfigError(f"{key}={value}: unknown{' ' + what if what else ''} (choose from {', '.join(names)})")
     return value
 
 
@@ -120,7 +141,7 @@ def validate(obj: Any, prefix: str = "") -> Any:
             as_list = isinstance(checked, tuple) and not str(f.type).startswith("tuple")
             setattr(obj, f.name, list(checked) if as_list else checked)
         elif "choices" in f.metadata:
-            check_choice(value, f.metadata["choices"], key)
+            check_choice(value, f.metadata["choices"], key, f.metadata.get("what", ""))
         elif dataclasses.is_dataclass(value):
             validate(value, key)
     return obj
@@ -130,8 +151,7 @@ def validate(obj: Any, prefix: str = "") -> Any:
 PRECISION_NAMES = ("auto", "fp32", "bf16", "fp16")
 
 
-def check_precision(precision: str) -> None:
+def check_precision(precision: str, key: str = "precision") -> None:
     """Raise a ``ConfigError`` unless ``precision`` is one of ``PRECISION_NAMES``."""
-    if precision not in PRECISION_NAMES:
-        raise ConfigError(f"precision={precision}: unknown precision (choose from {', '.join(PRECISION_NAMES)})")
+    check_choice(precision, PRECISION_NAMES, key, "precision")
 

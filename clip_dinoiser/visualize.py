@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .errors import UserError
+from .files import write_atomic
 
 BACKGROUND = "background"  # the class drawn black
 BLACK = (0, 0, 0)
@@ -324,8 +325,10 @@ def label_images(image: np.ndarray, labels: np.ndarray, names: Sequence[str],
 
 
 def save_indexed(labels: np.ndarray, palette: np.ndarray, path: str) -> None:
-    """Save a label map as an indexed PNG (``indexed_image``)."""
-    indexed_image(labels, palette).save(path)
+    """Save a label map as an indexed PNG (``indexed_image``), through the one writer of files
+    (complete or absent; a full disk names the file)."""
+    image = indexed_image(labels, palette)
+    write_atomic(path, lambda f: image.save(f, format="PNG"), binary=True)
 
 
 # The web page's panels: each panel on its own, its text sized to the panel's width (the page scales a

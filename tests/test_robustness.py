@@ -185,7 +185,8 @@ def test_resume_takes_the_runs_settings_and_refuses_changes(tmp_path, train_args
     assert (tmp_path / "run" / "config.yaml").read_text() == saved
     assert os.path.isfile(tmp_path / "run" / "last.pt")
     log = (tmp_path / "run" / "train.log").read_text()
-    assert "resuming" in log and f"resume of {run}" in log
+    assert "resuming" in log and f"train.resume={run}" in log
+    assert "given anew" not in log  # the resume itself is no change of the run
     longer = tool("train.py", f"train.resume={run}", "train.epochs=4", cwd=tmp_path)  # extending is allowed, logged
     assert longer.returncode == 0, longer.stderr[-2000:]
     assert "train.epochs: 3 -> 4" in (tmp_path / "run" / "train.log").read_text()

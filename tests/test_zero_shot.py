@@ -269,6 +269,23 @@ def test_self_training_beyond_the_run_is_refused_before_any_model(tmp_path, tiny
         check_run_inputs({**cfg, "train": {**cfg["train"], "self_train_from": 2}})
 
 
+def test_a_training_image_that_is_no_image_is_refused_before_any_model(tmp_path, tiny_clip_file):
+    """``check_run_inputs`` reads every training image's header (``train_images.check_images``, as
+    the heads' training does), not when the loader reaches it. Planted bug caught: MaskCLIP+
+    without that check (a non-image fails mid-training)."""
+    from clip_dinoiser.engine.training.target_train import check_run_inputs
+    from clip_dinoiser.errors import UserError
+
+    root = str(tmp_path / "VOCdevkit" / "VOC2012")
+    ids = write_voc(root, raw_labels(2))
+    bad = os.path.join(root, "JPEGImages", f"{ids[1]}.jpg")
+    with open(bad, "wb") as f:
+        f.write(b"not an image")
+    cfg = zero_shot_cfg(tmp_path, tiny_clip_file, root, "run", iterations=3, self_train_from=2)
+    with pytest.raises(UserError, match=f"{bad}.*a training image: remove it, or replace it"):
+        check_run_inputs(cfg)
+
+
 # --------------------------------------------------------------------------- what a step logs
 
 

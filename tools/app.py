@@ -27,7 +27,14 @@ from omegaconf import DictConfig
 
 from clip_dinoiser.config import AppConfig, SlideConfig, parse, register_configs
 from clip_dinoiser.data.images import load_image
-from clip_dinoiser.engine.job.cli import USER_ERRORS, launch, one_line, resolve_device, user_errors_as_one_line
+from clip_dinoiser.engine.job.cli import (
+    USER_ERRORS,
+    launch,
+    main_process,
+    one_line,
+    resolve_device,
+    user_errors_as_one_line,
+)
 from clip_dinoiser.engine.reporting.figures import (
     FigureData,
     ImageCorrelations,
@@ -285,5 +292,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    main_process()
     register_configs()
     launch(main, schema=AppConfig, groups={"model": "clip_dinoiser"})

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from clip_dinoiser.config import DemoConfig, parse, register_configs
 from clip_dinoiser.data.images import load_image
-from clip_dinoiser.engine.job.cli import launch, one_line, resolve_device, user_errors_as_one_line
+from clip_dinoiser.engine.job.cli import launch, main_process, one_line, resolve_device, user_errors_as_one_line
 from clip_dinoiser.engine.job.runs import refuse_existing
 from clip_dinoiser.errors import UserError
 from clip_dinoiser.files import check_output_dir
@@ -169,6 +169,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    main_process()
     check_prompts_argument(sys.argv[1:])
     register_configs()
     launch(main, schema=DemoConfig, groups={"model": "clip_dinoiser"})

@@ -20,8 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from clip_dinoiser.config import EvalConfig, SlideConfig, parse, register_configs
 from clip_dinoiser.engine.evaluation.sweep import decoding_fields, point_name, sweep_points
-from clip_dinoiser.engine.job.cli import launch, multirun_dirs, resolve_device, user_errors_as_one_line
+from clip_dinoiser.engine.job.cli import launch, main_process, multirun_dirs, resolve_device, user_errors_as_one_line
 from clip_dinoiser.engine.job.runs import RESULT_FILES, RunFolder, claim_all, release_all
+from clip_dinoiser.engine.job.signals import deferred
 from clip_dinoiser.engine.reporting.summary import SUMMARY_FILES, write_summary
 from clip_dinoiser.values import check_precision
 
@@ -42,6 +43,12 @@ def check_settings(cfg: DictConfig) -> tuple[list, SlideConfig, list[dict], list
     device, precision and the sweep. Returns the benchmarks, the window geometry, the sweep's
     points and the run folders to write (one per point, and the sweep's own)."""
     settings = parse(EvalConfig, cfg, "")  # unknown keys, types, numbers out of range
+    if settings.model.name == "target":  # its CLIP: the one its last.pt records (another: model.other_clip)
+        from clip_dinoiser.models.build import recorded_clip
+
+        settings.model = recorded_clip(settings.model)
+        for key in ("name", "pretrained"):  # recorded as run in config.yaml, and in the summaries
+            OmegaConf.update(cfg, f"model.clip.{key}", getattr(settings.model.clip, key))
     check_precision(settings.precision)
     if settings.data.corruption is not None:
         from clip_dinoiser.data.corruptions import check_corruption
@@ -131,9 +138,10 @@ def run(cfg: DictConfig) -> list[list[BenchmarkResult]]:
                     log.info("sweep so far:\n%s", write_summary([sweep_dir], sweep_dir))
         failed = False
     finally:
-        evaluator.close()
-        if main_rank:
-            release_all(folders, failed)
+        with deferred(deliver=not failed):  # a second Ctrl-C waits: the folders are released, not half left
+            evaluator.close()
+            if main_rank:
+                release_all(folders, failed)
     return [[r for _, r in results] for results in per_point]
 
 
@@ -189,5 +197,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    main_process()
     register_configs()
     launch(main, schema=EvalConfig, groups={"model": "clip_dinoiser", "data": "voc", "corruption": "clean"})

@@ -17,8 +17,9 @@ import argparse
 import os
 import sys
 
-from clip_dinoiser.engine.job.cli import user_errors_as_one_line
+from clip_dinoiser.engine.job.cli import main_process, user_errors_as_one_line
 from clip_dinoiser.engine.reporting.summary import write_summary
+from clip_dinoiser.files import check_output_dir
 
 
 def default_output(folders: list[str]) -> str:
@@ -32,7 +33,9 @@ def default_output(folders: list[str]) -> str:
 
 @user_errors_as_one_line
 def run(args: argparse.Namespace) -> int:
-    print(write_summary(args.folders, args.output or default_output(args.folders)), end="")
+    output = args.output or default_output(args.folders)
+    check_output_dir(output, "--output")  # writable; not a file, a dangling link or a link loop
+    print(write_summary(args.folders, output), end="")
     return 0
 
 
@@ -45,4 +48,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    main_process()
     sys.exit(main())

@@ -16,7 +16,7 @@ import hydra
 from omegaconf import DictConfig
 
 from clip_dinoiser.config import TrainConfig, TrainSettings, register_configs
-from clip_dinoiser.engine.job.cli import launch, user_errors_as_one_line
+from clip_dinoiser.engine.job.cli import launch, main_process, user_errors_as_one_line
 from clip_dinoiser.engine.job.resume import resume_free
 from clip_dinoiser.engine.training.runner import TrainingTool, run_training_tool
 
@@ -27,7 +27,8 @@ RESUME_FREE = resume_free("train.epochs")
 
 
 HEADS = TrainingTool(TrainSettings, RESUME_FREE, "clip_dinoiser.engine.training.train",
-                     lambda config, last: {**config["model"], "name": "clip_dinoiser", "checkpoint": last})
+                     lambda config, last: {**config["model"], "name": "clip_dinoiser", "checkpoint": last},
+                     TrainConfig)
 
 
 @user_errors_as_one_line
@@ -42,5 +43,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    main_process()
     register_configs()
     launch(main, schema=TrainConfig, groups={"model": "clip_dinoiser", "teachers": "paper"})

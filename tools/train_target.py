@@ -19,7 +19,7 @@ import hydra
 from omegaconf import DictConfig
 
 from clip_dinoiser.config import TargetTrainSettings, TrainTargetConfig, register_configs
-from clip_dinoiser.engine.job.cli import launch, user_errors_as_one_line
+from clip_dinoiser.engine.job.cli import launch, main_process, user_errors_as_one_line
 from clip_dinoiser.engine.job.resume import resume_free
 from clip_dinoiser.engine.training.runner import TrainingTool, run_training_tool
 
@@ -29,7 +29,8 @@ RESUME_FREE = resume_free("train.iterations")
 TARGET = TrainingTool(TargetTrainSettings, RESUME_FREE, "clip_dinoiser.engine.training.target_train",
                       lambda config, last: {"name": "target", "checkpoint": last,
                                             "clip": config["annotator"].get("clip", {}),
-                                            "text_cache": config["annotator"].get("text_cache", "auto")})
+                                            "text_cache": config["annotator"].get("text_cache", "auto")},
+                      TrainTargetConfig)
 
 
 @user_errors_as_one_line
@@ -44,5 +45,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    main_process()
     register_configs()
     launch(main, schema=TrainTargetConfig, groups={"annotator": "clip_dinoiser"})

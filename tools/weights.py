@@ -24,7 +24,7 @@ import importlib
 import os
 import sys
 
-from clip_dinoiser.engine.job.cli import user_errors_as_one_line
+from clip_dinoiser.engine.job.cli import main_process, user_errors_as_one_line
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 TOOLS = ("demo", "app", "eval", "train", "train_target")  # the tools that load weights (configs/<tool>.yaml)
@@ -134,4 +134,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    main_process()
     sys.exit(main())

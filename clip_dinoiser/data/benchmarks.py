@@ -63,15 +63,16 @@ class Benchmark:
     def vocabulary_file(self) -> str:
         return self.vocabulary_in(DEFAULT_VOCABULARY_SET)
 
-    def vocabulary_in(self, vocabulary_set: str | None) -> str:
+    def vocabulary_in(self, vocabulary_set: str | None, key: str = "data.vocabulary_set") -> str:
         """The class-name file of ``vocabulary_set`` (``data.vocabulary_set``: ``clip_dinoiser``,
-        ``vocab/<name>.txt``; another set, ``vocab/<set>/<name>.txt``, or ours where it has none)."""
+        ``vocab/<name>.txt``; another set, ``vocab/<set>/<name>.txt``, or ours where it has none);
+        ``key``: its key, for messages."""
         if self.vocabulary is not None:
             return self.vocabulary
         vocab = resources.files("clip_dinoiser.data") / "vocab"
         if vocabulary_set and vocabulary_set != DEFAULT_VOCABULARY_SET:
             if not (vocab / vocabulary_set).is_dir():
-                raise ConfigError(f"data.vocabulary_set={vocabulary_set}: unknown (choose from "
+                raise ConfigError(f"{key}={vocabulary_set}: unknown (choose from "
                                   f"{', '.join(vocabulary_sets())})")
             if (vocab / vocabulary_set / f"{self.name}.txt").is_file():
                 return str(vocab / vocabulary_set / f"{self.name}.txt")
@@ -164,32 +165,38 @@ def label_file_palette(bench: Benchmark, shift: int) -> np.ndarray:
     return palette
 
 
-def get_benchmark(name: str) -> Benchmark:
+def get_benchmark(name: str, key: str = "data") -> Benchmark:
+    """The benchmark ``name``; ``key``: the key that named it (``data``, ``eval.data.names``)."""
     if name not in BENCHMARKS:
-        raise ConfigError(f"data={name}: unknown benchmark (choose from {', '.join(PAPER_ORDER)}, all, or describe "
-                          "your own in data.benchmark)")
+        node = key.removesuffix(".names").removesuffix(".name")
+        raise ConfigError(f"{key}={name}: unknown benchmark (choose from {', '.join(PAPER_ORDER)}, all, or describe "
+                          f"your own in {node}.benchmark)")
     return BENCHMARKS[name]
 
 
-def custom_benchmark(name: str, cfg: BenchmarkConfig) -> Benchmark:
+def custom_benchmark(name: str, cfg: BenchmarkConfig, key: str = "data") -> Benchmark:
     """A benchmark of your own from its ``data.benchmark`` entry (mmseg's ``BaseSegDataset``)."""
     if not os.path.isfile(cfg.classes):
-        raise FileNotFoundError(f"class-name file not found: {cfg.classes} (data.benchmark.classes)")
+        raise FileNotFoundError(f"class-name file not found: {cfg.classes} ({key}.benchmark.classes)")
     return Benchmark(name, "BaseSegDataset", name, cfg.img_dir, cfg.ann_dir, cfg.split,
-                     len(read_vocabulary_file(cfg.classes)), cfg.bg_refine, cfg.title or name, cfg.paper_miou,
-                     cfg.classes, cfg.img_suffix, cfg.seg_map_suffix, cfg.reduce_zero_label)
+                     len(read_vocabulary_file(cfg.classes, f"{key}.benchmark.classes")), cfg.bg_refine,
+                     cfg.title or name, cfg.paper_miou, cfg.classes, cfg.img_suffix, cfg.seg_map_suffix,
+                     cfg.reduce_zero_label)
 
 
-def selected_benchmarks(cfg: DataConfig) -> list[tuple[Benchmark, str]]:
-    """(benchmark, its folder) pairs of the ``data`` config node."""
+def selected_benchmarks(cfg: DataConfig, key: str = "data") -> list[tuple[Benchmark, str]]:
+    """(benchmark, its folder) pairs of the ``data`` config node (``key``: where it sits, for
+    messages: ``eval.data`` in a training command)."""
     if cfg.benchmark:
         if cfg.root is None:
-            raise ConfigError("data.root is not set: give the folder of your benchmark")
-        return [(custom_benchmark(cfg.name, parse(BenchmarkConfig, cfg.benchmark, "data.benchmark")), cfg.root)]
+            raise ConfigError(f"{key}.root is not set: give the folder of your benchmark")
+        return [(custom_benchmark(cfg.name, parse(BenchmarkConfig, cfg.benchmark, f"{key}.benchmark"), key),
+                 cfg.root)]
     if cfg.name == "all":
         names = list(cfg.names or PAPER_ORDER)
-        return [(get_benchmark(n), os.path.join(cfg.root or DATA_ROOT, BENCHMARKS[n].root)) for n in names]
-    bench = get_benchmark(cfg.name)
+        return [(get_benchmark(n, f"{key}.names"), os.path.join(cfg.root or DATA_ROOT, BENCHMARKS[n].root))
+                for n in names]
+    bench = get_benchmark(cfg.name, key if key == "data" else f"{key}.name")  # tools/eval.py: the group data=
     return [(bench, cfg.root or os.path.join(DATA_ROOT, bench.root))]
 
 
@@ -390,10 +397,20 @@ def build_dataset(bench: Benchmark, root: str, *, scale: tuple[int, int] = Slide
     return dataset
 
 
-def checked_benchmarks(cfg: DataConfig, slide: SlideConfig) -> list[tuple[Benchmark, str]]:
-    """``selected_benchmarks``, each dataset built once to check it (folders, split file, at least
-    one image; its protocol settings, ``slide.per_benchmark``) before any model loads."""
-    benchmarks = selected_benchmarks(cfg)
+def checked_benchmarks(cfg: DataConfig, slide: SlideConfig, key: str = "data",
+                       datasets: bool = True) -> list[tuple[Benchmark, str]]:
+    """``selected_benchmarks`` with every setting of the ``data`` node checked under ``key`` (its
+    full name: ``eval.data`` in a training command), before any model loads or iteration runs:
+    the benchmarks' names, the vocabulary set and file (and its class count); with ``datasets``,
+    each dataset built once (folders, split file, at least one image; ``slide.per_benchmark``)."""
+    benchmarks = selected_benchmarks(cfg, key)
+    for name in cfg.names or ():  # read with data=all only, checked always
+        get_benchmark(name, f"{key}.names")
     for bench, root in benchmarks:
-        build_dataset(bench, root, scale=slide.for_benchmark(bench.name).scale)
+        file = cfg.vocabulary or bench.vocabulary_in(cfg.vocabulary_set, f"{key}.vocabulary_set")
+        count = len(read_vocabulary_file(file, f"{key}.vocabulary" if cfg.vocabulary else None))
+        if cfg.vocabulary and count != bench.num_classes:
+            raise UserError(f"{key}.vocabulary={file} names {count} classes; {bench.name} has {bench.num_classes}")
+        if datasets:
+            build_dataset(bench, root, scale=slide.for_benchmark(bench.name).scale)
     return benchmarks

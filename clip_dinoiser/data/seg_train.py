@@ -159,6 +159,14 @@ def training_split(name: str, root: str) -> list[str]:
     return paths
 
 
+def split_files(name: str, root: str) -> list[str]:
+    """The split files a training split of ``name`` reads under ``root`` (none for a split that
+    lists its image folder, and for ``folder``)."""
+    if name == FOLDER or not get_train_split(name).split_files:
+        return []
+    return _split_files(name, root, get_train_split(name).split_files)
+
+
 def _split_files(name: str, root: str, alternatives: tuple[tuple[str, ...], ...]) -> list[str]:
     """The first alternative whose split files all exist (a warning when it is not the first)."""
     for i, alternative in enumerate(alternatives):

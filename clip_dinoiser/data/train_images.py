@@ -18,8 +18,8 @@ from torchvision.transforms.v2 import functional as TF
 from ..config import TrainSettings
 from ..readers import IMAGE_EXTENSIONS, image_size, read_image
 
-__all__ = ["IMAGE_EXTENSIONS", "ResumableBatchSampler", "TrainImages", "list_images", "sample_subset", "seeded_order",
-           "unreadable_image", "walk_files"]
+__all__ = ["IMAGE_EXTENSIONS", "ResumableBatchSampler", "TrainImages", "check_images", "list_images", "sample_subset",
+           "seeded_order", "unreadable_image", "walk_files"]
 
 
 def walk_files(root: str, keep: Callable[[str], bool]) -> list[str]:
@@ -53,6 +53,20 @@ def unreadable_image(path: str) -> str | None:
     except (OSError, ValueError) as e:  # every failure of the image reader, named
         return str(e).splitlines()[0] if str(e) else type(e).__name__
     return None
+
+
+def check_images(files: list[str]) -> None:
+    """A one-line ``UserError`` naming the first of ``files`` that is not a readable image (headers
+    only: cheap), before a model is built or an iteration runs."""
+    from tqdm import tqdm
+
+    from ..errors import UserError
+
+    for path in tqdm(files, desc="checking images", unit="img", leave=False, disable=len(files) < 1000):
+        reason = unreadable_image(path)
+        if reason is not None:
+            named = reason if path in reason else f"cannot read training image {path}: {reason}"
+            raise UserError(f"{named} (a training image: remove it, or replace it)")
 
 
 def sample_subset(files: list[str], size: int | None, seed: int) -> list[str]:

@@ -8,8 +8,10 @@ Extension points, each a config key naming a built-in or the import path of your
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
@@ -168,21 +170,62 @@ def model_teachers(cfg: ModelConfig) -> Mapping[str, Any]:
     return cfg.teachers if cfg.teachers is not None else paper_teachers()
 
 
+RECORDED = "recorded"  # model=target's model.clip.name / .pretrained: the CLIP its last.pt records
+
+
+def read_target_checkpoint(path: str | None, keys: Keys = Keys(), *, lazy: bool = False) -> dict[str, Any]:
+    """A target network's ``last.pt`` (``tools/train_target.py``), or a one-line error naming it."""
+    ckpt = read_weights(path or "", "target checkpoint", keys("checkpoint"), lazy=lazy)
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("target"), dict) or "model_state_dict" not in ckpt:
+        raise UserError(f"{path} is not a target network's last.pt (tools/train_target.py) ({keys('checkpoint')})")
+    return ckpt
+
+
+def _same(value: str | None, recorded: str | None) -> bool:
+    """The same CLIP setting: equal, or the same local file named two ways."""
+    if value == recorded:
+        return True
+    return bool(value and recorded and os.path.isfile(value) and os.path.isfile(recorded)
+                and os.path.samefile(value, recorded))
+
+
+def recorded_clip(cfg: ModelConfig, keys: Keys = Keys(), *, warn: bool = False) -> ModelConfig:
+    """``model=target``'s CLIP: the one its ``last.pt`` records (the CLIP whose text embeddings the
+    network was trained against) where ``model.clip`` says ``recorded`` (the default); another
+    CLIP is a different classifier than the one trained, refused in one line unless
+    ``model.other_clip=true`` (then ``warn``: a warning says so). Other models, and a checkpoint
+    not there yet, are left as they are."""
+    if cfg.name != "target" or not cfg.checkpoint or not os.path.isfile(cfg.checkpoint):
+        return cfg
+    recorded = read_target_checkpoint(cfg.checkpoint, keys, lazy=True).get("clip") or {}
+    chosen = {k: recorded.get(k) if getattr(cfg.clip, k) == RECORDED else getattr(cfg.clip, k)
+              for k in ("name", "pretrained")}
+    if not chosen["name"]:
+        raise ConfigError(f"{keys('clip.name')}: {cfg.checkpoint} records no CLIP (a run of an earlier version): "
+                          f"give {keys('clip.name')} and {keys('clip.pretrained')}, the annotator's")
+    if recorded and not all(_same(chosen[k], recorded.get(k)) for k in chosen):
+        given = f"{chosen['name']} / {chosen['pretrained']}"
+        trained = f"{recorded.get('name')} / {recorded.get('pretrained')}"
+        if not cfg.other_clip:
+            raise ConfigError(f"{keys('clip')}={given}: {cfg.checkpoint} was trained against the class embeddings of "
+                              f"CLIP {trained} (recorded in it); another CLIP makes another classifier: leave "
+                              f"{keys('clip')} out, or set {keys('other_clip')}=true to score it anyway")
+        if warn:
+            log.warning("%s: classifying with CLIP %s, not %s which the target was trained against (%s=true)",
+                        cfg.checkpoint, given, trained, keys("other_clip"))
+    return replace(cfg, clip=replace(cfg.clip, **chosen))
+
+
 def build_target_model(cfg: ModelConfig, keys: Keys = Keys()) -> nn.Module:
     """A MaskCLIP+ target network trained by ``tools/train_target.py`` (``model.checkpoint``: its
     ``last.pt``, which records the network's settings), classifying with the class embeddings of
-    CLIP's text tower (``model.clip``: the CLIP its annotator used)."""
+    CLIP's text tower (``model.clip``: by default the CLIP its annotator used, recorded in
+    ``last.pt``; ``recorded_clip``)."""
     from .target import TargetModel, build_target, load_target_state
 
     log.info("loading the target network %s", cfg.checkpoint)
-    ckpt = read_weights(cfg.checkpoint or "", "target checkpoint", keys("checkpoint"))
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("target"), dict) or "model_state_dict" not in ckpt:
-        raise UserError(f"{cfg.checkpoint} is not a target network's last.pt (tools/train_target.py) "
-                        f"({keys('checkpoint')})")
-    recorded = ckpt.get("clip") or {}
-    if recorded and (recorded.get("name"), recorded.get("pretrained")) != (cfg.clip.name, cfg.clip.pretrained):
-        log.warning("the target was trained with the class embeddings of CLIP %s / %s; model.clip gives %s / %s",
-                    recorded.get("name"), recorded.get("pretrained"), cfg.clip.name, cfg.clip.pretrained)
+    cfg = recorded_clip(cfg, keys, warn=True)
+    ckpt = read_target_checkpoint(cfg.checkpoint, keys)
     name, model = load_clip(cfg, keys)
     text = build_text(cfg, model, name)  # only the text tower classifies: no image tower is built
     target = build_target(parse(TargetConfig, {**ckpt["target"], "pretrained": None}, "target"), text.dim)
@@ -209,7 +252,8 @@ def model_weights(cfg: ModelConfig, keys: Keys = Keys()) -> list[Weight]:
     """The weights files the model of ``cfg`` loads (``weights.Weight`` rows, with the keys as the
     user spells them): CLIP's, the heads (``clip_dinoiser``), the teachers' (``dino_maskclip``),
     the trained network (``target``)."""
-    rows = [clip_weight(cfg.clip.name, cfg.clip.pretrained, keys("clip.pretrained"))]
+    rows = [] if RECORDED in (cfg.clip.name, cfg.clip.pretrained) else [  # recorded in a target missing itself
+        clip_weight(cfg.clip.name, cfg.clip.pretrained, keys("clip.pretrained"))]
     if cfg.name == "proxyclip":
         rows.append(timm_weight(cfg.proxy.pretrained, keys("proxy.pretrained"), "ProxyCLIP's proxy weights"))
     if cfg.name == "clip_dinoiser" or (cfg.dinoiser and cfg.name in DINOISER_ON):
@@ -300,6 +344,7 @@ def model_config(cfg: ModelConfig | Mapping[str, Any], prefix: Keys | str = "mod
     keys = Keys.of(prefix)
     cfg = parse(ModelConfig, with_method_defaults(cfg), keys.prefix)
     locate(cfg.name, MODEL_BUILDERS, keys("name"))  # a built-in, or the import path of your own builder
+    cfg = recorded_clip(cfg, keys)  # model=target: the CLIP its last.pt records
     locate(cfg.clip.backbone, BACKBONES, keys("clip.backbone"))
     locate(cfg.pooling, POOLINGS, keys("pooling"))
     if cfg.maskclip.synonyms == "max" and cfg.maskclip.pd_thresh > 0:

@@ -1,6 +1,6 @@
 """Fault battery: bad inputs and faults thrown at every tool, each outcome classified.
 
-    python -m pytest -q -m faults                          # every case (377; about 25 min on 2 CPU cores)
+    python -m pytest -q -m faults                          # every case (438; about 35 min on 2 CPU cores)
     python -m pytest -q -m faults -k "eval/ and gamma"     # cases whose id matches (ids: tool/name, see below)
     python -m pytest -q -m faults --collect-only           # the cases, not run
     python -m pytest -q -m faults --junitxml battery.xml   # a report; each case's class is a property

@@ -34,10 +34,18 @@ def battery(tmp_path_factory) -> Battery:
 def pytest_terminal_summary(terminalreporter) -> None:
     """The cases of each class (``ok``, ``traceback``, ...), as the ``fault_class`` property records them."""
     counts: collections.Counter = collections.Counter()
+    groups: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for reports in terminalreporter.stats.values():
         for report in reports:
             if getattr(report, "when", None) == "call":
-                counts.update(v for k, v in getattr(report, "user_properties", ()) if k == "fault_class")
+                props = dict(getattr(report, "user_properties", ()))
+                if "fault_class" in props:
+                    counts[props["fault_class"]] += 1
+                    if props.get("fault_group"):
+                        groups[props["fault_group"]][props["fault_class"]] += 1
+    for group in sorted(groups):
+        terminalreporter.write_line(f"  {group}: " + "  ".join(f"{k}: {groups[group][k]}" for k in CLASSES)
+                                    + f"  (of {sum(groups[group].values())})")
     if counts:
         terminalreporter.write_sep("-", "fault battery: " + "  ".join(f"{k}: {counts[k]}" for k in CLASSES)
                                    + f"  (of {sum(counts.values())})")

@@ -190,6 +190,7 @@ class Case:
     name: str
     expect: str
     fn: Callable[[Ctx], Outcome]
+    group: str = ""  # the class of fault of an issue it checks (issue #31: "1 full disk", ...)
 
     @property
     def key(self) -> str:

@@ -25,6 +25,7 @@ assert len(set(IDS)) == len(IDS), "two cases of the battery have the same id"
 def test_fault(number, case, battery, request):
     outcome, ctx = run_case(battery.fixtures, case, number, battery.base)
     # properties of the test (--junitxml writes them; conftest.py counts the classes)
-    request.node.user_properties += [("fault_class", outcome.klass), ("fault_message", outcome.message)]
+    request.node.user_properties += [("fault_class", outcome.klass), ("fault_message", outcome.message),
+                                     ("fault_group", case.group)]
     if outcome.klass != OK:
         pytest.fail(detail(case, outcome, ctx), pytrace=False)

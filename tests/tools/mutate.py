@@ -4,6 +4,7 @@
     python tests/tools/mutate.py run --copy /tmp/mut --suite old --out before.jsonl
     python tests/tools/mutate.py run --copy /tmp/mut --suite new --only-survivors before.jsonl --out after.jsonl
     python tests/tools/mutate.py report before.jsonl after.jsonl        # scores, and the survivors left
+    python tests/tools/mutate.py planted --copy /tmp/p --make-copy       # issue #31's planted bugs, each caught?
 
 The repository itself is never written: ``--copy`` names a copy of it (made with ``--make-copy``,
 or by hand: no ``.git``, no ``.venv``) whose ``clip_dinoiser`` is the one imported (``PYTHONPATH``).
@@ -155,6 +156,98 @@ ISSUE_21 = [
     ("clip_dinoiser/engine/training/loop.py", "scheduler.step()", "pass"),
     ("clip_dinoiser/config.py", "low=16), default=448)", "low=16), default=224)"),
     ("clip_dinoiser/models/heads.py", "if missing or unexpected or shapes:", "if unexpected or shapes:"),
+]
+# Issue #31 (nothing silent, round three): one planted bug in the one mechanism of each class of
+# fault, as (what, file, text on one line, its replacement, the test that must catch it):
+# ``python tests/tools/mutate.py planted --copy /tmp/p --make-copy`` (docs/mutation.md lists them).
+_SILENT = "tests/test_nothing_silent.py::test_"
+ISSUE_31 = [
+    ("1 full disk: the one writer re-raises the writer's own error (torch.save's RuntimeError)",
+     "clip_dinoiser/files.py", "raise write_error(cause, path) from None", "raise",
+     _SILENT + "a_failed_save_names_the_file_and_the_cause_and_leaves_the_old_file"),
+    ("1 full disk: a failed append not cut back (half a record left)", "clip_dinoiser/files.py",
+     "os.ftruncate(fd, end)", "pass", _SILENT + "a_failed_append_is_cut_back_to_the_last_whole_record"),
+    ("1 full disk: the claim created (O_EXCL), then written (an empty .in_use on a full disk)",
+     "clip_dinoiser/engine/job/runs.py", "with atomic_file(marker, binary=False, exclusive=True) as f:",
+     'with open(marker, "x", encoding="utf-8") as f:',
+     _SILENT + "a_claim_is_written_whole_or_not_at_all_and_a_stale_or_empty_one_is_taken_over"),
+    ("1 full disk: an empty claim refused, not taken over", "clip_dinoiser/engine/job/runs.py", "        if not pid:",
+     "        if False:",
+     _SILENT + "a_claim_is_written_whole_or_not_at_all_and_a_stale_or_empty_one_is_taken_over"),
+    ("2 shared machines: the one writer keeps mkstemp's 0600", "clip_dinoiser/files.py",
+     "os.fchmod(fd, file_mode())", "pass", _SILENT + "files_get_the_mode_the_umask_gives"),
+    ("3 inputs: inputs.json not compared on resume", "clip_dinoiser/engine/job/inputs.py",
+     "change = now.differs(then)", 'change = ""',
+     _SILENT + "a_resume_refuses_a_changed_input_and_never_says_resuming"),
+    ("3 inputs: a file compared by its size only", "clip_dinoiser/engine/job/inputs.py",
+     "if self.digest == old.digest and", "if self.size == old.size and",
+     _SILENT + "a_resume_refuses_a_changed_input_and_never_says_resuming"),
+    ("3 also seen: 'resuming' logged before the inputs are checked", "clip_dinoiser/engine/training/loop.py",
+     "unrecorded = check_inputs(run_dir, inputs) if resuming else list(inputs)",
+     'unrecorded = (resuming and log.info("resuming %s", run_dir)) or (check_inputs(run_dir, inputs) if resuming '
+     "else list(inputs))", _SILENT + "a_resume_refuses_a_changed_input_and_never_says_resuming"),
+    ("4 keys: data.corruption without its choice (eval.data.corruption=bogus refused after the training)",
+     "clip_dinoiser/config.py", 'choice(CORRUPTIONS, what="corruption", default=None)', "None",
+     _SILENT + "every_key_with_a_closed_set_of_values_is_checked_under_its_full_name"),
+    ("4 keys: train.self_train_from beyond train.iterations accepted", "clip_dinoiser/engine/training/target_train.py",
+     "tcfg.self_train_from > total:", "tcfg.self_train_from > 2 * total:",
+     "tests/test_zero_shot.py::test_self_training_beyond_the_run_is_refused_before_any_model"),
+    ("5 wrong tool: made_by tells no tool apart ('unknown key train.init')", "clip_dinoiser/engine/job/resume.py",
+     "            return tool", "            return None",
+     _SILENT + "a_run_resumed_by_the_wrong_tool_or_lacking_settings_is_one_line"),
+    ("5 broken folder: missing settings of a sub-config not looked for ('missing mandatory value: data')",
+     "clip_dinoiser/engine/job/resume.py",
+     'missing += missing_settings(value, f.default_factory, f"{prefix}{f.name}.")',
+     "pass", _SILENT + "a_run_resumed_by_the_wrong_tool_or_lacking_settings_is_one_line"),
+    ("5 broken folder: the output's walk up through links (a dangling link: a bare [Errno 17])",
+     "clip_dinoiser/files.py", "while not os.path.lexists(probe):", "while not os.path.exists(probe):",
+     _SILENT + "an_output_that_is_a_dangling_link_or_a_link_loop_says_what_to_do"),
+    ("5 hydra slips: hydra/launcher=slurm without the install line", "clip_dinoiser/engine/job/hints.py",
+     'f"pip install -e \\".[{extra}]\\" (the cluster extra', 'f"(the cluster extra',
+     _SILENT + "hydra_slips_that_need_quoting_or_an_extra_say_what_to_do"),
+    ("6 signals: a second Ctrl-C waits for the iteration like the first", "clip_dinoiser/engine/job/signals.py",
+     "if self.immediate or self.signum is not None:", "if self.immediate:",
+     _SILENT + "a_second_signal_stops_the_iteration_under_way"),
+    ("6 signals: a claim or a clean-up cut by the signal (not deferred)", "clip_dinoiser/engine/job/signals.py",
+     "previous = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in SIGNALS}",
+     "previous = {s: signal.getsignal(s) for s in SIGNALS}",
+     _SILENT + "signals_wait_for_a_claim_or_a_clean_up_to_finish"),
+    ("6 signals: a second Ctrl-C while the interpreter exits kills the process by the signal (exit -2, not 130)",
+     "clip_dinoiser/engine/job/signals.py", "    atexit.register(ignore_signals)", "    pass",
+     _SILENT + "a_signal_while_the_interpreter_exits_keeps_the_exit_code"),
+    ("6 signals: an Interrupted replaced by the error of the code it landed in reported as that error (exit 2)",
+     "clip_dinoiser/engine/job/signals.py", "todo += [e.__cause__, e.__context__]", "pass",
+     _SILENT + "a_signal_replaced_by_the_error_of_the_code_it_landed_in_is_still_the_interruption"),
+    ("7 summaries: the clean score averaged into the mean over severities",
+     "clip_dinoiser/engine/reporting/summary.py", "_mean([row.get(c) for c in SEVERITY_COLUMNS])",
+     '_mean([row.get(c) for c in (*SEVERITY_COLUMNS, "clean")])',
+     _SILENT + "the_robustness_table_against_hand_computed_numbers"),
+    ("7 summaries: a run averaged over only the benchmarks it has (summary.md)",
+     "clip_dinoiser/engine/reporting/summary.py", "values = [row[b] for b in benchmarks]",
+     "values = [row[b] for b in benchmarks if row[b] is not None]",
+     _SILENT + "the_robustness_table_against_hand_computed_numbers"),
+    ("7 summaries: a run scored over only the benchmarks it has a score of (robustness.md)",
+     "clip_dinoiser/engine/reporting/summary.py", "    return _mean(scores)",
+     "    return _mean([s for s in scores if s is not None])",
+     _SILENT + "the_robustness_table_against_hand_computed_numbers"),
+    ("7 summaries: runs grouped by model and corruption only (VOC and Context in one row)",
+     "clip_dinoiser/engine/reporting/summary.py", 'ident["benchmark"] = "+".join(',
+     'ident["benchmark"] = "all" or "+".join(',
+     _SILENT + "the_robustness_table_against_hand_computed_numbers"),
+    ("7 summaries: a sweep's unfinished jobs not listed", "clip_dinoiser/engine/reporting/summary.py",
+     "return list(dict.fromkeys(out))", "return []", _SILENT + "a_sweep_with_missing_points_lists_them"),
+    ("7 text cache: the templates left out of the key", "clip_dinoiser/models/text_cache.py",
+     "json.dumps([self.identity, list(templates), name]", "json.dumps([self.identity, name]",
+     _SILENT + "the_text_cache_key_holds_the_templates"),
+    ("8 target: another CLIP only warned about (exit 0 with another classifier)", "clip_dinoiser/models/build.py",
+     "        if not cfg.other_clip:", "        if False:",
+     _SILENT + "a_target_is_scored_with_the_clip_its_checkpoint_records"),
+    ("8 target: the printed evaluate command without data=", "clip_dinoiser/engine/training/target_train.py",
+     "args.append(f\"data={settings['benchmark']}\")", "pass",
+     _SILENT + "the_printed_evaluate_command_names_the_benchmark"),
+    ("also seen: MaskCLIP+ without the check of every training image's header",
+     "clip_dinoiser/engine/training/target_train.py", "    check_images(files)  #", "    pass  #",
+     "tests/test_zero_shot.py::test_a_training_image_that_is_no_image_is_refused_before_any_model"),
 ]
 SWAPS = {"replicate": "zeros", "bilinear": "nearest", "bicubic": "bilinear", "imagenet80": "none",
          "min": "max", "max": "min", "amax": "amin", "amin": "amax"}
@@ -470,6 +563,36 @@ def run(args: argparse.Namespace) -> None:
         print(f"[{i + 1}/{len(mutants)}] {status:8s} {seconds:5.1f}s {mu.file}:{mu.line} {mu.change}", flush=True)
 
 
+def planted(copy: str, timeout: float) -> int:
+    """Each bug of ``ISSUE_31`` planted in the copy in turn, its test run (which must pass on the
+    unplanted copy first); prints "planted: ... -> caught by <test>" or "SURVIVED"; returns how
+    many survived."""
+    os.environ["PYTHONPATH"] = copy + os.pathsep + os.environ.get("PYTHONPATH", "")
+    _preload()
+    log = os.path.join(copy, "mutant.log")
+    signal.signal(signal.SIGTERM, _stop)
+    status, _ = run_tests(copy, sorted({p[4] for p in ISSUE_31}), timeout * 5, log)
+    if status != "survived":
+        raise SystemExit(f"the unplanted copy fails the tests of ISSUE_31: see {log}")
+    survived = 0
+    for what, file, old, new, test in ISSUE_31:
+        path = os.path.join(copy, file)
+        original = open(path, encoding="utf-8").read()
+        if original.count(old) != 1:
+            raise SystemExit(f"{file}: {old!r} is not there once (found {original.count(old)} times)")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(original.replace(old, new))
+        try:
+            status, _ = run_tests(copy, [test], timeout, log)
+        finally:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(original)
+        caught = status in ("killed", "timeout")
+        survived += not caught
+        print(f"planted: {what} -> {'caught by' if caught else 'SURVIVED'} {test}", flush=True)
+    return survived
+
+
 def _stop(signum, frame) -> None:
     raise SystemExit(128 + signum)
 
@@ -504,6 +627,10 @@ def main(argv: list[str] | None = None) -> None:
     ls = sub.add_parser("list", help="print every mutant")
     r = sub.add_parser("run", help="run mutants against the tests, in a copy")
     rep = sub.add_parser("report", help="scores and survivors from run results")
+    pl = sub.add_parser("planted", help="issue #31's planted bugs (ISSUE_31), each against its test, in a copy")
+    pl.add_argument("--copy", required=True, help="the copy of the repository to plant in")
+    pl.add_argument("--make-copy", action="store_true", help="make --copy first")
+    pl.add_argument("--timeout", type=float, default=180.0, help="seconds per planted bug")
     for q in (ls, r):
         q.add_argument("--files", nargs="*", help="only these files (paths as in TARGETS)")
         q.add_argument("--per-file", type=int, default=None, help="at most N mutants per file (seeded sample)")
@@ -529,6 +656,10 @@ def main(argv: list[str] | None = None) -> None:
         if args.make_copy:
             make_copy(args.copy)
         run(args)
+    elif args.command == "planted":
+        if args.make_copy:
+            make_copy(args.copy)
+        raise SystemExit(1 if planted(os.path.abspath(args.copy), args.timeout) else 0)
     else:
         print(report(args.before, args.after))
 

@@ -7,9 +7,11 @@ from typing import Any
 
 import cv2
 import numpy as np
+from PIL import Image
 from torch import Tensor
 
 from ...data.benchmarks import Benchmark, benchmark_palette, label_file_palette
+from ...files import write_atomic
 from ...visualize import colorize, save_indexed, side_by_side, voc_colormap
 
 IGNORE_COLOR = tuple(int(c) for c in voc_colormap()[255])  # VOC's own "void" colour (224, 224, 192)
@@ -47,7 +49,6 @@ class PredictionWriter:
             palette = label_file_palette(self.bench, shift)
             rel = os.path.relpath(meta["seg_map_path"], self.ann_root)
             path = os.path.join(self.pred_dir, os.path.splitext(rel)[0] + ".png")
-            os.makedirs(os.path.dirname(path), exist_ok=True)
             save_indexed(labels + shift, palette, path)
         if self.written_examples < self.examples:
             self.written_examples += 1
@@ -63,5 +64,6 @@ class PredictionWriter:
         fig = side_by_side([("image", image), ("ground truth", truth), ("prediction", colorize(labels, self.palette))],
                            legend)
         stem = os.path.splitext(os.path.basename(meta["img_path"]))[0]
-        os.makedirs(self.example_dir, exist_ok=True)
-        cv2.imwrite(os.path.join(self.example_dir, f"{stem}.png"), cv2.cvtColor(fig, cv2.COLOR_RGB2BGR))
+        picture = Image.fromarray(fig)  # through the one writer (cv2.imwrite says nothing when it fails)
+        path = os.path.join(self.example_dir, f"{stem}.png")
+        write_atomic(path, lambda f: picture.save(f, format="PNG"), binary=True)

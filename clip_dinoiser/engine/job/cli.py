@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 from ...config import check_switches, config_error
 from ...errors import UserError
-from .signals import Interrupted, handled, resume_command, stop_at_once
+from .signals import Interrupted, announce, exit_on_signal, handled, interruption, resume_command, stop_at_once
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,8 @@ def one_line(e: BaseException) -> str:
 def user_errors_as_one_line(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Run ``fn`` with SIGINT and SIGTERM raising ``Interrupted`` (a training loop takes them over
     to finish its iteration); user errors become ``error: <message>`` on stderr and exit code 2,
-    a signal one line and exit code 128 + the signal."""
+    a signal one line and exit code 128 + the signal, also where the code it landed in failed on
+    the half-done state and raised its own error in place of the ``Interrupted``."""
     from omegaconf.errors import OmegaConfBaseException
 
     @functools.wraps(fn)
@@ -57,14 +58,15 @@ def user_errors_as_one_line(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             with stop_at_once():
                 return fn(*args, **kwargs)
-        except (*USER_ERRORS, OmegaConfBaseException) as e:
-            if isinstance(e, OmegaConfBaseException):
-                e = config_error(e)
-            print(f"error: {one_line(e)}", file=sys.stderr)
+        except BaseException as e:
+            stopped = interruption(e)  # also one that the error of the code the signal landed in replaced
+            if stopped is not None:
+                announce(interrupted_message(handled(stopped)))
+                sys.exit(stopped.exit_code)
+            if not isinstance(e, (*USER_ERRORS, OmegaConfBaseException)):
+                raise
+            announce(f"error: {one_line(config_error(e) if isinstance(e, OmegaConfBaseException) else e)}")
             sys.exit(2)
-        except Interrupted as e:
-            print(interrupted_message(handled(e)), file=sys.stderr)
-            sys.exit(e.exit_code)
 
     return wrapper
 
@@ -80,6 +82,12 @@ def interrupted_message(e: Interrupted) -> str:
         return (f"interrupted ({e.name}) before an iteration could be saved; {resume_command(e.run_dir)} "
                 "continues from its newest checkpoint, if any")
     return f"interrupted ({e.name}): iteration {e.iteration} saved; continue with {resume_command(e.run_dir)}"
+
+
+def main_process() -> None:
+    """What every tool's ``__main__`` does first: signals outside a run end the process in one line
+    (``signals.exit_on_signal``), from now until it exits."""
+    exit_on_signal()
 
 
 def launch(main: Callable[[], Any], *, schema: type | None = None, groups: dict[str, str] | None = None) -> None:

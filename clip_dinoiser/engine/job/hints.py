@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import shlex
 from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 
 from ...config import field_length, field_type
 from ...errors import UserError
@@ -45,7 +47,15 @@ def check_spelling(argv: Sequence[str], schema: type, groups: Mapping[str, str],
             (override,) = parser.parse_overrides([arg])
         except OverrideParseException:
             if "=" not in arg:
-                raise UserError(bare_argument(arg, schema, groups, config_dir)) from None
+                before = argv[i - 1] if i > 0 and "=" in argv[i - 1] and not argv[i - 1].startswith("-") else ""
+                value = before.split("=", 1)[-1]
+                split_path = (any(c in value + arg for c in "/\\.") and not value.startswith(("[", "{", "'", '"'))
+                              and not any(arg in group_options(config_dir, g) for g in groups))  # a path cut in two
+                raise UserError(unquoted_space(before, arg) if before and split_path else
+                                bare_argument(arg, schema, groups, config_dir)) from None
+            hint = quote_value(arg)
+            if hint:
+                raise UserError(hint) from None
             continue  # hydra names the grammar error itself
         key = override.key_or_group
         if key.startswith("hydra.") or key == "hydra" or override.is_delete():
@@ -62,6 +72,24 @@ def check_spelling(argv: Sequence[str], schema: type, groups: Mapping[str, str],
         hint = list_hint(key, value, schema)
         if hint:
             raise UserError(hint)
+
+
+def unquoted_space(before: str, arg: str) -> str:
+    """``key=my dir/x`` given unquoted: the shell split it in two; quote it whole."""
+    return (f"{arg}: settings are key=value; a value with a space is one argument, quoted for the shell: "
+            f"{shlex.quote(before + ' ' + arg)}")
+
+
+def quote_value(arg: str) -> str | None:
+    """``key=value`` whose value hydra's grammar cannot read unquoted (a path with brackets, a
+    colon, a comma, quotes): how to quote it for hydra inside the shell's quotes. None for a list
+    or a dict (hydra's own message says where its grammar failed)."""
+    key, value = arg.split("=", 1)
+    if value.strip().startswith(("[", "{")) or not value:
+        return None
+    inner = f'"{value}"' if '"' not in value else f"'{value}'"
+    return (f"{arg}: hydra cannot read this value unquoted: quote it for hydra inside the shell's quotes, "
+            f"{shlex.quote(f'{key}={inner}')}")
 
 
 def user_config_dirs(argv: Sequence[str]) -> list[str]:
@@ -110,9 +138,19 @@ def list_hint(key: str, value, schema: type) -> str | None:
     return f"{key}={value}: {key} is a list: '{key}=[{','.join([str(value)] * length)}]'"
 
 
+# hydra's launcher plugins and the extra that installs each (pyproject.toml)
+LAUNCHER_EXTRAS = MappingProxyType({"submitit_slurm": "cluster", "submitit_local": "cluster"})
+
+
 def composition_error(e: BaseException, config_dir: str) -> UserError | None:
     """hydra's "Could not find '<group>/<option>'" (its options on further lines) as one line
-    with the group's options (those hydra lists, else ``configs/``'s); None for any other error."""
+    with the group's options (those hydra lists, else ``configs/``'s); its "Could not load
+    'hydra/launcher/<plugin>'" as the install line of the plugin's extra; None for any other error."""
+    plugin = re.search(r"Could not load 'hydra/launcher/([^']+)'", str(e))
+    if plugin:
+        extra = LAUNCHER_EXTRAS.get(plugin.group(1), "cluster")
+        return UserError(f"hydra/launcher: hydra's {plugin.group(1)} launcher is not installed: "
+                         f"pip install -e \".[{extra}]\" (the cluster extra: hydra-submitit-launcher)")
     match = re.search(r"Could not find '([^'/]+)/([^']+)'", str(e))
     if not match:
         return None

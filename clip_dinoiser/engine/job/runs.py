@@ -5,16 +5,19 @@ through ``RunFolder``:
 
 * ``check``: before any model is built, the folder is writable and holds none of the files the
   run will write (``overwrite=true`` allows replacing them; a resumed run owns its files);
-* ``claim``: a marker file created with ``O_CREAT | O_EXCL`` holds the process id and host, so a
-  second process writing into the same folder is refused in one line (a marker left by a dead
-  process on this host is taken over); the check is repeated under the claim;
-* ``write_*``: every file is written under a temporary name and renamed, so an interrupted
-  write never leaves half a file;
+* ``claim``: a marker file, created complete or not at all (written beside it, then hard-linked
+  to its name, which fails if it exists), holds the process id and host, so a second process
+  writing into the same folder is refused in one line (a marker left by a dead process on this
+  host, or an empty one, is taken over, in one line); the check is repeated under the claim;
+* ``write_*``: every file goes through the one writer (``files.atomic_file``): written under a
+  temporary name and renamed, so an interrupted or failed write never leaves half a file, with
+  the mode the umask gives; a full disk or a read-only file system is one line naming the file;
 * ``release``: the marker goes; after a failure, a folder the run created and left empty goes too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -25,7 +28,8 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import IO, Any
 
-from ...files import check_output_dir, write_atomic
+from ...files import atomic_file, check_output_dir, write_atomic, write_error
+from .signals import deferred
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +70,52 @@ def refuse_existing(paths: Sequence[str], key: str, what: str) -> None:
                               "set overwrite=true")
 
 
+def write_claim(marker: str) -> None:
+    """Create ``marker`` holding "<pid> <host> <start time> <command>", complete or not at all (the
+    one writer's exclusive mode): ``FileExistsError`` if it exists; a full disk leaves nothing."""
+    text = f"{os.getpid()} {socket.gethostname()} {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(sys.argv)[:500]}\n"
+    with atomic_file(marker, binary=False, exclusive=True) as f:
+        f.write(text)
+
+
+def read_claim(marker: str) -> tuple[str, str, str] | None:
+    """(pid, host, start time) of a claim marker, ("", "?", "?") for an empty or unreadable one,
+    None once it is gone. An empty marker younger than a second is read again after one (a
+    writer of an older version may be about to fill it)."""
+    for attempt in range(2):
+        try:
+            with open(marker, encoding="utf-8", errors="replace") as f:
+                text = f.read()
+            age = time.time() - os.path.getmtime(marker)
+        except FileNotFoundError:
+            return None
+        except OSError:
+            text, age = "", 1e9
+        if text.strip() or attempt or age > 1:
+            break
+        time.sleep(1)
+    pid, host, since, *_ = (text.split(" ", 3) + [""] * 4)[:4]
+    return (pid, host or "?", since or "?") if pid.strip() else ("", "?", "?")
+
+
+def remove_claim(marker: str, claim: tuple[str, str, str]) -> bool:
+    """Remove the stale claim ``marker`` (read as ``claim``) unless another process took the folder
+    over meanwhile: the marker is first renamed to a name of this process's own (atomic), then
+    checked; a fresh claim moved by mistake is put back. True when this process removed it."""
+    aside = f"{marker}.stale.{os.getpid()}"
+    try:
+        os.rename(marker, aside)
+    except FileNotFoundError:
+        return False
+    if read_claim(aside) == claim:
+        os.remove(aside)
+        return True
+    with contextlib.suppress(OSError):  # another process's new claim: back where it was
+        os.link(aside, marker)
+        os.remove(aside)
+    return False
+
+
 class RunFolder:
     """A run folder and the files a run writes there.
 
@@ -93,59 +143,73 @@ class RunFolder:
         return self
 
     def claim(self) -> RunFolder:
-        """Make the folder and take it for this process (a second writer is refused), then ``check``."""
+        """Make the folder and take it for this process (a second writer is refused), then ``check``.
+        A signal waits until the claim is made or refused (``signals.deferred``)."""
         self.check()
+        with deferred():
+            self._claim()
+        return self
+
+    def _claim(self) -> None:
         self._created = not os.path.isdir(self.path)
-        os.makedirs(self.path, exist_ok=True)
+        try:
+            os.makedirs(self.path, exist_ok=True)
+        except OSError as e:
+            raise write_error(e, self.path) from None
         marker = os.path.join(self.path, MARKER)
-        for _ in range(2):
+        for _ in range(3):
             try:
-                fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                write_claim(marker)
                 break
             except FileExistsError:
                 self._take_over_stale(marker)
+            except BaseException:
+                self.release(failed=True)  # nothing claimed: a folder made here goes again
+                raise
         else:
             raise FileExistsError(f"{self.key}={self.path}: cannot claim the folder ({marker} keeps reappearing)")
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{os.getpid()} {socket.gethostname()} {time.strftime('%Y-%m-%dT%H:%M:%S')} "
-                    f"{' '.join(sys.argv)[:500]}\n")
         self._claimed = True
         try:
             self.check()  # again, now that no other process can write here
         except BaseException:
             self.release(failed=True)
             raise
-        return self
 
     def _take_over_stale(self, marker: str) -> None:
-        """Remove ``marker`` if it was left by a process of this host that has ended; else refuse."""
-        try:
-            with open(marker) as f:
-                pid_text, host, since, *_ = (f.read().split(" ", 3) + ["?"] * 4)[:4]
-        except OSError:
-            pid_text, host, since = "?", "?", "?"
-        if host == socket.gethostname() and pid_text.isdigit() and not _alive(int(pid_text)):
-            log.warning("%s was claimed by process %s, which has ended: taking it over", self.path, pid_text)
-            os.remove(marker)
+        """Take ``marker`` over if its process has ended (a process of this host that is gone, or
+        an empty claim: one whose writer stopped before it could say who it was, on a full disk
+        or in an older version), saying so in one line; else refuse in one line."""
+        claim = read_claim(marker)
+        if claim is None:  # gone meanwhile: claim again
             return
-        raise FileExistsError(f"{self.key}={self.path} is being written by process {pid_text} on {host} (since "
-                              f"{since}): choose another folder, or remove {marker} if that process is gone")
+        pid, host, since = claim
+        if not pid:
+            why = "an empty claim (its writer stopped before it said who it was: a full disk?)"
+        elif host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+            why = f"a claim by process {pid}, which has ended"
+        else:
+            raise FileExistsError(f"{self.key}={self.path} is being written by process {pid} on {host} (since "
+                                  f"{since}): choose another folder, or remove {marker} if that process is gone")
+        if remove_claim(marker, claim):
+            log.warning("%s: taking over %s: %s", self.path, MARKER, why)
 
     def release(self, failed: bool = False, discard: bool = False) -> None:
         """Give the folder up; ``discard``: first remove what this process wrote (a run that failed
         before it had anything worth keeping); after a failure, remove the folder if this run
-        created it and it is empty."""
-        if discard:
-            for name in reversed(self.written):
-                _remove(self.file(name))
-            self.written.clear()
-        if self._claimed:
-            marker = os.path.join(self.path, MARKER)
-            if os.path.isfile(marker):
-                os.remove(marker)
-            self._claimed = False
-        if failed and self._created and os.path.isdir(self.path) and not os.listdir(self.path):
-            os.rmdir(self.path)
+        created it and it is empty. A signal waits until this is done (after a failure it is
+        dropped: the process is stopping already), so no half-removed run blocks the next one."""
+        with deferred(deliver=not failed):
+            if discard:
+                for name in reversed(self.written):
+                    _remove(self.file(name))
+                self.written.clear()
+            if self._claimed:
+                marker = os.path.join(self.path, MARKER)
+                if os.path.isfile(marker):
+                    os.remove(marker)
+                self._claimed = False
+            if failed and self._created and os.path.isdir(self.path) and not os.listdir(self.path):
+                os.rmdir(self.path)
 
     def __enter__(self) -> RunFolder:
         return self.claim()

@@ -20,7 +20,7 @@ from typing import Any
 from ...errors import UserError
 from ...files import write_atomic
 from ...readers import read_config, read_json, read_text
-from ..job.runs import METRICS
+from ..job.runs import MARKER, METRICS
 
 SUMMARY_FILES = ("summary.csv", "summary.md", "summary.png", "curves.png", "robustness.md", "robustness.csv",
                  "robustness.png")
@@ -194,15 +194,27 @@ def text(value: Any, score: bool = False) -> str:
 
 @dataclass
 class Table:
+    """A table of runs; ``missing``: the points it expects and has no run for; ``clashes``: runs
+    that would have shared a cell with another (each is named, none overwrites another)."""
+
     kind: str
     columns: list[str]
     scores: list[str]
     rows: list[dict[str, Any]]
+    missing: list[str] = field(default_factory=list)
+    clashes: list[str] = field(default_factory=list)
 
     def markdown(self) -> str:
         lines = ["| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
         lines += ["| " + " | ".join(text(r.get(c), c in self.scores) for c in self.columns) + " |" for r in self.rows]
-        return "\n".join(lines) + "\n"
+        notes = listed(f"Missing points ({len(self.missing)}: no run, its cell shows -)", self.missing)
+        notes += listed(f"Runs not shown ({len(self.clashes)}: the same point as a run shown)", self.clashes)
+        return "\n".join(lines) + "\n" + notes
+
+
+def listed(title: str, items: Sequence[str]) -> str:
+    """A markdown list under ``title`` ("" when there is nothing to list)."""
+    return f"\n{title}:\n\n" + "".join(f"- {item}\n" for item in items) if items else ""
 
 
 def tables(runs: Sequence[Run]) -> list[Table]:
@@ -227,6 +239,66 @@ def run_names(folders: Sequence[str]) -> dict[str, str]:
     return {f: os.path.relpath(os.path.abspath(f), common) for f in folders}
 
 
+SWEEP_RECORD = "multirun.yaml"  # hydra's record of a sweep (-m), in the sweep's folder
+FINISHED = ("results.json", "last.pt")  # a job that has either of these has finished
+
+
+def missing_jobs(folders: Sequence[str]) -> list[str]:
+    """The points of the sweeps below ``folders`` that have no results, each with its settings:
+    a job of a hydra sweep (``multirun.yaml``: its command expanded as hydra expands it) whose
+    folder holds neither ``results.json`` nor ``last.pt`` (not started, stopped, failed or still
+    running), and any folder still claimed by a run (``.in_use``) without results."""
+    out = []
+    for top in folders:
+        for folder, subfolders, files in os.walk(top):
+            subfolders.sort()
+            if SWEEP_RECORD in files:
+                for number, overrides in enumerate(sweep_jobs(os.path.join(folder, SWEEP_RECORD)) or []):
+                    job = os.path.join(folder, str(number))
+                    if not any(os.path.isfile(os.path.join(job, f)) for f in FINISHED):
+                        state = "not started" if not os.path.isdir(job) else "no results"
+                        out.append(f"{job} ({state}): {' '.join(overrides)}")
+            elif MARKER in files and not any(f in files for f in FINISHED):
+                out.append(f"{folder} (claimed by a run, no results: still running, or stopped)")
+    return list(dict.fromkeys(out))
+
+
+def sweep_jobs(record: str) -> list[list[str]] | None:
+    """The overrides of each job of the hydra sweep recorded in ``record`` (``multirun.yaml``), in
+    hydra's job order (``<sweep folder>/<job number>``); None when the sweep's jobs are not in
+    numbered folders or its command cannot be expanded here (a glob over a group of another
+    config folder)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import Glob
+    from omegaconf import OmegaConf
+
+    hydra = OmegaConf.to_container(read_config(record, "hydra's record of a sweep")).get("hydra") or {}
+    if (hydra.get("sweep") or {}).get("subdir") != "${hydra.job.num}":
+        return None
+    params = [f"{k}={v}" for k, v in ((hydra.get("sweeper") or {}).get("params") or {}).items()]
+    task = [*params, *((hydra.get("overrides") or {}).get("task") or [])]
+    dirs = [s["path"] for s in (hydra.get("runtime") or {}).get("config_sources") or [] if s.get("schema") == "file"]
+    parser = OverridesParser.create()
+    try:
+        expanded = []
+        for o in parser.parse_overrides(task):
+            if isinstance(o.value(), Glob):
+                options = sorted({f[:-5] for d in dirs if os.path.isdir(os.path.join(d, o.key_or_group))
+                                  for f in os.listdir(os.path.join(d, o.key_or_group)) if f.endswith(".yaml")})
+                chosen = o.value().filter(options)
+                if not chosen:
+                    return None
+                expanded.append(f"{o.get_key_element()}={','.join(chosen)}")
+            else:
+                expanded.append(o.input_line)
+        (batch,) = BasicSweeper.split_arguments(parser.parse_overrides(expanded), None)
+    except Exception:  # hydra's grammar of another version: no list rather than a wrong one
+        return None
+    swept = {o.key_or_group for o in parser.parse_overrides(expanded) if o.is_sweep_override()}
+    return [[a for a in job if a.split("=", 1)[0].lstrip("+~") in swept] for job in batch]
+
+
 def write_summary(folders: Sequence[str], out_dir: str) -> str:
     """``summary.csv`` / ``.md``, ``summary.png`` (the mIoU of the runs that have one) and
     ``curves.png`` (training curves) of the runs below ``folders``, in ``out_dir``; returns the markdown."""
@@ -240,6 +312,8 @@ def write_summary(folders: Sequence[str], out_dir: str) -> str:
     table = robustness_table(runs)
     if table is not None:
         markdown += "\n## Robustness (MaskCLIP's protocol: mIoU per corruption and severity)\n\n" + table.markdown()
+    jobs = missing_jobs(folders)
+    markdown += listed(f"\n## Sweep points without results ({len(jobs)})", jobs)
     os.makedirs(out_dir, exist_ok=True)
     write_atomic(os.path.join(out_dir, "summary.md"), lambda f: f.write(markdown))
     write_atomic(os.path.join(out_dir, "summary.csv"), lambda f: _write_csv(f, found))
@@ -255,7 +329,8 @@ def write_summary(folders: Sequence[str], out_dir: str) -> str:
         write_atomic(os.path.join(out_dir, "curves.png"),
                      lambda f: plot_curves({names[r.folder]: r.curves for r in runs if r.curves}, f), binary=True)
     if table is not None:
-        write_atomic(os.path.join(out_dir, "robustness.md"), lambda f: f.write(table.markdown()))
+        gaps = listed(f"\nSweep points without results ({len(jobs)})", jobs)
+        write_atomic(os.path.join(out_dir, "robustness.md"), lambda f: f.write(table.markdown() + gaps))
         write_atomic(os.path.join(out_dir, "robustness.csv"), lambda f: _write_csv(f, [table]))
         from .plots import plot_robustness
 
@@ -283,14 +358,19 @@ TOWER = "tower"  # the robustness table's column for model.clip.name (MaskCLIP's
 
 def robustness_table(runs: Sequence[Run]) -> Table | None:
     """When evaluation runs differ in ``data.corruption``: a row per (model, tower, benchmark, any
-    other setting that differs among the runs, corruption) with the mIoU at each severity, and the
-    clean mIoU of the same model, tower, benchmark and settings (the reference) beside them."""
+    other setting that differs among the runs, corruption) with the mIoU at each severity, their
+    mean (over severities 1 to 5, the clean score not among them; "-" unless all five are there)
+    and the clean mIoU of the same model, tower, benchmark and settings (the reference) beside
+    them. Every point of the grid (each row's identity with the clean score and each corruption
+    and severity run anywhere in the table) without a run is listed in ``missing``; a run for a
+    point another run already holds is listed in ``clashes``, never written over it."""
     evals = [r for r in runs if r.kind == "eval"]
     if not any(r.settings.get("data.corruption") for r in evals):
         return None
     named = (*ROBUSTNESS_KEYS, "model.name", "model.clip.name", "data.name")  # columns of their own
     others = [k for k in varying_keys(evals) if k not in named]
     towers = len({r.settings.get("model.clip.name") for r in evals}) > 1
+    names = run_names([r.folder for r in evals])
 
     def identity(r: Run) -> dict[str, Any]:
         ident = {"model": r.settings.get("model.name")}
@@ -303,21 +383,46 @@ def robustness_table(runs: Sequence[Run]) -> Table | None:
     def key(ident: dict[str, Any]) -> str:
         return json.dumps(ident, sort_keys=True, default=str)
 
-    clean = {key(identity(r)): run_score(r) for r in evals if not r.settings.get("data.corruption")}
-    rows: dict[tuple[str, str], dict[str, Any]] = {}
-    for r in evals:
-        name = r.settings.get("data.corruption")
-        if name:
-            ident = identity(r)
-            row = rows.setdefault((key(ident), name), {**ident, "corruption": name, "clean": clean.get(key(ident))})
-            row[f"severity {r.settings.get('data.severity')}"] = run_score(r)
-    ordered = [rows[k] for k in sorted(rows)]
-    for row in ordered:
-        values = [row.get(c) for c in SEVERITY_COLUMNS]
-        row["mean"] = _mean(values)
-    idents = ["model", *([TOWER] if towers else []), "benchmark", *others]
-    columns = [*idents, "corruption", *SEVERITY_COLUMNS, "mean", "clean"]
-    return Table("robustness", columns, [*SEVERITY_COLUMNS, "mean", "clean"], ordered)
+    cells: dict[tuple[str, str, int | None], Run] = {}  # (identity, corruption or "", severity) -> its run
+    idents: dict[str, dict[str, Any]] = {}
+    clashes = []
+    for r in sorted(evals, key=lambda r: r.folder):
+        ident = identity(r)
+        corruption = r.settings.get("data.corruption") or ""
+        cell = (key(ident), corruption, r.settings.get("data.severity") if corruption else None)
+        if cell in cells:
+            clashes.append(f"{names[r.folder]}: {point(ident, corruption, cell[2])}, as {names[cells[cell].folder]}")
+            continue
+        cells[cell] = r
+        idents.setdefault(key(ident), ident)
+    corruptions = sorted({c for _, c, _ in cells if c})
+    severities = sorted({s for _, c, s in cells if c})
+    rows, missing = [], []
+    for k in sorted(idents):
+        if not any(c for i, c, _ in cells if i == k):
+            continue  # clean runs only: not a robustness row
+        clean = cells.get((k, "", None))
+        if clean is None:
+            missing.append(point(idents[k], "", None))
+        for corruption in corruptions:
+            row = {**idents[k], "corruption": corruption, "clean": run_score(clean) if clean else None}
+            for severity in severities:
+                r = cells.get((k, corruption, severity))
+                if r is None:
+                    missing.append(point(idents[k], corruption, severity))
+                else:
+                    row[f"severity {severity}"] = run_score(r)
+            row["mean"] = _mean([row.get(c) for c in SEVERITY_COLUMNS])
+            rows.append(row)
+    columns = [*idents[next(iter(idents))].keys(), "corruption", *SEVERITY_COLUMNS, "mean", "clean"]
+    return Table("robustness", columns, [*SEVERITY_COLUMNS, "mean", "clean"], rows, missing, clashes)
+
+
+def point(ident: dict[str, Any], corruption: str, severity: int | None) -> str:
+    """A point of the robustness grid in words: ``model=maskclip benchmark=voc corruption=fog severity=3``."""
+    parts = [f"{k}={v}" for k, v in ident.items()]
+    parts += [f"corruption={corruption}", f"severity={severity}"] if corruption else ["clean"]
+    return " ".join(parts)
 
 
 def _write_csv(f, found: list[Table]) -> None:

@@ -26,11 +26,13 @@ from tqdm import tqdm
 
 from ...data.train_images import ResumableBatchSampler
 from ...errors import ConfigError, UserError
-from ...files import save_atomic
+from ...files import WriteError, append_atomic, save_atomic
 from ...readers import read_weights
 from ..job import distributed as dist
+from ..job.inputs import INPUTS, Input, check_inputs, record_inputs
 from ..job.runs import METRICS, RunFolder
 from ..job.signals import Interrupted, StopRequest, handled, ignore_signals, raise_if_stopped, resume_command
+from .events import EventFile
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,10 @@ class Task(Protocol):
     def save_final(self, path: str) -> str:
         """Write the trained result (``last.pt``) in the task's own format; returns a line for the log."""
 
+    def inputs(self) -> Mapping[str, Input]:
+        """What identifies each input the run reads (``engine/job/inputs.py``), by the key that
+        names it: recorded in a new run's folder, compared on resume."""
+
 
 def checkpoints(run_dir: str) -> list[str]:
     """The run's checkpoints, oldest first (the names carry the iteration, zero-padded)."""
@@ -76,9 +82,9 @@ def latest_checkpoint(run_dir: str) -> str | None:
     return files[-1] if files else None
 
 
-def restore(run_dir: str, module: nn.Module, optimizer, scheduler) -> int:
-    """Load the newest readable checkpoint of ``run_dir``; returns its iteration. An unreadable
-    (truncated) newer one is named in a warning and the next older one is used."""
+def restore(run_dir: str, module: nn.Module, optimizer, scheduler) -> tuple[int, str]:
+    """Load the newest readable checkpoint of ``run_dir``; returns (its iteration, its path). An
+    unreadable (truncated) newer one is named in a warning and the next older one is used."""
     files = checkpoints(run_dir)[::-1]
     for path in files:
         try:
@@ -89,16 +95,16 @@ def restore(run_dir: str, module: nn.Module, optimizer, scheduler) -> int:
         except (UserError, KeyError, TypeError, ValueError, RuntimeError) as e:  # truncated or foreign
             log.warning("checkpoint %s is unreadable (%s); trying an older one", path, str(e).splitlines()[0])
             continue
-        log.info("resuming %s from iteration %d (%s)", run_dir, int(ckpt["iteration"]), os.path.basename(path))
-        return int(ckpt["iteration"])
+        return int(ckpt["iteration"]), path
     raise UserError(f"no readable checkpoint in {run_dir}/{CHECKPOINTS} ({len(files)} unreadable)")
 
 
 class Curves:
     """Per-iteration scalars of rank 0: ``metrics.jsonl`` (one JSON object per iteration) and,
-    when ``tensorboard`` is installed, TensorBoard event files in ``tensorboard/``. Values stay
-    on the device until ``flush`` (every ``every`` iterations: one synchronisation, not one per
-    scalar). A resumed run first drops the lines after its checkpoint's iteration."""
+    when ``tensorboard`` is installed, TensorBoard event files in ``tensorboard/`` (``events.py``),
+    both appended through the one writer (a full disk: one line naming the file, no half line).
+    Values stay on the device until ``flush`` (every ``every`` iterations: one synchronisation,
+    not one per scalar). A resumed run first drops the lines after its checkpoint's iteration."""
 
     def __init__(self, run: RunFolder | None, start: int, every: int = 20) -> None:
         self.run, self.every, self._rows = run, every, []
@@ -110,12 +116,7 @@ class Curves:
             with open(self.path, encoding="utf-8") as f:
                 kept = [ln for ln in f if ln.strip() and _iteration_of(ln) <= start]
             run.write_text(METRICS, "".join(kept))
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(run.record(TENSORBOARD), purge_step=start + 1)
-        except ImportError:  # the tensorboard package is optional
-            self._tb = None
+        self._tb = EventFile.open(run.record(TENSORBOARD), purge_step=start + 1 if start else None)
 
     def add(self, iteration: int, scalars: Mapping[str, Tensor | float]) -> None:
         if self.run is None:
@@ -130,19 +131,16 @@ class Curves:
         tensors = [v.detach().float().reshape(()) for _, row in self._rows for v in row.values()
                    if isinstance(v, Tensor)]
         values = iter(torch.stack(tensors).tolist() if tensors else [])
-        with open(self.path, "a", encoding="utf-8") as f:
-            for iteration, row in self._rows:
-                line = {k: next(values) if isinstance(v, Tensor) else float(v) for k, v in row.items()}
-                f.write(json.dumps({"iteration": iteration, **line}) + "\n")
-                for k, v in line.items():
-                    if self._tb is not None:
-                        self._tb.add_scalar(k, v, iteration)
+        lines = [(iteration, {k: next(values) if isinstance(v, Tensor) else float(v) for k, v in row.items()})
+                 for iteration, row in self._rows]
         self._rows.clear()
+        append_atomic(self.path, "".join(json.dumps({"iteration": it, **line}) + "\n"
+                                         for it, line in lines).encode("utf-8"))
+        if self._tb is not None:
+            self._tb.add(lines)
 
     def close(self) -> None:
         self.flush()
-        if self._tb is not None:
-            self._tb.close()
 
 
 def _iteration_of(line: str) -> int:
@@ -179,13 +177,14 @@ def run_loop(task: Task, sampler: ResumableBatchSampler, tcfg: Mapping[str, Any]
 
     def save(iteration: int) -> None:
         if rank == 0 and run is not None:
-            _save_checkpoint(run, iteration, task.module, optimizer, scheduler, keep)
+            _save_checkpoint(run, iteration, task.module, optimizer, scheduler, keep, saved)
 
     curves = Curves(run if rank == 0 else None, start)
     bar = tqdm(total=sampler.total, initial=start, desc="train", unit="it", disable=rank != 0, dynamic_ncols=True)
     log_every = int(tcfg.get("log_every") or 50)
     done = saved = start
     started = time.perf_counter()
+    finished = False
     try:
         with StopRequest() as stop:
             for it, batch in enumerate(loader, start):
@@ -209,13 +208,23 @@ def run_loop(task: Task, sampler: ResumableBatchSampler, tcfg: Mapping[str, Any]
                     break
         if stop.requested:
             raise Interrupted(stop.signum)
+        finished = True
     except Interrupted as e:  # after a second signal, the iteration under way is lost; the last save stays
         e.run_dir, e.iteration = (run.path if run else None), (saved if saved > 0 else None)
         raise handled(e) from None
     finally:
         bar.close()
-        curves.close()
+        _close(curves, finished)
     return done
+
+
+def _close(curves: Curves, finished: bool) -> None:
+    """The curves' last lines written; after a failure, an error of theirs gives way to the one under way."""
+    try:
+        curves.close()
+    except OSError:
+        if finished:
+            raise
 
 
 def _check_finite(loss: Tensor, done: int, saved: int, device: torch.device, world: int) -> None:
@@ -299,15 +308,26 @@ def _loader(dataset: Dataset, sampler: ResumableBatchSampler, tcfg: Mapping[str,
                       worker_init_fn=ignore_signals)
 
 
-def _save_checkpoint(run: RunFolder, iteration: int, module: nn.Module, optimizer, scheduler, keep: int) -> None:
+def _save_checkpoint(run: RunFolder, iteration: int, module: nn.Module, optimizer, scheduler, keep: int,
+                     saved: int) -> None:
+    """Checkpoint ``iteration``, then keep the newest ``keep``. A full disk (quota, read-only file
+    system) stops the run in one line naming the file and the checkpoint kept (``saved``)."""
     path = run.file(os.path.join(CHECKPOINTS, f"iter_{iteration:07d}.pt"))
-    save_atomic({"iteration": iteration, "model_state_dict": module.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict()}, path)
+    try:
+        save_atomic({"iteration": iteration, "model_state_dict": module.state_dict(),
+                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, path)
+    except WriteError as e:  # what was saved before stays
+        kept = (f"iteration {saved} is the newest checkpoint kept: free space, then {resume_command(run.path)} "
+                "continues from it" if saved else "no checkpoint was saved")
+        err = WriteError(f"{e}; {kept}")
+        err.errno = e.errno
+        raise err from None
     for old in checkpoints(run.path)[:-keep]:
         os.remove(old)
 
 
-RUN_FILES = ("config.yaml", "train.log", "last.pt", CHECKPOINTS, METRICS, TENSORBOARD, "results.json", "results.csv")
+RUN_FILES = ("config.yaml", "train.log", "last.pt", CHECKPOINTS, METRICS, TENSORBOARD, INPUTS, "results.json",
+             "results.csv")
 
 
 def run_folder(cfg: Mapping[str, Any]) -> RunFolder:
@@ -318,10 +338,12 @@ def run_folder(cfg: Mapping[str, Any]) -> RunFolder:
     return RunFolder(tcfg["output"], RUN_FILES, key="train.output", overwrite=bool(cfg.get("overwrite")))
 
 
-def start_run(cfg: Mapping[str, Any], saved: Mapping[str, Any] | None = None) -> RunFolder:
-    """Claim the run folder; a new run then clears an earlier run's files (``overwrite=true``)
-    and writes its ``config.yaml`` (``saved``: what to record, default ``cfg``)."""
-    run = run_folder(cfg).claim()
+def start_run(cfg: Mapping[str, Any], saved: Mapping[str, Any] | None = None, run: RunFolder | None = None
+              ) -> RunFolder:
+    """Claim the run folder (``run``: that object, else ``run_folder(cfg)``); a new run then clears
+    an earlier run's files (``overwrite=true``) and writes its ``config.yaml`` (``saved``: what to
+    record, default ``cfg``). A caller that passes ``run`` can release it whatever happens here."""
+    run = (run or run_folder(cfg)).claim()
     if not cfg["train"].get("resume"):
         if cfg.get("overwrite"):
             run.clear()
@@ -348,14 +370,25 @@ def in_run_folder(cfg: Mapping[str, Any], device: torch.device, run: RunFolder |
 
 def run_task(task: Task, sampler: ResumableBatchSampler, tcfg: Mapping[str, Any], run: RunFolder | None,
              device: torch.device, rank: int, world: int) -> str | None:
-    """A whole run of ``task``: its optimizer, the newest checkpoint on resume (iterations left,
-    or a one-line error), the loop, then ``last.pt``; returns its path, or None when
-    ``train.stop_after`` ended this call."""
+    """A whole run of ``task``: its optimizer; on resume, its inputs compared with the ones it
+    recorded (``inputs.json``, a change refused), the newest checkpoint and its iterations left
+    (else one line; only then the log says "resuming"); the loop, then ``last.pt``; returns its
+    path, or None when ``train.stop_after`` ended this call."""
     optimizer, scheduler = task.make_optimizer()
+    resuming = bool(tcfg.get("resume"))
     run_dir = tcfg.get("resume") or tcfg["output"]
-    start = restore(run_dir, task.module, optimizer, scheduler) if tcfg.get("resume") else 0
+    inputs = task.inputs()
+    unrecorded = check_inputs(run_dir, inputs) if resuming else list(inputs)
+    start, checkpoint = restore(run_dir, task.module, optimizer, scheduler) if resuming else (0, None)
     check_schedule(sampler.total, start, run_dir, "train.epochs" if sampler.iterations is None else
                    "train.iterations")
+    if resuming:
+        log.info("resuming %s from iteration %d (%s)", run_dir, start, os.path.basename(checkpoint))
+        if unrecorded:
+            log.warning("%s has no record of %s (a run of an earlier version): recorded now, not checked", run_dir,
+                        ", ".join(unrecorded))
+    if run is not None and unrecorded:
+        record_inputs(run.write_json, inputs)
     sampler.start = start
     task.prepare(start)
     if run is not None:

@@ -41,9 +41,10 @@ from ...data.seg_train import (
     augment_for,
     get_train_split,
     label_files,
+    split_files,
     training_split,
 )
-from ...data.train_images import ResumableBatchSampler
+from ...data.train_images import ResumableBatchSampler, check_images
 from ...errors import ConfigError
 from ...files import save_atomic
 from ...models import build_model, model_config
@@ -54,6 +55,7 @@ from ...vocabulary import Vocabulary, read_vocabulary_file
 from ...weights import Weight, check_weights
 from ..evaluation.inference import autocast
 from ..job import distributed as dist
+from ..job.inputs import Input, file_input, files_input
 from ..job.resume import check_resume_folder
 from ..job.runs import RunFolder
 from .loop import (
@@ -61,12 +63,33 @@ from .loop import (
     in_run_folder,
     run_folder,
     run_task,
-    start_run,  # noqa: F401 (the training tool claims the run folder with it)
 )
+from .loop import start_run as start_training
 
 log = logging.getLogger(__name__)
 
 IGNORE = 255
+
+
+def vocabulary_path(tcfg: TargetTrainSettings) -> str:
+    """The class-name file of ``train.vocabulary``, else of the benchmark's ``train.vocabulary_set``."""
+    from ...data.benchmarks import BENCHMARKS
+
+    if tcfg.vocabulary or tcfg.benchmark == FOLDER:
+        return tcfg.vocabulary
+    return BENCHMARKS[tcfg.benchmark].vocabulary_in(tcfg.vocabulary_set, "train.vocabulary_set")
+
+
+def run_inputs(tcfg: TargetTrainSettings, root: str, files: list[str], labels: list[str] | None) -> dict[str, Input]:
+    """What a MaskCLIP+ run reads, by the key that names it: the class-name file, the split files,
+    the images (and, zero-shot, their label files)."""
+    inputs = {"train.vocabulary": file_input(vocabulary_path(tcfg))}
+    for f in split_files(tcfg.benchmark, root):
+        inputs[f"train.data split {os.path.relpath(f, root)}"] = file_input(f)
+    inputs["train.data"] = files_input(files)
+    if labels:
+        inputs["train.unseen labels"] = files_input(labels)
+    return inputs
 
 
 def split_and_vocabulary(tcfg: TargetTrainSettings) -> tuple[str, list[str], Vocabulary]:
@@ -85,8 +108,7 @@ def split_and_vocabulary(tcfg: TargetTrainSettings) -> tuple[str, list[str], Voc
             raise ConfigError(f"train.benchmark={tcfg.benchmark}: unknown (choose from {', '.join(BENCHMARKS)}, "
                               f"or {FOLDER})")
         root = tcfg.data or os.path.join(DATA_ROOT, get_train_split(tcfg.benchmark).root)
-    vocab_file = tcfg.vocabulary or BENCHMARKS[tcfg.benchmark].vocabulary_in(tcfg.vocabulary_set)
-    vocabulary = read_vocabulary_file(vocab_file, "train.vocabulary" if tcfg.vocabulary else None)
+    vocabulary = read_vocabulary_file(vocabulary_path(tcfg), "train.vocabulary" if tcfg.vocabulary else None)
     if len(vocabulary) >= UNSEEN:
         raise ConfigError(f"{len(vocabulary)} classes: at most {UNSEEN - 1} (labels {UNSEEN} and {IGNORE} are "
                           "'unseen' and 'ignored')")
@@ -165,6 +187,12 @@ def check_run_inputs(cfg: Mapping[str, Any], *, folder: bool = True) -> None:
     if unseen_classes(tcfg, len(vocabulary)) is not None:
         label_files(tcfg.benchmark, root, files)
     check_weights(run_weights(cfg))  # every weights file; the missing ones in one message
+    check_images(files)  # every image's header, as the heads' training does: not when the loader reaches it
+
+
+def start_run(cfg: Mapping[str, Any], run: RunFolder | None = None) -> RunFolder:
+    """The run folder claimed (``loop.start_run``), its ``config.yaml`` recording the settings."""
+    return start_training(cfg, None, run)
 
 
 ANNOTATOR = Keys("annotator")  # the annotator's keys: annotator.clip.pretrained, annotator.checkpoint, ...
@@ -215,13 +243,16 @@ class TargetTraining:
     def __init__(self, target: nn.Module, annotator: nn.Module, settings: Mapping[str, Any], files: list[str],
                  names: list[str], *, precision: str = "fp32", record: Mapping[str, Any] | None = None,
                  unseen: tuple[int, ...] | None = None, labels: list[str] | None = None,
-                 seen: SeenLabels | None = None) -> None:
+                 seen: SeenLabels | None = None, inputs: Mapping[str, Input] | None = None,
+                 templates: str = "imagenet80") -> None:
         self.module, self.annotator = target, annotator.eval().requires_grad_(False)
+        self._inputs = dict(inputs or {"train.data": files_input(files)})
         self.settings, self.files, self.names, self.precision = dict(settings), files, names, precision
         self.record = dict(record or {})
         self.unseen, self.label_files, self.seen = unseen, labels, seen  # zero-shot (annotator: the unseen classes)
         self.iteration = 0
         self.augment = augmentation(parse(TargetTrainSettings, self.settings, "train"))
+        self.templates = templates  # the annotator's prompt templates (the classifier's text)
 
     def make_optimizer(self) -> tuple[torch.optim.Optimizer, Any]:
         s = self.settings
@@ -279,12 +310,40 @@ class TargetTraining:
 
     def save_final(self, path: str) -> str:
         save_atomic(self.final_state(), path)
-        return f"the target network in {path} (evaluate: python tools/eval.py model=target model.checkpoint={path})"
+        return f"the target network in {path} (evaluate: {eval_command(self.settings, self.templates, path)})"
+
+    def inputs(self) -> dict[str, Input]:
+        return self._inputs
 
     def final_state(self) -> dict[str, Any]:
         """``last.pt``: the network's weights and everything needed to rebuild it (``model=target``)."""
         return {"model_state_dict": {k: v.detach().cpu() for k, v in self.module.state_dict().items()},
                 **self.record, "vocabulary": list(self.names)}
+
+
+def eval_command(settings: Mapping[str, Any], templates: str, path: str) -> str:
+    """The command that scores the trained network on its benchmark's validation split, as it was
+    trained: the benchmark and its folder, its class names (file or set) and prompt templates; the
+    CLIP is the one ``last.pt`` records. For ``train.benchmark=folder`` (no labels) the benchmark
+    is left to give."""
+    import shlex
+
+    from ...config import MaskCLIPConfig
+
+    args = ["python tools/eval.py", "model=target", f"model.checkpoint={shlex.quote(path)}"]
+    if settings["benchmark"] == FOLDER:
+        args.append("data=<a benchmark with labels>")
+    else:
+        args.append(f"data={settings['benchmark']}")
+        if settings.get("data"):
+            args.append(f"data.root={shlex.quote(str(settings['data']))}")
+        if settings.get("vocabulary_set"):
+            args.append(f"data.vocabulary_set={settings['vocabulary_set']}")
+    if settings.get("vocabulary"):
+        args.append(f"data.vocabulary={shlex.quote(str(settings['vocabulary']))}")
+    if templates != MaskCLIPConfig.templates:
+        args.append(f"model.maskclip.templates={templates}")
+    return " ".join(args)
 
 
 def segmentation_loss(logits: Tensor, labels: Tensor) -> Tensor:
@@ -313,6 +372,15 @@ def label_statistics(labels: Tensor, names: list[str], source: str) -> dict[str,
     return stats
 
 
+def recorded_clip_of(annotator: Mapping[str, Any]) -> dict[str, Any]:
+    """What ``last.pt`` records of the annotator's CLIP (the text embeddings the target's classifier
+    is made of; ``model=target`` classifies with it by default): name and weights, a local file
+    by its absolute path (the evaluation may run elsewhere)."""
+    clip = annotator.get("clip") or {}
+    return {k: os.path.abspath(v) if isinstance(v, str) and os.path.isfile(v) else v
+            for k, v in ((k, clip.get(k)) for k in ("name", "pretrained"))}
+
+
 def build_task(cfg: Mapping[str, Any], device: torch.device, world: int) -> TargetTraining:
     """The annotator (frozen, the vocabulary set), the target (its classifier = the vocabulary's
     text embeddings of the annotator's CLIP) and the training images of ``cfg``."""
@@ -329,8 +397,7 @@ def build_task(cfg: Mapping[str, Any], device: torch.device, world: int) -> Targ
     if world > 1 and device.type == "cuda" and not target_cfg.norm_eval:
         target = convert_sync_batchnorm(target)  # MaskCLIP+'s SyncBN
     names = [synonyms[0] for synonyms in vocabulary]
-    record = {"target": plain(target_cfg),
-              "clip": {k: (cfg["annotator"].get("clip") or {}).get(k) for k in ("name", "pretrained")}}
+    record = {"target": plain(target_cfg), "clip": recorded_clip_of(cfg["annotator"])}
     labels = seen = None
     if unseen is not None:
         annotator.set_vocabulary([vocabulary[i] for i in unseen])  # it labels the unseen pixels among these
@@ -338,7 +405,8 @@ def build_task(cfg: Mapping[str, Any], device: torch.device, world: int) -> Targ
         record["unseen"] = {"benchmark": tcfg.benchmark, "indices": list(unseen), "names": [names[i] for i in unseen]}
     return TargetTraining(target.to(device), annotator, plain(tcfg), files, names,
                           precision=cfg.get("precision", "fp32"), record=record, unseen=unseen, labels=labels,
-                          seen=seen)
+                          seen=seen, inputs=run_inputs(tcfg, root, files, labels),
+                          templates=(cfg["annotator"].get("maskclip") or {}).get("templates", "imagenet80"))
 
 
 def train(cfg: Mapping[str, Any], device: torch.device, run: RunFolder | None = None, *,

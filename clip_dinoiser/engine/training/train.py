@@ -27,6 +27,7 @@ from ...values import check_precision
 from ...weights import Weight, check_weights, released_weight
 from ..evaluation.inference import autocast
 from ..job import distributed as dist
+from ..job.inputs import Input, files_input
 from ..job.resume import check_resume_folder
 from ..job.runs import RunFolder
 from .loop import CHECKPOINTS, batch_split_check, in_run_folder, latest_checkpoint, run_folder, run_task
@@ -167,6 +168,10 @@ class Distiller:
         save_heads(self.student.heads, path, epoch=int(self.settings["epochs"]) - 1)
         return f"heads in {path}"
 
+    def inputs(self) -> dict[str, Input]:
+        """The images it trains on (``train.data``'s sample): a resumed run must find the same."""
+        return {"train.data": files_input(self.files)}
+
 
 def build_distiller(cfg: Mapping[str, Any], device: torch.device, files: list[str] | None = None) -> Distiller:
     """The task of ``cfg``: student with heads from ``train.init`` (random, seeded, when null)."""
@@ -232,9 +237,9 @@ def train(cfg: Mapping[str, Any], device: torch.device, run: RunFolder | None = 
     return in_run_folder(cfg, device, run, _train, start=start_run)
 
 
-def start_run(cfg: Mapping[str, Any]) -> RunFolder:
+def start_run(cfg: Mapping[str, Any], run: RunFolder | None = None) -> RunFolder:
     """The run folder claimed (``loop.start_run``), its ``config.yaml`` recording the settings as run."""
-    return start_training(cfg, saved_config(cfg))
+    return start_training(cfg, saved_config(cfg), run)
 
 
 def saved_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
