@@ -63,6 +63,7 @@ def test_the_corruption_acts_on_the_loaded_image_before_the_resize_and_clean_is_
     assert len(eval_pipeline(21, (256, 64))) == len(eval_pipeline(21, (256, 64), ("spatter", 1))) - 1
 
 
+@pytest.mark.slow  # tool processes, ~15-25 s: the default run's budget (README: Test)
 def test_a_corrupted_evaluation_is_reproducible_across_runs_and_loader_processes(tmp_path, tiny):
     root = make_benchmark(str(tmp_path / "data"), "voc", n=3)
     args = ["data=voc", f"data.root={root}", "data.corruption=speckle_noise", "data.severity=4", *SMALL, *tiny]

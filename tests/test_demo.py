@@ -83,6 +83,7 @@ def test_demo_checks_its_output_folder_before_building_the_model(tmp_path, clip_
     assert r.stderr.strip() == f"error: output=taken/sub: {tmp_path / 'taken'} exists and is not a folder"
 
 
+@pytest.mark.slow  # tool processes, ~15-25 s: the default run's budget (README: Test)
 def test_demo_reads_non_latin_prompts_quoted_or_from_a_file(tmp_path, clip_json, tiny_clip_file, tiny_heads_file):
     Image.fromarray(random_image(48, 64)).save(tmp_path / "ok.png")
     (tmp_path / "classes.txt").write_text("猫\nchien, chiot\n# a comment\n\nвода\n", encoding="utf-8")
@@ -218,6 +219,7 @@ def test_query_correlations_are_the_models_for_that_patch(model_cfg, tiny_teache
         query_correlations(model, image, (150, 30))
 
 
+@pytest.mark.slow  # tool processes, ~15-25 s: the default run's budget (README: Test)
 def test_demo_on_a_folder_skips_a_corrupt_file_and_builds_the_model_once(tmp_path, clip_json, tiny_clip_file,
                                                                          tiny_heads_file):
     folder = tmp_path / "photos"

@@ -361,6 +361,7 @@ def test_converter_tools_walk_the_real_layout(tmp_path):
     assert r.returncode == 2 and r.stderr.startswith("error: Cityscapes folder not found")
 
 
+@pytest.mark.slow  # tool processes, ~15-25 s: the default run's budget (README: Test)
 def test_benchmark_tool_eval_smoke(tmp_path):
     """tools/benchmark.py runs end to end (tiny CLIP, CPU, one repeat) and reports every figure."""
     from .conftest import TINY_CLIP_CFG

@@ -72,6 +72,7 @@ def test_label_of_another_size_than_its_image_is_named(tmp_path, model, shape):
         evaluate_benchmark(model, BENCHMARKS["voc"], root, slide=SLIDE, num_workers=0, progress=False)
 
 
+@pytest.mark.slow  # tool processes, ~15-25 s: the default run's budget (README: Test)
 def test_corrupt_image_and_missing_label_are_one_line_through_the_loader_processes(tmp_path, tiny):
     root = make_benchmark(str(tmp_path / "data"), "voc", n=3)
     with open(os.path.join(root, "JPEGImages", "2008_000001.jpg"), "r+b") as f:

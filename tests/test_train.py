@@ -214,6 +214,7 @@ def test_dino_maskclip_pools_with_teacher_correlations(tiny_clip_file, tiny_teac
     torch.testing.assert_close(out, expected)
 
 
+@pytest.mark.slow  # tool processes, ~15-25 s: the default run's budget (README: Test)
 def test_train_cli_runs_and_reports_user_errors(tmp_path, tiny_clip_file, tiny_teachers):
     import json
 
