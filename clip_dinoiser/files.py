@@ -82,6 +82,24 @@ def check_output_dir(path: str, key: str) -> None:
         raise PermissionError(f"{key}={path}: folder {probe} is not writable")
 
 
+def check_output_file(path: str, key: str, *, overwrite: bool, example: str) -> None:
+    """Raise unless ``path`` can be written as a new file (or replaced, with ``overwrite``):
+    its folder exists and is writable (``check_output_dir``), and it is no folder.
+
+    Args:
+        key: the option that names it (``--json``), for the message.
+        example: a file name to suggest where ``path`` is a folder (``bench.json``).
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    check_output_dir(folder, key)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{key} {path}: folder {folder} does not exist")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{key} {path} is a folder: give a file name, e.g. {path}/{example}")
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f"{key} {path} exists: add --overwrite to replace it, or give another name")
+
+
 def broken_link(path: str) -> str:
     """What is wrong with the symbolic link ``path`` that leads nowhere, and what to do."""
     try:

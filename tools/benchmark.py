@@ -31,7 +31,7 @@ from clip_dinoiser.data.benchmarks import BENCHMARKS, build_dataset
 from clip_dinoiser.engine.evaluation.evaluate import Decoded, Evaluator, loader_items, score_images, unpack_batch
 from clip_dinoiser.engine.evaluation.inference import SlidingWindows, autocast
 from clip_dinoiser.engine.job.cli import resolve_device, user_errors_as_one_line
-from clip_dinoiser.files import check_output_dir, write_atomic
+from clip_dinoiser.files import check_output_file, write_atomic
 from clip_dinoiser.models import CLIPDINOiser, DINOiserHeads, build_model, read_vocabulary_file
 from clip_dinoiser.values import COUNT, NON_NEGATIVE_INT
 
@@ -543,14 +543,7 @@ def check_arguments(args: argparse.Namespace) -> torch.device:
     if unknown:
         raise ValueError(f"--paths: unknown path {unknown[0]} (choose from {', '.join(CPU_PATHS)})")
     if args.json:
-        folder = os.path.dirname(os.path.abspath(args.json))
-        check_output_dir(folder, "--json")
-        if not os.path.isdir(folder):
-            raise FileNotFoundError(f"--json {args.json}: folder {folder} does not exist")
-        if os.path.isdir(args.json):
-            raise IsADirectoryError(f"--json {args.json} is a folder: give a file name, e.g. {args.json}/bench.json")
-        if os.path.exists(args.json) and not args.overwrite:
-            raise FileExistsError(f"--json {args.json} exists: add --overwrite to replace it, or give another name")
+        check_output_file(args.json, "--json", overwrite=args.overwrite, example="bench.json")
     return resolve_device(args.device)
 
 

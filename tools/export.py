@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 
@@ -39,33 +40,23 @@ def run(args: argparse.Namespace) -> int:
     from clip_dinoiser import load
     from clip_dinoiser.engine.evaluation.export import export_onnx
     from clip_dinoiser.errors import UserError
-    from clip_dinoiser.files import check_output_dir
+    from clip_dinoiser.files import atomic_file, check_output_file
     from clip_dinoiser.models import read_vocabulary_file
     from clip_dinoiser.values import COUNT
 
     if bool(args.prompts) == bool(args.prompts_file):
         raise UserError("give the classes as --prompts NAME ... or --prompts-file FILE (one of them)")
     COUNT.check(args.window, "--window")
-    folder = os.path.dirname(os.path.abspath(args.output))
-    check_output_dir(folder, "--output")
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"--output {args.output}: folder {folder} does not exist")
-    if os.path.isdir(args.output):
-        raise IsADirectoryError(f"--output {args.output} is a folder: give a file name, e.g. {args.output}/seg.onnx")
-    if os.path.exists(args.output) and not args.overwrite:
-        raise FileExistsError(f"--output {args.output} exists: add --overwrite to replace it, or give another name")
+    check_output_file(args.output, "--output", overwrite=args.overwrite, example="seg.onnx")
     classes = read_vocabulary_file(args.prompts_file, "--prompts-file") if args.prompts_file else args.prompts
     clip = {k: v for k, v in (("name", args.clip_name), ("pretrained", args.clip_pretrained)) if v is not None}
     segmenter = load(args.model, args.weights, "cpu", precision="fp32", **({"clip": clip} if clip else {}))
     segmenter.model.set_vocabulary(classes)
-    with tempfile.NamedTemporaryFile(dir=folder, suffix=".onnx.tmp", delete=False) as tmp:
-        pass
-    try:
-        export_onnx(segmenter.model, tmp.name, window=(args.window, args.window))
-        os.replace(tmp.name, args.output)
-    finally:
-        if os.path.exists(tmp.name):
-            os.remove(tmp.name)
+    with tempfile.TemporaryDirectory() as scratch:  # the exporter writes a path; the one writer places it
+        graph = os.path.join(scratch, "segmenter.onnx")
+        export_onnx(segmenter.model, graph, window=(args.window, args.window))
+        with open(graph, "rb") as src, atomic_file(args.output) as dst:
+            shutil.copyfileobj(src, dst, 1 << 24)
     print(f"{args.output}: {len(segmenter.model.class_names)} classes, windows of {args.window} x {args.window}")
     return 0
 
