@@ -59,6 +59,15 @@ def tiny_clip_file(tmp_path_factory) -> tuple[str, str]:
     return name, path
 
 
+
+@pytest.fixture()
+def clip(tiny_clip_file):
+    """The tiny CLIP of ``tiny_clip_file`` as open_clip loads it (``create_model(name, pretrained=path)``)."""
+    import open_clip
+
+    name, path = tiny_clip_file
+    return open_clip.create_model(name, pretrained=path).eval()
+
 TINY_RN = "tiny-RN-test"
 TINY_RN_CFG = {  # open_clip's ModifiedResNet: layers per stage as a list; width 8 -> 256 channels, 4 heads
     "embed_dim": 32,

@@ -32,12 +32,6 @@ def _no_grad():
         yield
 
 
-@pytest.fixture()
-def clip(tiny_clip_file):
-    name, path = tiny_clip_file
-    return open_clip.create_model(name, pretrained=path).eval()
-
-
 class by_hand:  # noqa: N801 (a context manager named as what it does)
     """Within: ``transformer``'s forward runs every block through ``residual_block``, so that
     open_clip's own ``encode_image`` / ``encode_text`` go through our blocks."""

@@ -131,12 +131,6 @@ def as_open_clip_224(model: nn.Module) -> nn.Module:
     return old.eval()
 
 
-@pytest.fixture()
-def clip(tiny_clip_file):
-    name, path = tiny_clip_file
-    return open_clip.create_model(name, pretrained=path).eval()
-
-
 # --- tests ----------------------------------------------------------------------------------------
 
 @torch.no_grad()

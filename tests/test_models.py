@@ -31,12 +31,6 @@ def _no_grad():
         yield
 
 
-@pytest.fixture()
-def clip(tiny_clip_file):
-    name, path = tiny_clip_file
-    return open_clip.create_model(name, pretrained=path).eval()
-
-
 def reference_features(clip_model, images, feats_idx=-3):
     """The reference implementation's recipe: forward hooks on the intact open_clip model,
     positional embedding overwritten for the grid, value path re-derived from the hooked input."""
